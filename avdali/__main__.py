@@ -1,0 +1,3 @@
+from avdali.cli.app import main
+
+main()

@@ -1,0 +1,17 @@
+"""The ``avdali`` command: a typer app with one module per command. Commands stay thin and call the package."""
+
+import typer
+
+app = typer.Typer(
+    name="avdali",
+    help="High-throughput data loading and training for audio-visual emotion recognition (RAVDESS, MELD).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+
+# Registration: one line per command module (each module defines `app` or a command function).
+
+
+def main() -> None:
+    app()

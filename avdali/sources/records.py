@@ -1,0 +1,46 @@
+"""What a dataset reader hands the packer: one record per clip, plus what it had to skip.
+
+No torch here (ARCHITECTURE.md): sources only walk raw trees and label files.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class ClipRecord:
+    """One source clip to pack, with everything known about it before decoding."""
+
+    key: str
+    """Sample key inside the shards: unique per dataset, no dots or slashes (e.g. ``01-01-03-01-01-01-05``, ``dia3_utt1``)."""
+    dataset: str
+    """``ravdess`` or ``meld``."""
+    split: str
+    """Shard split: ``fold1`` … ``fold5`` (RAVDESS actor folds) or ``train`` / ``dev`` / ``test`` (MELD)."""
+    video_path: Path
+    """The audio-video source file (H.264 + AAC mp4 in the real datasets)."""
+    label: int
+    """Unified 7-class id (avdali.labels.UNIFIED)."""
+    native_label: str
+    """The dataset's own emotion name (RAVDESS ``calm``, MELD ``joy`` …)."""
+    meta: dict = field(default_factory=dict, compare=False)
+    """Dataset-specific metadata that goes into the sample's json (actor, intensity, utterance …)."""
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A source the reader could not turn into a sample, and why (one line)."""
+
+    source: str
+    """Path relative to the dataset root, or a CSV row reference like ``train_sent_emo.csv:123``."""
+    reason: str
+
+
+@dataclass
+class Scan:
+    """Result of walking a raw dataset tree."""
+
+    records: list[ClipRecord]
+    skipped: list[Skipped]

@@ -1,0 +1,62 @@
+"""Shared fixtures: tiny synthetic raw trees and the shards packed from them, built once per session
+in a temp folder. Sizes are chosen for a 2-core CPU machine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+MELD_CSV_DIR = REPO.parent / "shared" / "datasets" / "meld"
+"""The real MELD label CSVs (shared/ lies beside the clone, in CI too)."""
+
+# One actor from each of the 5 folds (DATASETS.md), so every fold has shards.
+TINY_ACTORS = (2, 3, 10, 8, 1)
+
+
+@pytest.fixture(scope="session")
+def meld_csv_dir() -> Path:
+    if not (MELD_CSV_DIR / "train_sent_emo.csv").exists():
+        pytest.skip(f"real MELD CSVs not found at {MELD_CSV_DIR}")
+    return MELD_CSV_DIR
+
+
+@pytest.fixture(scope="session")
+def ravdess_src(tmp_path_factory) -> Path:
+    """A RAVDESS-like raw tree: 5 actors (one per fold), 4 speech trials each, small frames."""
+    from avdali.synth.ravdess import make_ravdess
+
+    root = tmp_path_factory.mktemp("ravdess_raw")
+    make_ravdess(root, actors=TINY_ACTORS, size=(256, 144), trials_per_actor=4, seed=0)
+    return root
+
+
+@pytest.fixture(scope="session")
+def meld_src(tmp_path_factory, meld_csv_dir) -> Path:
+    """A MELD-like raw tree driven by the real CSVs: a stratified handful of rows per split."""
+    from avdali.synth.meld import make_meld
+
+    root = tmp_path_factory.mktemp("meld_raw")
+    make_meld(root, csv_dir=meld_csv_dir, limit=6, size=(256, 144), max_seconds=3.0, seed=0)
+    return root
+
+
+def _pack(dataset: str, src: Path, out: Path) -> Path:
+    from avdali.packing.options import PackOptions
+    from avdali.packing.run import pack
+
+    pack(dataset, src, out, PackOptions(size=128, fps=15, max_seconds=4.0, shard_size=4, workers=2))
+    return out
+
+
+@pytest.fixture(scope="session")
+def ravdess_shards(tmp_path_factory, ravdess_src) -> Path:
+    """Shards packed from ``ravdess_src`` (shard size 4, 128x128 at 15 fps)."""
+    return _pack("ravdess", ravdess_src, tmp_path_factory.mktemp("ravdess_shards"))
+
+
+@pytest.fixture(scope="session")
+def meld_shards(tmp_path_factory, meld_src) -> Path:
+    """Shards packed from ``meld_src``."""
+    return _pack("meld", meld_src, tmp_path_factory.mktemp("meld_shards"))
