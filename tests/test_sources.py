@@ -235,6 +235,9 @@ def test_ravdess_layout_errors(tmp_path):
     with pytest.raises(AvdaliError, match="no 01-\\*.mp4 audio-video files"):
         scan_ravdess(audio_only)
 
+    with pytest.raises(AvdaliError, match="is one actor's folder"):
+        scan_ravdess(audio_only / "Actor_02")
+
     song_only = tmp_path / "song_only"
     touch(song_only / "Actor_01" / "01-02-03-01-01-01-01.mp4")
     with pytest.raises(AvdaliError, match="only song clips"):

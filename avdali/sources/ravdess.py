@@ -129,6 +129,8 @@ def scan_ravdess(root: Path, *, include_song: bool = False) -> Scan:
 
     actor_dirs = _find_actor_dirs(root)
     if not actor_dirs:
+        if _ACTOR_DIR.match(root.name):
+            raise AvdaliError(f"{root}: is one actor's folder; pass the folder that holds all Actor_XX folders")
         raise AvdaliError(f"{root}: no Actor_XX folders found; {_EXPECTED}")
 
     records: list[ClipRecord] = []
