@@ -1,0 +1,228 @@
+"""Deterministic shard files: one sample's tar members, the tar itself and DALI's ``.idx`` beside it.
+
+Determinism comes from three places (MEDIA.md): the webm muxer in bit-exact mode (transcode.py),
+FLAC from soundfile, and tar members with fixed metadata, which webdataset's ``TarWriter`` gives
+with ``mtime=0``, empty user/group names and the USTAR format (uid/gid default to 0).
+
+Every file is written under ``<name>.tmp`` and renamed with ``os.replace``, so a killed run leaves
+either the previous file or the finished one, never half of one.
+
+No torch here (ARCHITECTURE.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import struct
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import webdataset as wds
+
+from avdali import labels
+from avdali.packing import format as fmt
+from avdali.sources.records import ClipRecord
+
+TMP_SUFFIX = ".tmp"
+"""Suffix of files being written; a resumed run deletes any left behind."""
+
+INDEX_VERSION = "v1.2"
+"""First token of a DALI webdataset index (what ``wds2idx.IndexCreator`` writes)."""
+
+
+@dataclass(frozen=True)
+class ShardFile:
+    """A finished tar + idx pair on disk."""
+
+    name: str
+    """Tar file name (``ravdess-fold1-000000.tar``)."""
+    index_name: str
+    """DALI index file name beside the tar (``ravdess-fold1-000000.idx``)."""
+    samples: int
+    """Number of samples in the tar."""
+    keys: tuple[str, ...]
+    """Sample keys in tar order."""
+    sha256: str
+    """Hex SHA-256 of the tar bytes (resume and ``avdali inspect`` check it)."""
+    bytes: int
+    """Size of the tar in bytes."""
+
+
+def _json_default(value: Any) -> Any:
+    # numpy scalars and arrays (OpenCV boxes, PyAV rates) are not JSON types; their Python value is.
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if hasattr(value, "item"):
+        return value.item()
+    if isinstance(value, Path):
+        return value.as_posix()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def dumps_json(obj: Any) -> bytes:
+    """Compact, key-sorted UTF-8 JSON: the same object always gives the same bytes."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_json_default).encode()
+
+
+def native_id(record: ClipRecord) -> int:
+    """The native label id stored in ``meta.i32``: RAVDESS' 8-class id; MELD's native space is the unified one."""
+    if record.dataset == "ravdess":
+        return labels.native_ravdess_id(record.native_label)
+    return record.label
+
+
+def encode_meta_i32(values: Mapping[str, int]) -> bytes:
+    """Little-endian int32 vector in ``format.META_FIELDS`` order."""
+    return struct.pack(f"<{len(fmt.META_FIELDS)}i", *(int(values[name]) for name in fmt.META_FIELDS))
+
+
+def decode_meta_i32(data: bytes) -> dict[str, int]:
+    """Inverse of ``encode_meta_i32``; ``ValueError`` when the length is not ``4 * len(META_FIELDS)``."""
+    expected = 4 * len(fmt.META_FIELDS)
+    if len(data) != expected:
+        raise ValueError(f"meta.i32 has {len(data)} bytes, expected {expected}")
+    return dict(zip(fmt.META_FIELDS, struct.unpack(f"<{len(fmt.META_FIELDS)}i", data)))
+
+
+def face_kind(clip: Any) -> str:
+    """``detected`` when the crop follows a detected face, ``centre`` when it fell back to a centre crop."""
+    face = getattr(clip, "face", None)
+    if isinstance(face, str):
+        return "detected" if face.lower().startswith("detect") else "centre"
+    return "detected" if face else "centre"
+
+
+def sample_metadata(record: ClipRecord, clip: Any, source: str) -> dict:
+    """The sample's ``json``: the reader's metadata plus labels, provenance and what the transcode measured."""
+    meta = dict(record.meta)
+    meta.update(
+        dataset=record.dataset,
+        split=record.split,
+        key=record.key,
+        label=record.label,
+        label_name=labels.UNIFIED[record.label],
+        native_label=record.native_label,
+        native_id=native_id(record),
+        source=source,
+        duration_s=round(float(clip.duration_s), 6),
+        frames=int(clip.frames),
+        fps=float(clip.fps),
+        audio_samples=int(clip.audio_samples),
+        audio_rate=fmt.AUDIO_RATE,
+        face=face_kind(clip),
+        face_box=clip.face_box,
+    )
+    source_info = getattr(clip, "source", None)
+    if source_info is not None and not isinstance(source_info, str):
+        meta["source_media"] = source_info
+    return meta
+
+
+def encode_sample(record: ClipRecord, clip: Any, source: str) -> dict:
+    """All tar members of one sample (``format.py``), keyed by extension, plus webdataset's ``__key__``.
+
+    ``clip`` is a ``transcode.Transcoded``; ``source`` the clip's path relative to the dataset root.
+    """
+    meta_values = {
+        "frames": clip.frames,
+        "label": record.label,
+        "native_label": native_id(record),
+        "audio_samples": clip.audio_samples,
+    }
+    return {
+        "__key__": record.key,
+        fmt.LABEL_EXT: str(record.label).encode("ascii"),
+        fmt.AUDIO_EXT: bytes(clip.flac),
+        fmt.META_EXT: dumps_json(sample_metadata(record, clip, source)),
+        fmt.NUMS_EXT: encode_meta_i32(meta_values),
+        fmt.VIDEO_EXT: bytes(clip.webm),
+    }
+
+
+def split_member_name(name: str) -> tuple[str, str]:
+    """``dir/key.meta.i32`` → (``dir/key``, ``meta.i32``): the extension starts at the first dot of the base name,
+    as webdataset and ``wds2idx`` split it."""
+    dot = name.find(".", name.rfind("/") + 1)
+    if dot < 0:
+        return name, ""
+    return name[:dot], name[dot + 1 :]
+
+
+def tar_index(tar_path: Path) -> str:
+    """The DALI index of a tar, byte for byte what ``wds2idx.IndexCreator`` writes, read with ``tarfile``
+    (no external ``tar``): ``v1.2 <samples>`` then per sample ``ext offset size name`` per regular member."""
+    samples: list[list[str]] = []
+    last_base = None
+    with tarfile.open(tar_path, "r:") as tar:
+        for member in tar:
+            if not member.isreg():
+                continue
+            base, ext = split_member_name(member.name)
+            if not base or base.endswith("/"):
+                continue  # hidden files, as wds2idx skips them
+            entry = f"{ext} {member.offset_data} {member.size} {member.name}"
+            if base != last_base:
+                samples.append([entry])
+                last_base = base
+            else:
+                samples[-1].append(entry)
+    if not samples:
+        raise ValueError(f"{tar_path}: no samples in tar")
+    return f"{INDEX_VERSION} {len(samples)}\n" + "".join(" ".join(s) + "\n" for s in samples)
+
+
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``path`` via ``path.tmp`` + ``os.replace``."""
+    tmp = path.with_name(path.name + TMP_SUFFIX)
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def tar_bytes(samples: Iterable[Mapping]) -> bytes:
+    """The tar of the given samples (dicts from ``encode_sample``) with fixed member metadata."""
+    buffer = io.BytesIO()
+    with wds.TarWriter(buffer, user="", group="", mtime=0, format=tarfile.USTAR_FORMAT, encoder=False) as writer:
+        for sample in samples:
+            writer.write(dict(sample))
+    return buffer.getvalue()
+
+
+def write_shard(out_dir: Path, name: str, samples: list[Mapping]) -> ShardFile:
+    """Write ``out_dir/name`` (tar) and its ``.idx`` atomically; returns what the manifest records.
+
+    The index is written (and renamed) before the tar, so a tar under its final name always has its index.
+    """
+    if not samples:
+        raise ValueError(f"{name}: a shard needs at least one sample")
+    out_dir = Path(out_dir)
+    tar_path = out_dir / name
+    idx_path = out_dir / fmt.index_name(name)
+    tmp_tar = tar_path.with_name(name + TMP_SUFFIX)
+    data = tar_bytes(samples)
+    with open(tmp_tar, "wb") as f:
+        f.write(data)
+    atomic_write_bytes(idx_path, tar_index(tmp_tar).encode())
+    os.replace(tmp_tar, tar_path)
+    return ShardFile(
+        name=name,
+        index_name=idx_path.name,
+        samples=len(samples),
+        keys=tuple(s["__key__"] for s in samples),
+        sha256=hashlib.sha256(data).hexdigest(),
+        bytes=len(data),
+    )
