@@ -1,0 +1,32 @@
+"""One batch as both loaders hand it to training: fixed shapes, padding marked by ``valid``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+
+
+@dataclass
+class Batch:
+    """A batch of clips; every tensor's first dimension is N (the batch size)."""
+
+    video: torch.Tensor
+    """N,T,C,H,W: uint8 raw RGB pixels, or float16/float32 ImageNet-normalised (``DataConfig.video_dtype``)."""
+    audio: torch.Tensor
+    """N,F,A float32 log-mel or MFCC, normalised per utterance and bin; frames past ``audio_len`` are zero padding."""
+    audio_len: torch.Tensor
+    """N int64: valid audio frames (the rest pads clips shorter than the window)."""
+    label: torch.Tensor
+    """N int64 class ids in the configured label space."""
+    index: torch.Tensor
+    """N int64: the sample's position in the chosen splits (manifest split order, then tar order; stable)."""
+    valid: torch.Tensor
+    """N bool: False for padding samples (last batch / rank padding); evaluation counts only valid ones."""
+
+    def to(self, device: torch.device | str, non_blocking: bool = True) -> Batch:
+        """The batch on ``device`` (non-blocking copies from pinned memory overlap with compute)."""
+        return Batch(**{f.name: getattr(self, f.name).to(device, non_blocking=non_blocking) for f in fields(self)})
+
+    def __len__(self) -> int:
+        return int(self.label.shape[0])

@@ -1,0 +1,73 @@
+"""Choosing and building a loader: the one entry point training, evaluation and the benchmark use."""
+
+from __future__ import annotations
+
+from typing import Iterator, Protocol, Sequence
+
+from avdali.data.batch import Batch
+from avdali.data.config import DataConfig
+from avdali.data.shards import list_splits, probe_frame_size, resolve
+from avdali.errors import AvdaliError
+
+__all__ = ["Loader", "build_loader", "list_splits"]
+
+
+class Loader(Protocol):
+    """What both loaders offer."""
+
+    num_samples: int
+    """Samples in the chosen splits (all ranks together)."""
+
+    def __iter__(self) -> Iterator[Batch]: ...
+
+    def __len__(self) -> int:
+        """Batches per epoch per rank (the same on every rank)."""
+
+    def set_epoch(self, epoch: int) -> None:
+        """Reshuffle for ``epoch`` (training: seed per rank and epoch)."""
+
+
+def _check_device(device: str) -> None:
+    if device not in ("cpu", "cuda"):
+        raise AvdaliError(f"device must be 'cpu' or 'cuda', got {device!r}")
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise AvdaliError("device 'cuda' asked for, but CUDA is not available here (use device 'cpu')")
+
+
+def build_loader(
+    cfg: DataConfig,
+    splits: Sequence[str],
+    *,
+    train: bool,
+    device: str = "cpu",
+    rank: int = 0,
+    world_size: int = 1,
+    seed: int = 0,
+) -> Loader:
+    """A loader over ``splits`` of ``cfg.shards`` for one rank.
+
+    ``train``: shuffle and (with ``cfg.augment``) augment; otherwise read in order, every sample exactly
+    once over all ranks (padding marked ``valid=False``). ``device``: ``"cpu"`` or ``"cuda"`` (DALI decodes
+    on the GPU; batches arrive on the current CUDA device, which the caller sets to LOCAL_RANK).
+    """
+    _check_device(device)
+    if not 0 <= rank < world_size:
+        raise AvdaliError(f"rank {rank} is outside world size {world_size}")
+    shardset = resolve(cfg.shards, list(splits))
+    frame_size = probe_frame_size(shardset)
+    if cfg.loader == "dali":
+        try:
+            from avdali.data.dali import DaliLoader
+        except ImportError as e:
+            raise AvdaliError(f"NVIDIA DALI cannot be imported ({e}); install nvidia-dali or set data.loader = \"torch\"") from None
+        return DaliLoader(
+            cfg, shardset, train=train, device=device, rank=rank, world_size=world_size, seed=seed, frame_size=frame_size
+        )
+    from avdali.data.torch_loader import TorchLoader
+
+    return TorchLoader(
+        cfg, shardset, train=train, device=device, rank=rank, world_size=world_size, seed=seed, frame_size=frame_size
+    )

@@ -1,0 +1,87 @@
+"""What the input pipelines need to know: one dataclass, checked when it is made (no torch, no DALI here)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from avdali.errors import ConfigError
+from avdali.labels import LABEL_SPACES
+
+LOADERS = ("dali", "torch")
+FEATURES = ("logmel", "mfcc")
+VIDEO_DTYPES = ("uint8", "float16", "float32")
+
+
+def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"data.{name}: {value!r} is not valid; expected one of {', '.join(choices)}")
+
+
+def _at_least(name: str, value, low) -> None:
+    if value < low:
+        raise ConfigError(f"data.{name}: must be ≥ {low}, got {value}")
+
+
+@dataclass
+class DataConfig:
+    """Input pipeline settings (the ``[data]`` section of a run config)."""
+
+    shards: str = "shards/ravdess"
+    """Folder with ``manifest.json`` and the shards' ``.tar`` + ``.idx`` files."""
+    loader: str = "dali"
+    """``dali`` (NVIDIA DALI pipeline, CPU or GPU) or ``torch`` (webdataset + PyAV + torchaudio in DataLoader workers)."""
+    batch_size: int = 8
+    """Clips per batch and rank."""
+    frames: int = 16
+    """T: frames sampled per clip, spread uniformly over the whole clip."""
+    crop: int = 112
+    """Side of the square output frames, in pixels."""
+    audio_seconds: float = 3.0
+    """Fixed audio window; longer clips are cut (random offset in training, centred in evaluation), shorter ones padded."""
+    features: str = "logmel"
+    """Audio features: ``logmel`` (n_mels log-mel bins) or ``mfcc`` (n_mfcc coefficients of the log-mel)."""
+    n_mels: int = 64
+    """Mel bins (25 ms Hann window, 10 ms hop, 16 kHz, Slaney mel scale and norm)."""
+    n_mfcc: int = 13
+    """MFCC coefficients (DCT-II, orthonormal) when ``features = "mfcc"``."""
+    video_dtype: str = "uint8"
+    """``uint8``: raw pixels, normalised on the model's device by ``prepare_video`` (cheapest for the loader);
+    ``float16`` / ``float32``: ImageNet-normalised in the pipeline."""
+    num_threads: int = 2
+    """DALI CPU threads, or torch DataLoader worker processes."""
+    prefetch: int = 2
+    """Batches prepared ahead (DALI prefetch queue depth / DataLoader prefetch factor per worker)."""
+    shuffle_buffer: int = 256
+    """Samples in the shuffle buffer in training (DALI ``initial_fill`` / webdataset shuffle size)."""
+    augment: bool = True
+    """Training only: random temporal jitter, random resized crop, horizontal flip, random audio offset."""
+    label_space: str = "unified"
+    """``unified`` (7 classes, both datasets) or ``ravdess8`` (RAVDESS' native 8 classes, from ``meta.i32``)."""
+
+    def __post_init__(self):
+        _choice("loader", self.loader, LOADERS)
+        _choice("features", self.features, FEATURES)
+        _choice("video_dtype", self.video_dtype, VIDEO_DTYPES)
+        _choice("label_space", self.label_space, tuple(LABEL_SPACES))
+        _at_least("batch_size", self.batch_size, 1)
+        _at_least("frames", self.frames, 1)
+        _at_least("crop", self.crop, 16)
+        _at_least("n_mels", self.n_mels, 8)
+        _at_least("n_mfcc", self.n_mfcc, 1)
+        _at_least("num_threads", self.num_threads, 1)
+        _at_least("prefetch", self.prefetch, 1)
+        _at_least("shuffle_buffer", self.shuffle_buffer, 1)
+        if not 0.1 <= self.audio_seconds <= 60:
+            raise ConfigError(f"data.audio_seconds: must be between 0.1 and 60, got {self.audio_seconds}")
+        if self.features == "mfcc" and self.n_mfcc > self.n_mels:
+            raise ConfigError(f"data.n_mfcc: must be ≤ data.n_mels ({self.n_mels}), got {self.n_mfcc}")
+
+    @property
+    def feature_bins(self) -> int:
+        """F of the audio features: ``n_mels`` for log-mel, ``n_mfcc`` for MFCC."""
+        return self.n_mels if self.features == "logmel" else self.n_mfcc
+
+    @property
+    def num_classes(self) -> int:
+        """Classes of the chosen label space."""
+        return len(LABEL_SPACES[self.label_space])

@@ -1,0 +1,279 @@
+"""The NVIDIA DALI input pipeline: the only module that imports DALI.
+
+One ``@pipeline_def`` serves CPU and GPU (``device`` is a parameter): on ``"cuda"`` the video is decoded by
+NVDEC (``mixed``) and every later video and audio-feature op runs on the GPU; on ``"cpu"`` everything runs on
+the CPU threads. Frame indices and the audio window follow ``sampling.py`` exactly (integer arithmetic in
+the graph), so the torch loader reads the same frames and samples.
+
+Bookkeeping for exact evaluation: the reader splits the chosen samples into ``world_size`` contiguous ranges
+(``sampling.rank_range``) and, with ``pad_last_batch=True``, repeats a rank's last sample until every rank
+has ``sampling.batches_per_epoch`` full batches. The iterator marks the first ``hi - lo`` samples of a rank's
+epoch valid and the repeats invalid (exact in evaluation, where the reader does not shuffle; in training the
+count is right but the repeats may sit anywhere in the shuffled stream). ``index`` comes from each sample's
+``source_info`` ("tar:offset:name", padded to a fixed length in the graph) looked up in the shard indexes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from nvidia.dali import fn, pipeline_def, types
+from nvidia.dali import math as dmath
+from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
+
+from avdali.data import sampling
+from avdali.data.batch import Batch
+from avdali.data.config import DataConfig
+from avdali.data.normalize import IMAGENET_MEAN, IMAGENET_STD
+from avdali.data.shards import ShardSet
+
+OUTPUTS = ("video", "audio", "audio_len", "label", "info")
+RANDOM_AREA = (0.35, 1.0)
+"""Random resized crop: share of the frame area kept (faces: a mild zoom, never a tiny patch)."""
+RANDOM_ASPECT = (3 / 4, 4 / 3)
+"""Random resized crop: aspect ratio range of the crop window."""
+DB_CUTOFF = -100.0
+"""Floor of the log-mel in dB: 10·log10(1e-10), torchaudio's AmplitudeToDB ``amin``."""
+NORM_EPS = 1e-5
+"""Added to the variance when normalising features per utterance (silence would divide by zero)."""
+_VIDEO_DTYPES = {"uint8": types.UINT8, "float16": types.FLOAT16, "float32": types.FLOAT}
+
+
+def hann_window() -> list[float]:
+    """The periodic Hann window torch/torchaudio use (DALI's default differs in the last digits)."""
+    return torch.hann_window(sampling.WINDOW, periodic=True, dtype=torch.float64).tolist()
+
+
+@pipeline_def(enable_conditionals=False)
+def av_pipeline(
+    *,
+    paths: list[str],
+    index_paths: list[str],
+    cfg: DataConfig,
+    device: str,
+    train: bool,
+    shard_id: int,
+    num_shards: int,
+    frame_size: tuple[int, int],
+    info_len: int,
+):
+    """Reader → video frames (N,T,C,H,W) + audio features (N,F,A) + audio_len + label + source_info.
+
+    ``device``: ``"cpu"`` or ``"gpu"``; ``frame_size``: (height, width) of the stored webm frames.
+    """
+    gpu = device == "gpu"
+    jitter = train and cfg.augment
+    webm, flac, meta = fn.readers.webdataset(
+        paths=paths,
+        index_paths=index_paths,
+        ext=["webm", "flac", "meta.i32"],
+        dtypes=[types.UINT8, types.UINT8, types.INT32],
+        missing_component_behavior="error",
+        name="Reader",
+        shard_id=shard_id,
+        num_shards=num_shards,
+        pad_last_batch=True,
+        stick_to_shard=True,  # a rank keeps its range: the valid/index bookkeeping relies on it
+        random_shuffle=train,
+        initial_fill=cfg.shuffle_buffer,
+    )
+    info = fn.pad(fn.get_property(webm, key="source_info"), axes=[0], shape=[info_len], fill_value=0)
+
+    # ---- frame indices (sampling.frame_indices): (2*i*n + o_i) // (2*T)
+    t = cfg.frames
+    n = meta[0]
+    two_i = types.Constant(np.arange(t, dtype=np.int32) * 2)
+    if jitter:
+        u = fn.random.uniform(range=[0.0, 1.0], shape=[t])
+        offset = fn.cast(dmath.floor(u * fn.cast(2 * n, dtype=types.FLOAT)), dtype=types.INT32)
+        offset = dmath.min(offset, 2 * n - 1)
+    else:
+        offset = n
+    frames = (two_i * n + offset) // (2 * t)
+    video = fn.decoders.video(webm, device="mixed" if gpu else "cpu", frames=frames)  # T,H,W,C uint8
+
+    # ---- crop (one window for all frames of a clip), flip, layout + dtype (+ normalisation) in one op
+    crop = cfg.crop
+    out_dtype = _VIDEO_DTYPES[cfg.video_dtype]
+    norm = {}
+    if cfg.video_dtype != "uint8":
+        norm = dict(mean=[m * 255 for m in IMAGENET_MEAN], std=[s * 255 for s in IMAGENET_STD])
+    if jitter:
+        video = fn.random_resized_crop(
+            video, size=[crop, crop], random_area=list(RANDOM_AREA), random_aspect_ratio=list(RANDOM_ASPECT), antialias=True
+        )
+        video = fn.crop_mirror_normalize(
+            video, dtype=out_dtype, output_layout="FCHW", mirror=fn.random.coin_flip(probability=0.5), **norm
+        )
+    else:
+        side = min(frame_size[0], frame_size[1], crop)
+        video = fn.crop_mirror_normalize(
+            video,
+            crop=[side, side],
+            crop_pos_x=0.5,
+            crop_pos_y=0.5,
+            rounding="truncate",  # (W - side) // 2, as sampling.center_crop_box
+            dtype=types.UINT8 if side != crop else out_dtype,
+            output_layout="FHWC" if side != crop else "FCHW",
+            **({} if side != crop else norm),
+        )
+        if side != crop:  # frames smaller than the crop: scale the centred square up
+            video = fn.resize(video, size=[crop, crop], antialias=True)
+            video = fn.crop_mirror_normalize(video, dtype=out_dtype, output_layout="FCHW", **norm)
+
+    # ---- audio window (sampling.audio_start), then log-mel / MFCC of the valid part only
+    window = sampling.window_samples(cfg.audio_seconds)
+    audio, _rate = fn.decoders.audio(flac, sample_rate=sampling.SAMPLE_RATE, downmix=True, dtype=types.FLOAT)
+    length = audio.shape(dtype=types.INT32)[0]
+    slack = dmath.max(length - window, 0)
+    if jitter:
+        start = fn.cast(dmath.floor(fn.random.uniform(range=[0.0, 1.0]) * fn.cast(slack + 1, dtype=types.FLOAT)), dtype=types.INT32)
+        start = dmath.min(start, slack)
+    else:
+        start = slack // 2
+    valid = dmath.min(length - start, window)
+    audio = fn.slice(
+        audio, fn.stack(start), fn.stack(valid), axes=[0], normalized_anchor=False, normalized_shape=False
+    )
+    if gpu:
+        audio = audio.gpu()
+    spec = fn.spectrogram(
+        audio,
+        nfft=sampling.WINDOW,
+        window_length=sampling.WINDOW,
+        window_step=sampling.HOP,
+        window_fn=hann_window(),
+        center_windows=True,
+        reflect_padding=True,
+        power=2,
+    )
+    feats = fn.mel_filter_bank(
+        spec, nfilter=cfg.n_mels, sample_rate=sampling.SAMPLE_RATE, freq_low=0.0, freq_high=sampling.SAMPLE_RATE / 2,
+        mel_formula="slaney", normalize=True,
+    )
+    feats = fn.to_decibels(feats, multiplier=10.0, reference=1.0, cutoff_db=DB_CUTOFF)
+    if cfg.features == "mfcc":
+        feats = fn.mfcc(feats, n_mfcc=cfg.n_mfcc, dct_type=2, normalize=True, axis=0)
+    # per utterance and bin over time, before padding, so the padding does not skew the statistics
+    feats = fn.normalize(feats, axes=[1], epsilon=NORM_EPS)
+    feats = fn.pad(feats, axes=[1], shape=[sampling.feature_frames(window)], fill_value=0.0)
+    audio_len = fn.cast(1 + valid // sampling.HOP, dtype=types.INT64)
+
+    label = fn.cast(meta[1] if cfg.label_space == "unified" else meta[2], dtype=types.INT64)
+    return video, feats, audio_len, label, info
+
+
+def pipeline_seed(seed: int, rank: int, epoch: int) -> int:
+    """A distinct, reproducible DALI seed per (run seed, rank, epoch)."""
+    return (seed * 1_000_003 + rank * 10_007 + epoch * 101 + 1) % (2**31 - 1)
+
+
+def info_length(shardset: ShardSet) -> int:
+    """Bytes to pad ``source_info`` to: the longest "tar:offset:name.webm" of these shards (+ room)."""
+    longest = max(len(f.tar) + 1 + len(str(max(f.video_offsets))) + 1 + max(map(len, f.keys)) for f in shardset.files)
+    return longest + 16
+
+
+class DaliLoader:
+    """Batches from the DALI pipeline: ``len()`` batches per epoch on every rank, ``set_epoch`` reseeds."""
+
+    def __init__(
+        self,
+        cfg: DataConfig,
+        shardset: ShardSet,
+        *,
+        train: bool,
+        device: str,
+        rank: int,
+        world_size: int,
+        seed: int,
+        frame_size: tuple[int, int],
+    ):
+        self.cfg, self.shardset, self.train = cfg, shardset, train
+        self.device, self.rank, self.world_size, self.seed = device, rank, world_size, seed
+        self.frame_size = frame_size
+        self.num_samples = shardset.num_samples
+        lo, hi = sampling.rank_range(self.num_samples, rank, world_size)
+        self.rank_samples = hi - lo
+        self.epoch = 0
+        self._built_for: int | None = None
+        self._iterator = None
+        self._info_len = info_length(shardset)
+        self._lookup = {(f.tar, off): f.first + j for f in shardset.files for j, off in enumerate(f.video_offsets)}
+
+    def __len__(self) -> int:
+        return sampling.batches_per_epoch(self.num_samples, self.cfg.batch_size, self.world_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Training reshuffles with a seed of (seed, rank, epoch); evaluation is the same every epoch."""
+        self.epoch = epoch
+
+    def make_pipeline(self, device_id: int | None):
+        """The pipeline object for this rank (defined, not built)."""
+        files = self.shardset.files
+        return av_pipeline(
+            paths=[f.tar for f in files],
+            index_paths=[f.idx for f in files],
+            cfg=self.cfg,
+            device="gpu" if self.device == "cuda" else "cpu",
+            train=self.train,
+            shard_id=self.rank,
+            num_shards=self.world_size,
+            frame_size=self.frame_size,
+            info_len=self._info_len,
+            batch_size=self.cfg.batch_size,
+            num_threads=self.cfg.num_threads,
+            device_id=device_id,
+            seed=pipeline_seed(self.seed, self.rank, self.epoch if self.train else 0),
+            prefetch_queue_depth=self.cfg.prefetch,
+        )
+
+    def _ensure_iterator(self):
+        wanted = self.epoch if self.train else 0
+        if self._iterator is not None and self._built_for == wanted:
+            return self._iterator
+        self._iterator = None  # release the old pipeline's threads before starting new ones
+        device_id = torch.cuda.current_device() if self.device == "cuda" else None
+        pipe = self.make_pipeline(device_id)
+        pipe.build()
+        self._iterator = DALIGenericIterator(
+            [pipe], list(OUTPUTS), reader_name="Reader", last_batch_policy=LastBatchPolicy.FILL, auto_reset=True
+        )
+        self._built_for = wanted
+        return self._iterator
+
+    def _index_of(self, info: torch.Tensor) -> torch.Tensor:
+        out = []
+        for row in info.cpu().numpy():
+            text = row.tobytes().rstrip(b"\0").decode()
+            tar, offset, _name = text.rsplit(":", 2)
+            out.append(self._lookup[(tar, int(offset))])
+        return torch.tensor(out, dtype=torch.int64)
+
+    def __iter__(self):
+        iterator = self._ensure_iterator()
+        if self.train:
+            self._built_for = None  # the next epoch gets a freshly seeded pipeline
+        target = torch.device(f"cuda:{torch.cuda.current_device()}") if self.device == "cuda" else torch.device("cpu")
+        position = 0
+        finished = False
+        try:
+            for outputs in iterator:
+                yield self._batch(outputs[0], position, target)
+                position += self.cfg.batch_size
+            finished = True
+        finally:
+            if not finished:  # an abandoned epoch cannot be reset in DALI: start afresh next time
+                self._iterator = self._built_for = None
+
+    def _batch(self, out: dict, position: int, target: torch.device) -> Batch:
+        n = out["label"].shape[0]
+        valid = torch.arange(position, position + n) < self.rank_samples
+        return Batch(
+            video=out["video"],
+            audio=out["audio"],
+            audio_len=out["audio_len"].to(target, non_blocking=True),
+            label=out["label"].to(target, non_blocking=True),
+            index=self._index_of(out["info"]).to(target, non_blocking=True),
+            valid=valid.to(target, non_blocking=True),
+        )

@@ -1,0 +1,328 @@
+"""The PyTorch baseline loader: webdataset → PyAV + soundfile + torchaudio in DataLoader workers.
+
+It reads the same frames and audio window as the DALI pipeline (``sampling.py``), and it is the fallback
+where DALI is not installed (nothing here imports DALI). What makes it a fair baseline:
+
+- workers are started with ``forkserver`` (audio libraries are not fork-safe) and stay alive across epochs;
+  each runs one decoder thread and one torch thread, so N workers use N cores without oversubscription;
+- a rank reads only the tars that hold its sample range (``sampling.rank_range``, the same split DALI uses),
+  and its workers split those tars between them;
+- PyAV decodes only up to the last needed frame and converts only the needed frames to RGB;
+- uint8 pixels cross the worker queues (4× smaller than float32); batches are pinned when going to CUDA;
+- batching happens in the workers; the main process only merges the few partial batches at the end of an
+  epoch and pads the last one so that every rank yields ``len()`` batches (padding has ``valid=False``).
+"""
+
+from __future__ import annotations
+
+import io
+import multiprocessing as mp
+import random
+from dataclasses import dataclass
+
+import av
+import cv2
+import numpy as np
+import soundfile as sf
+import torch
+import webdataset as wds
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from avdali.data import sampling
+from avdali.data.batch import Batch
+from avdali.data.config import DataConfig
+from avdali.data.normalize import prepare_video
+from avdali.data.shards import ShardSet
+from avdali.errors import AvdaliError
+
+START_METHOD = "forkserver"
+"""Worker start method: fork is unsafe with audio/codec libraries that start threads (STYLE.md)."""
+RANDOM_SCALE = (0.35, 1.0)
+"""Random resized crop: share of the frame area kept (same as the DALI pipeline)."""
+RANDOM_RATIO = (3 / 4, 4 / 3)
+"""Random resized crop: aspect ratio range (same as the DALI pipeline)."""
+DB_AMIN = 1e-10
+"""Floor of the mel power before the log (DALI: ``cutoff_db=-100``)."""
+NORM_EPS = 1e-5
+"""Added to the variance in the per-utterance normalisation (same as the DALI pipeline)."""
+
+
+# BT.601 limited range ("TV") YUV → RGB, what libavcodec's VP9 streams carry and what DALI converts with
+_Y_SCALE = 255.0 / 219.0
+_C_SCALE = 255.0 / 224.0
+_YUV_TO_RGB = np.array(
+    [[0.0, 1.402], [-0.344136, -0.714136], [1.772, 0.0]], dtype=np.float32
+) * np.float32(_C_SCALE)  # rows R,G,B; columns U,V
+
+
+def yuv420_to_rgb(frame: av.VideoFrame) -> np.ndarray:
+    """H,W,3 uint8 RGB of a yuv420p frame, converted the way DALI's decoder does (BT.601 limited range,
+    bilinear chroma upsampling): swscale's default chroma handling differs by up to ~40 levels on sharp
+    colour edges, which would break loader parity."""
+    h, w = frame.height, frame.width
+    if frame.format.name != "yuv420p" or h % 2 or w % 2:
+        return frame.to_ndarray(format="rgb24")
+    planes = frame.to_ndarray()  # (h * 3/2, w): Y, then U and V quarter planes
+    y = (planes[:h].astype(np.float32) - 16.0) * np.float32(_Y_SCALE)
+    chroma = planes[h:].reshape(2, h // 2, w // 2)
+    u = cv2.resize(chroma[0], (w, h), interpolation=cv2.INTER_LINEAR).astype(np.float32) - 128.0
+    v = cv2.resize(chroma[1], (w, h), interpolation=cv2.INTER_LINEAR).astype(np.float32) - 128.0
+    rgb = np.empty((h, w, 3), dtype=np.float32)
+    for c in range(3):
+        rgb[..., c] = y + _YUV_TO_RGB[c, 0] * u + _YUV_TO_RGB[c, 1] * v
+    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+
+
+def decode_frames(webm: bytes, indices: np.ndarray, source: str = "webm") -> np.ndarray:
+    """The frames at ``indices`` (any order, repeats allowed) as T,H,W,3 uint8 RGB.
+
+    Decoding stops at the last needed frame and only needed frames are converted to RGB. A clip with
+    fewer frames than asked for repeats its last frame (the packer checks frame counts, so this is rare).
+    """
+    wanted = set(int(i) for i in indices)
+    last = max(wanted)
+    picked: dict[int, np.ndarray] = {}
+    final = None
+    try:
+        with av.open(io.BytesIO(webm)) as container:
+            stream = container.streams.video[0]
+            stream.thread_count = 1  # one decoder thread per worker: workers already fill the cores
+            for i, frame in enumerate(container.decode(stream)):
+                if i in wanted:
+                    picked[i] = final = yuv420_to_rgb(frame)
+                if i >= last:
+                    break
+    except (av.FFmpegError, IndexError) as e:
+        raise AvdaliError(f"{source}: cannot decode the video ({e})") from None
+    if final is None:
+        raise AvdaliError(f"{source}: the video has no frames")
+    return np.stack([picked.get(int(i), final) for i in indices])
+
+
+@dataclass
+class AudioFeatures:
+    """Log-mel (or MFCC) features with the DALI pipeline's parameters, computed with torchaudio."""
+
+    cfg: DataConfig
+    """Feature settings (features, n_mels, n_mfcc, audio_seconds)."""
+
+    def __post_init__(self):
+        import torchaudio
+
+        self.mel = torchaudio.transforms.MelSpectrogram(
+            sample_rate=sampling.SAMPLE_RATE,
+            n_fft=sampling.WINDOW,
+            win_length=sampling.WINDOW,
+            hop_length=sampling.HOP,
+            f_min=0.0,
+            f_max=sampling.SAMPLE_RATE / 2,
+            n_mels=self.cfg.n_mels,
+            power=2.0,
+            center=True,
+            pad_mode="reflect",
+            norm="slaney",  # DALI mel_filter_bank normalize=True
+            mel_scale="slaney",  # DALI mel_formula="slaney"
+        )
+        self.dct = torchaudio.functional.create_dct(self.cfg.n_mfcc, self.cfg.n_mels, norm="ortho")
+        self.frames = sampling.feature_frames(sampling.window_samples(self.cfg.audio_seconds))
+
+    def __call__(self, segment: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """Features F,A (normalised per bin over the valid frames, zero-padded) and the valid frame count."""
+        feats = 10.0 * torch.log10(torch.clamp(self.mel(segment), min=DB_AMIN))  # AmplitudeToDB, ref 1, no top_db
+        if self.cfg.features == "mfcc":
+            feats = (feats.T @ self.dct).T
+        mean = feats.mean(dim=1, keepdim=True)
+        var = feats.var(dim=1, unbiased=False, keepdim=True)
+        feats = (feats - mean) / torch.sqrt(var + NORM_EPS)
+        valid = feats.shape[1]
+        return torch.nn.functional.pad(feats, (0, self.frames - valid)), valid
+
+
+def _seed(*parts: int) -> int:
+    return hash(parts) & 0x7FFF_FFFF
+
+
+class ClipStream(IterableDataset):
+    """One rank's samples, split over the DataLoader workers by tar, decoded and batched in the workers."""
+
+    def __init__(self, cfg: DataConfig, shardset: ShardSet, *, train: bool, rank: int, world_size: int, seed: int,
+                 frame_size: tuple[int, int], epoch):
+        self.cfg, self.train, self.rank, self.seed, self.frame_size = cfg, train, rank, seed, frame_size
+        self.epoch = epoch  # a shared multiprocessing Value: persistent workers see set_epoch
+        lo, hi = sampling.rank_range(shardset.num_samples, rank, world_size)
+        # tars overlapping [lo, hi) and, per (tar, key), the sample's global index
+        self.urls = [f.tar for f in shardset.files if f.first < hi and f.first + f.count > lo]
+        self.index = {
+            (f.tar, key): f.first + j
+            for f in shardset.files
+            for j, key in enumerate(f.keys)
+            if lo <= f.first + j < hi
+        }
+        self._features = None
+
+    def __iter__(self):
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        epoch = self.epoch.value
+        urls = list(self.urls)
+        if self.train:
+            random.Random(_seed(self.seed, self.rank, epoch)).shuffle(urls)  # same order in every worker
+        mine = urls[worker::workers]
+        if not mine:
+            return
+        rng = np.random.default_rng([self.seed, self.rank, epoch, worker])
+        torch.manual_seed(_seed(self.seed, self.rank, epoch, worker, 1))
+        stages = [
+            wds.SimpleShardList(mine),
+            wds.tarfile_to_samples(),
+            wds.select(lambda s: (s["__url__"], s["__key__"]) in self.index),
+        ]
+        if self.train:
+            buffer = self.cfg.shuffle_buffer
+            stages.append(wds.shuffle(buffer, initial=buffer, rng=random.Random(_seed(self.seed, self.rank, epoch, worker))))
+        stages += [
+            wds.map(lambda s: self.decode(s, rng if self.train and self.cfg.augment else None)),
+            wds.batched(self.cfg.batch_size, collation_fn=_collate, partial=True),
+        ]
+        yield from wds.DataPipeline(*stages)
+
+    def decode(self, sample: dict, rng: np.random.Generator | None) -> dict:
+        """One tar sample → tensors (video T,C,H,W, audio F,A, audio_len, label, index)."""
+        cfg = self.cfg
+        source = f"{sample['__url__']}:{sample['__key__']}"
+        meta = np.frombuffer(sample["meta.i32"], dtype="<i4")
+        frames = decode_frames(sample["webm"], sampling.frame_indices(int(meta[0]), cfg.frames, rng), source)
+        video = torch.from_numpy(frames).permute(0, 3, 1, 2)  # T,C,H,W uint8, a view
+        video = self.crop(video, augment=rng is not None)
+        if cfg.video_dtype != "uint8":
+            video = prepare_video(video).to(getattr(torch, cfg.video_dtype))
+
+        wav, rate = sf.read(io.BytesIO(sample["flac"]), dtype="float32", always_2d=True)
+        if rate != sampling.SAMPLE_RATE:
+            raise AvdaliError(f"{source}: audio at {rate} Hz, the shards must hold {sampling.SAMPLE_RATE} Hz")
+        wav = wav.mean(axis=1) if wav.shape[1] > 1 else wav[:, 0]
+        window = sampling.window_samples(cfg.audio_seconds)
+        start = sampling.audio_start(len(wav), window, rng)
+        if self._features is None:
+            self._features = AudioFeatures(cfg)
+        audio, audio_len = self._features(torch.from_numpy(np.ascontiguousarray(wav[start : start + window])))
+        label = int(meta[1] if cfg.label_space == "unified" else meta[2])
+        return dict(video=video, audio=audio, audio_len=audio_len, label=label,
+                    index=self.index[(sample["__url__"], sample["__key__"])])
+
+    def crop(self, video: torch.Tensor, augment: bool) -> torch.Tensor:
+        """Random resized crop + flip (one window per clip) in training; centre crop otherwise."""
+        from torchvision.transforms import v2
+        from torchvision.transforms.v2 import functional as F
+
+        size = [self.cfg.crop, self.cfg.crop]
+        if augment:
+            top, left, h, w = v2.RandomResizedCrop.get_params(video, list(RANDOM_SCALE), list(RANDOM_RATIO))
+            video = F.resized_crop(video, top, left, h, w, size, antialias=True)
+            return video.flip(-1) if torch.rand(()) < 0.5 else video
+        top, left, side = sampling.center_crop_box(video.shape[-2], video.shape[-1], self.cfg.crop)
+        video = video[..., top : top + side, left : left + side]
+        if side != self.cfg.crop:
+            video = F.resize(video, size, antialias=True)
+        return video.contiguous()
+
+
+def _collate(samples: list[dict]) -> dict:
+    return dict(
+        video=torch.stack([s["video"] for s in samples]),
+        audio=torch.stack([s["audio"] for s in samples]),
+        audio_len=torch.tensor([s["audio_len"] for s in samples], dtype=torch.int64),
+        label=torch.tensor([s["label"] for s in samples], dtype=torch.int64),
+        index=torch.tensor([s["index"] for s in samples], dtype=torch.int64),
+        valid=torch.ones(len(samples), dtype=torch.bool),
+    )
+
+
+def _worker_init(_worker_id: int) -> None:
+    torch.set_num_threads(1)  # one core per worker; intra-op threads would fight the other workers
+    cv2.setNumThreads(1)
+
+
+def _cat(parts: list[dict]) -> dict:
+    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+
+
+def _take(batch: dict, lo: int, hi: int) -> dict:
+    return {k: v[lo:hi] for k, v in batch.items()}
+
+
+def _invalid(batch: dict, rows: int) -> dict:
+    """``rows`` copies of ``batch``'s last row, marked invalid (padding)."""
+    filler = {k: v[-1:].expand(rows, *v.shape[1:]) for k, v in batch.items()}
+    filler["valid"] = torch.zeros(rows, dtype=torch.bool)
+    return filler
+
+
+def _pad(batch: dict, size: int) -> dict:
+    """``batch`` filled up to ``size`` rows with invalid copies of its last row."""
+    missing = size - len(batch["label"])
+    return _cat([batch, _invalid(batch, missing)]) if missing > 0 else batch
+
+
+class TorchLoader:
+    """Batches from the DataLoader workers: ``len()`` batches per epoch on every rank."""
+
+    def __init__(self, cfg: DataConfig, shardset: ShardSet, *, train: bool, device: str, rank: int, world_size: int,
+                 seed: int, frame_size: tuple[int, int]):
+        self.cfg, self.train, self.device, self.world_size = cfg, train, device, world_size
+        self.num_samples = shardset.num_samples
+        ctx = mp.get_context(START_METHOD)
+        self._epoch = ctx.Value("i", 0)
+        self.dataset = ClipStream(cfg, shardset, train=train, rank=rank, world_size=world_size, seed=seed,
+                                  frame_size=frame_size, epoch=self._epoch)
+        self.workers = min(cfg.num_threads, max(len(self.dataset.urls), 1))
+        self.dataloader = DataLoader(
+            self.dataset,
+            batch_size=None,  # the workers batch
+            num_workers=self.workers,
+            multiprocessing_context=ctx,
+            worker_init_fn=_worker_init,
+            persistent_workers=True,
+            prefetch_factor=cfg.prefetch,
+            pin_memory=device == "cuda",
+        )
+
+    def __len__(self) -> int:
+        return sampling.batches_per_epoch(self.num_samples, self.cfg.batch_size, self.world_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Training reshuffles tars and samples with seeds of (seed, rank, epoch, worker)."""
+        self._epoch.value = epoch
+
+    def __iter__(self):
+        target = torch.device(f"cuda:{torch.cuda.current_device()}") if self.device == "cuda" else None
+        size = self.cfg.batch_size
+        emitted = 0
+        pending: list[dict] = []
+        last = None
+        for part in self.dataloader:
+            last = part
+            if not pending and len(part["label"]) == size:  # the common case: a full worker batch
+                yield self._batch(part, target)
+                emitted += 1
+                continue
+            pending.append(part)
+            merged = _cat(pending)
+            while len(merged["label"]) >= size:
+                yield self._batch(_take(merged, 0, size), target)
+                emitted += 1
+                merged = _take(merged, size, len(merged["label"]))
+            pending = [merged] if len(merged["label"]) else []
+        if last is None:
+            raise AvdaliError("the torch loader read no samples for this rank")
+        if pending:
+            yield self._batch(_pad(pending[0], size), target)
+            emitted += 1
+        while emitted < len(self):  # a rank with fewer samples pads with whole invalid batches
+            yield self._batch({k: v.clone() for k, v in _invalid(last, size).items()}, target)
+            emitted += 1
+
+    @staticmethod
+    def _batch(part: dict, target: torch.device | None) -> Batch:
+        batch = Batch(**part)
+        return batch.to(target) if target is not None else batch
