@@ -44,14 +44,17 @@ def make_clip(
     face_drift: int = 0,
     audio_rate: int = 48_000,
     channels: int = 2,
+    pix_fmt: str = "yuv420p",
+    faststart: bool = False,
 ) -> Path:
     """An H.264 + AAC mp4 like the datasets': moving colours (plus an optional cartoon face at
     ``(cx, cy, half_width)`` drifting right by ``face_drift`` px over the clip) and a 440 Hz tone."""
     num_frames = round(seconds * fps)
-    with av.open(str(path), "w", format="mp4") as out:
+    options = {"movflags": "faststart"} if faststart else {}  # moov first: a cut file still opens
+    with av.open(str(path), "w", format="mp4", options=options) as out:
         vs = out.add_stream("libx264", rate=fps, options={"preset": "ultrafast"}) if video else None
         if vs is not None:
-            vs.width, vs.height, vs.pix_fmt = width, height, "yuv420p"
+            vs.width, vs.height, vs.pix_fmt = width, height, pix_fmt
         as_ = out.add_stream("aac", rate=audio_rate, layout="stereo" if channels == 2 else "mono") if audio else None
         if vs is not None:
             yy, xx = np.mgrid[0:height, 0:width]
@@ -111,6 +114,9 @@ def clips(tmp_path_factory) -> dict[str, Path]:
     paths["truncated"] = d / "truncated.mp4"
     (d / "random.mp4").write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
     paths["random"] = d / "random.mp4"
+    streamable = make_clip(d / "streamable.mp4", seconds=1.0, faststart=True).read_bytes()
+    (d / "cut_streamable.mp4").write_bytes(streamable[: len(streamable) * 4 // 5])
+    paths["cut_streamable"] = d / "cut_streamable.mp4"
     return paths
 
 
@@ -143,6 +149,8 @@ def test_flac_is_16k_mono_and_matches_video_length(good: Transcoded):
     # The 440 Hz tone survives the downmix and resampling (peak of the spectrum).
     spectrum = np.abs(np.fft.rfft(data[2000:10000].astype(np.float64)))
     assert np.fft.rfftfreq(8000, 1 / AUDIO_RATE)[spectrum.argmax()] == pytest.approx(440, abs=3)
+    # Stereo 0.3-amplitude tone on both channels → mono 0.3 (averaged, not summed into clipping).
+    assert np.abs(data[2000:10000]).max() / 32768 == pytest.approx(0.3, abs=0.03)
 
 
 def test_deterministic_bytes(clips, good: Transcoded):
@@ -187,6 +195,7 @@ def test_frames_follow_source_timestamps(tmp_path):
         ("no_video", "no video stream"),
         ("truncated", "corrupt video"),
         ("random", "corrupt video"),
+        ("cut_streamable", "corrupt "),
     ],
 )
 def test_bad_inputs_raise_clip_error(clips, name, reason):
@@ -252,3 +261,63 @@ def test_webm_decodes_in_dali_cpu(good: Transcoded, tmp_path):
     assert video.shape == (good.frames, 128, 128, 3)
     reference = np.stack(decode_webm(good.webm))
     assert np.abs(video.astype(int) - reference).mean() < 3
+
+
+def test_odd_size_444_source_and_mono_44k(tmp_path):
+    src = make_clip(
+        tmp_path / "odd.mp4", width=255, height=143, fps=25, pix_fmt="yuv444p", audio_rate=44_100, channels=1
+    )
+    out = transcode_clip(src, OPTS)
+    assert out.frames == 15 and out.source["width"] == 255 and out.source["channels"] == 1
+    assert abs(out.audio_samples / AUDIO_RATE - 1.0) < 0.05
+    assert all(f.shape == (128, 128, 3) for f in decode_webm(out.webm))
+
+
+# --- face track: sparse detections → smooth, clamped, even square boxes --------------------------
+
+
+def test_track_side_is_enlarged_median_and_centre_interpolates():
+    # A face moving right 10 px per frame, detected every 5 frames with one odd-sized detection.
+    detections = {k: (100.0 + 10 * k, 150.0, 60.0) for k in range(0, 21, 5)}
+    detections[10] = (200.0, 150.0, 90.0)
+    boxes = facemod.smooth_track(detections, 21, 640, 360)
+    assert len(boxes) == 21
+    assert {b.side for b in boxes} == {90}  # median side 60 x ENLARGE 1.5, not pulled by the 90
+    centres = [b.x + b.side / 2 for b in boxes]
+    # Linear motion survives the moving average inside the track; between detections it glides 10 px/frame.
+    assert centres[7] == pytest.approx(170, abs=2) and centres[12] == pytest.approx(220, abs=2)
+    assert all(b - a >= 0 for a, b in zip(centres, centres[1:]))
+    assert all(b.x % 2 == 0 and b.y % 2 == 0 and b.side % 2 == 0 for b in boxes)
+
+
+def test_track_damps_jitter_and_drops_outliers():
+    rng = np.random.default_rng(0)
+    detections = {k: (300 + rng.normal(0, 6), 180 + rng.normal(0, 6), 80.0) for k in range(0, 60, 5)}
+    detections[25] = (40.0, 40.0, 70.0)  # a false positive far from the face
+    detections[30] = None  # a frame where nothing was found
+    boxes = facemod.smooth_track(detections, 60, 640, 360)
+    xs = np.array([b.x + b.side / 2 for b in boxes])
+    raw = np.array([d[0] for k, d in detections.items() if d is not None and k != 25])
+    assert np.all(np.abs(xs - 300) < 15)  # the outlier at x=40 did not drag the crop
+    assert np.std(xs) < np.std(raw)
+
+
+def test_track_is_clamped_inside_the_frame():
+    boxes = facemod.smooth_track({0: (10.0, 10.0, 100.0)}, 3, 640, 360)
+    assert all((b.x, b.y, b.side) == (0, 0, 150) for b in boxes)
+    boxes = facemod.smooth_track({0: (630.0, 350.0, 400.0)}, 1, 640, 360)
+    assert (boxes[0].x, boxes[0].y, boxes[0].side) == (280, 0, 360)  # too big: shrunk to the frame, flush right
+
+
+def test_track_without_detections_is_none_and_centre_box():
+    assert facemod.smooth_track({}, 10, 640, 360) is None
+    assert facemod.smooth_track({0: None, 5: None}, 10, 640, 360) is None
+    assert facemod.centre_box(640, 360) == facemod.CropBox(140, 0, 360)
+    assert facemod.centre_box(255, 143) == facemod.CropBox(56, 0, 142)
+
+
+def test_median_box_and_largest_face():
+    boxes = [facemod.CropBox(10, 20, 100), facemod.CropBox(30, 20, 100), facemod.CropBox(20, 40, 100)]
+    assert facemod.median_box(boxes) == [20, 20, 100]
+    assert facemod.largest_face([(0, 0, 10, 10), (50, 20, 30, 30)], 4.0) == (260.0, 140.0, 120.0)
+    assert facemod.largest_face([], 4.0) is None

@@ -29,8 +29,9 @@ ENLARGE = 1.5
 CENTRE_WINDOW = 3
 """Detections averaged (moving average) for the centre track; damps the Haar box jitter."""
 OUTLIER_DISTANCE = 1.0
-"""A detection whose centre lies farther than this many median sides from the median centre is
-dropped (a false positive, or the other person in a MELD two-shot)."""
+"""A detection whose centre lies farther than this many median sides from the median of its
+neighbours (2 detections either side) is dropped: a false positive, or a one-off switch to the
+other person in a MELD two-shot."""
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,7 @@ def haar_detect(grey: np.ndarray) -> list[Box]:
     """Frontal faces in a small grey image, with OpenCV's bundled Haar cascade."""
     min_side = max(24, min(grey.shape) // 8)  # faces smaller than 1/8 of the frame are background people
     found = _haar_cascade().detectMultiScale(
-        grey, scaleFactor=1.15, minNeighbors=4, minSize=(min_side, min_side)
+        grey, scaleFactor=1.2, minNeighbors=4, minSize=(min_side, min_side)
     )
     return [tuple(int(v) for v in box) for box in found]
 
@@ -122,8 +123,9 @@ def smooth_track(
         return None
     centres = np.array([(d[0], d[1]) for _, d in found], dtype=np.float64)
     sides = np.array([d[2] for _, d in found], dtype=np.float64)
-    median_centre = np.median(centres, axis=0)
-    distance = np.linalg.norm(centres - median_centre, axis=1)
+    # Compare each detection with its neighbours in time (not the clip's median: faces do move).
+    local = np.array([np.median(centres[max(0, i - 2) : i + 3], axis=0) for i in range(len(centres))])
+    distance = np.linalg.norm(centres - local, axis=1)
     keep = distance <= OUTLIER_DISTANCE * np.median(sides)
     if not keep.any():  # detections scattered with no majority: trust the most central one
         keep = distance == distance.min()

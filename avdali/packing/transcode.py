@@ -23,16 +23,19 @@ import cv2
 import numpy as np
 import soundfile as sf
 
+from avdali.errors import AvdaliError
 from avdali.packing import face as facemod
 from avdali.packing.format import AUDIO_RATE
 from avdali.packing.options import PackOptions
 
 VIDEO_CODEC = "libvpx-vp9"
-GOP_FRAMES = 15
-"""Keyframe interval of the stored VP9, in stored frames (1 s at the default 15 fps). The loader
-decodes a clip's T sampled frames from the start anyway, and a keyframe costs ~2x a delta frame;
-see the measurement in the module's README section: 15 keeps files within a few percent of a
-single-keyframe stream while any seek lands at most 1 s from a keyframe."""
+GOP_FRAMES = 150
+"""Longest keyframe interval of the stored VP9, in stored frames: one keyframe per clip at the
+defaults (10 s x 15 fps). Measured with DALI's CPU ``decoders.video`` fetching T = 8 or 16 evenly
+spaced frames (README section of the packer): shorter GOPs made no clip faster to read, because the
+sampled frames lie closer together than any useful GOP and a keyframe costs more to decode than the
+delta frames it spares, while they grew files by +10 % (GOP 30), +35-40 % (15) and +135-145 % (5).
+ffmpeg's default would be 12."""
 VP9_OPTIONS = {
     "deadline": "realtime",  # with cpu-used 8: the fastest libvpx mode, ~5x "good" (MEDIA.md figure)
     "cpu-used": "8",
@@ -77,6 +80,9 @@ class Transcoded:
 
 
 def _one_line(err: BaseException) -> str:
+    """An error as one line; FFmpeg errors without their errno and file name (the packer names the file)."""
+    if isinstance(err, av.FFmpegError) and err.strerror:
+        return " ".join(err.strerror.split())
     return " ".join(str(err).split()) or type(err).__name__
 
 
@@ -177,47 +183,45 @@ def _decode_source(container, video, audio, rate: Fraction, options: PackOptions
             num_samples += len(chunk)
 
     # One pass over interleaved packets; demux ends with empty packets that flush each decoder.
-    for packet in container.demux(video, audio):
-        if packet.stream.type == "video":
-            if video_done:
-                continue
-            try:
-                frames = packet.decode()
-            except av.FFmpegError as e:
-                raise ClipError(f"corrupt video: {_one_line(e)}") from None
-            for frame in frames:
-                t = frame.time - start if frame.time is not None else decoded_frames / source_fps
-                decoded_frames += 1
-                # Slot = which stored frame this source time falls in; keep the first frame of each slot.
-                slot = math.floor(max(t, 0.0) * fps + EPS)
-                if slot >= max_frames:
-                    video_done = True
-                    break
-                if slot <= last_slot:
+    kind = "file"  # what was being read when FFmpeg failed, for the error message
+    try:
+        for packet in container.demux(video, audio):
+            if packet.stream.type == "video":
+                if video_done:
                     continue
-                last_slot = slot
-                frame = _yuv420(frame)
-                if len(kept) % DETECT_EVERY == 0:
-                    tic = time.perf_counter()
-                    small, scale = facemod.detection_image(_plane(frame, 0, frame.height, frame.width))
-                    detections[len(kept)] = facemod.largest_face(detector(small), scale)
-                    detect_s += time.perf_counter() - tic
-                kept.append(frame)
-        else:
-            if audio_done:
-                continue
-            try:
-                frames = packet.decode()
-                for frame in frames:
+                kind = "video"
+                for frame in packet.decode():
+                    t = frame.time - start if frame.time is not None else decoded_frames / source_fps
+                    decoded_frames += 1
+                    # Slot = the stored frame this source time falls in; keep the first frame of each slot.
+                    slot = math.floor(max(t, 0.0) * fps + EPS)
+                    if slot >= max_frames:
+                        video_done = True
+                        break
+                    if slot <= last_slot:
+                        continue
+                    last_slot = slot
+                    frame = _yuv420(frame)
+                    if len(kept) % DETECT_EVERY == 0:
+                        tic = time.perf_counter()
+                        small, scale = facemod.detection_image(_plane(frame, 0, frame.height, frame.width))
+                        detections[len(kept)] = facemod.largest_face(detector(small), scale)
+                        detect_s += time.perf_counter() - tic
+                    kept.append(frame)
+            else:
+                if audio_done:
+                    continue
+                kind = "audio"
+                for frame in packet.decode():
                     take_audio(resampler.resample(frame))
-            except av.FFmpegError as e:
-                raise ClipError(f"corrupt audio: {_one_line(e)}") from None
-            if num_samples >= max_samples:
-                audio_done = True
-        if video_done and audio_done:
-            break
-    if not audio_done:
-        take_audio(resampler.resample(None))  # the resampler holds back a few samples until flushed
+                audio_done = num_samples >= max_samples
+            kind = "file"
+            if video_done and audio_done:
+                break
+        if not audio_done:
+            take_audio(resampler.resample(None))  # the resampler holds back a few samples until flushed
+    except av.FFmpegError as e:
+        raise ClipError(f"corrupt {kind}: {_one_line(e)}") from None
     if not kept:
         raise ClipError("no decodable video frames")
     if not num_samples:
@@ -226,7 +230,9 @@ def _decode_source(container, video, audio, rate: Fraction, options: PackOptions
     return _Decoded(kept, detections, samples, detect_s)
 
 
-def _encode_webm(frames: list[av.VideoFrame], boxes: list[facemod.CropBox], rate: Fraction, size: int, threads: int) -> bytes:
+def _encode_webm(
+    frames: list[av.VideoFrame], boxes: list[facemod.CropBox], rate: Fraction, size: int, threads: int
+) -> bytes:
     buffer = io.BytesIO()
     # +bitexact keeps the muxer from writing run-specific fields: same input, same bytes (MEDIA.md).
     with av.open(buffer, "w", format="webm", options={"fflags": "+bitexact"}) as out:
@@ -251,19 +257,21 @@ def _encode_flac(samples: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def _count_webm_frames(webm: bytes, size: int) -> int:
+def _count_webm_frames(webm: bytes, size: int, expected: int) -> int:
     """Decode the webm back (what DALI will do at training time) and count its frames."""
+    count = 0
     try:
         with av.open(io.BytesIO(webm), "r") as container:
-            count = 0
             for frame in container.decode(video=0):
                 if (frame.width, frame.height) != (size, size):
-                    raise ClipError(f"re-encoded video does not decode: frame is {frame.width}x{frame.height}, not {size}x{size}")
+                    raise ClipError(
+                        f"re-encoded video does not decode: frame {frame.width}x{frame.height}, not {size}x{size}"
+                    )
                 count += 1
     except av.FFmpegError as e:
         raise ClipError(f"re-encoded video does not decode: {_one_line(e)}") from None
-    if count < 1:
-        raise ClipError("re-encoded video does not decode: no frames")
+    if count != expected:  # a dropped frame would shift every later frame's time
+        raise ClipError(f"re-encoded video does not decode: {count} of {expected} frames")
     return count
 
 
@@ -289,7 +297,7 @@ def transcode_clip(
     """
     path = Path(path)
     if options.size % 2:
-        raise ValueError(f"size must be even for yuv420p, got {options.size}")
+        raise AvdaliError(f"--size must be even (yuv420p halves it for colour), got {options.size}")
     try:
         if path.stat().st_size == 0:
             raise ClipError("zero-byte file")
@@ -298,7 +306,7 @@ def transcode_clip(
     try:
         container = av.open(str(path), "r", metadata_errors="ignore")
     except av.FFmpegError as e:
-        raise ClipError(f"corrupt video: {getattr(e, 'strerror', None) or _one_line(e)}") from None
+        raise ClipError(f"corrupt video: {_one_line(e)}") from None
     with container:
         if not container.streams.video:
             raise ClipError("no video stream")
@@ -320,7 +328,7 @@ def transcode_clip(
     except av.FFmpegError as e:
         raise ClipError(f"VP9 encode failed: {_one_line(e)}") from None
     flac = _encode_flac(decoded.audio)
-    frames = _count_webm_frames(webm, options.size)
+    frames = _count_webm_frames(webm, options.size, expected=len(decoded.frames))
     fps = float(rate)
     return Transcoded(
         webm=webm,
