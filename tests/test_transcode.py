@@ -16,7 +16,7 @@ import soundfile as sf
 from avdali.packing import face as facemod
 from avdali.packing.format import AUDIO_RATE
 from avdali.packing.options import PackOptions
-from avdali.packing.transcode import ClipError, Transcoded, transcode_clip
+from avdali.packing.transcode import DETECT_EVERY, ClipError, Transcoded, transcode_clip
 
 
 def draw_face(img: np.ndarray, cx: int, cy: int, half_width: int) -> None:
@@ -171,6 +171,13 @@ def test_never_more_frames_than_source(clips):
     assert out.duration_s == pytest.approx(1.0)
 
 
+def test_ntsc_rate_below_target_keeps_every_frame(tmp_path):
+    src = make_clip(tmp_path / "ntsc.mp4", fps=Fraction(30000, 1001), seconds=2.0)
+    out = transcode_clip(src, PackOptions(size=128, fps=30, max_seconds=5))
+    assert out.fps == pytest.approx(29.97, abs=0.001)
+    assert out.frames == out.source["frames"] == 60
+
+
 def test_frames_follow_source_timestamps(tmp_path):
     """Each stored frame is the source frame at its slot: compare against a reference resize."""
     src = make_clip(tmp_path / "s.mp4", width=256, height=256, fps=30, seconds=0.5)
@@ -242,7 +249,7 @@ def test_injected_detector_gets_small_grey_frames(clips):
     out = transcode_clip(clips["face"], OPTS, detector=fake)
     assert out.face == "centre"
     assert seen and all(s == (180, 320) for s in seen)  # 640x360 shrunk to DETECT_WIDTH
-    assert len(seen) == math.ceil(out.frames / 5)
+    assert len(seen) == math.ceil(out.frames / DETECT_EVERY)
 
 
 def test_webm_decodes_in_dali_cpu(good: Transcoded, tmp_path):
