@@ -328,3 +328,25 @@ def test_median_box_and_largest_face():
     assert facemod.median_box(boxes) == [20, 20, 100]
     assert facemod.largest_face([(0, 0, 10, 10), (50, 20, 30, 30)], 4.0) == (260.0, 140.0, 120.0)
     assert facemod.largest_face([], 4.0) is None
+
+
+def _grey_with_faces(faces: list[tuple[int, int, int]], width: int = 640, height: int = 360) -> np.ndarray:
+    img = np.full((height, width, 3), 60, np.uint8)
+    for cx, cy, half_width in faces:
+        draw_face(img, cx, cy, half_width)
+    return cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
+
+
+def test_face_finder_tracks_the_same_person_then_falls_back():
+    finder = facemod.FaceFinder()
+    first = finder(_grey_with_faces([(160, 180, 50)]))
+    assert first is not None and abs(first[0] - 160) < 15 and abs(first[1] - 180) < 25
+    # A second, bigger face appears: a whole-frame search picks the biggest, the tracker keeps the first.
+    both = _grey_with_faces([(165, 180, 50), (470, 170, 75)])
+    whole = facemod.largest_face(facemod.haar_detect(facemod.detection_image(both)[0]), 2.0)
+    assert whole is not None and abs(whole[0] - 470) < 20
+    tracked = finder(both)
+    assert tracked is not None and abs(tracked[0] - 165) < 15
+    # The tracked face leaves: the whole frame is searched again.
+    moved = finder(_grey_with_faces([(470, 170, 75)]))
+    assert moved is not None and abs(moved[0] - 470) < 20

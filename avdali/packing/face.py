@@ -56,11 +56,15 @@ def _haar_cascade() -> cv2.CascadeClassifier:
     return cascade
 
 
-def haar_detect(grey: np.ndarray) -> list[Box]:
-    """Frontal faces in a small grey image, with OpenCV's bundled Haar cascade."""
-    min_side = max(24, min(grey.shape) // 8)  # faces smaller than 1/8 of the frame are background people
+def haar_detect(grey: np.ndarray, min_side: int | None = None, max_side: int | None = None) -> list[Box]:
+    """Frontal faces in a small grey image, with OpenCV's bundled Haar cascade.
+
+    Without ``min_side``, faces smaller than 1/8 of the image's short side are ignored (background people).
+    """
+    min_side = min_side or max(24, min(grey.shape) // 8)
+    max_size = (max_side, max_side) if max_side else None
     found = _haar_cascade().detectMultiScale(
-        grey, scaleFactor=1.2, minNeighbors=4, minSize=(min_side, min_side)
+        grey, scaleFactor=1.2, minNeighbors=4, minSize=(min_side, min_side), maxSize=max_size
     )
     return [tuple(int(v) for v in box) for box in found]
 
@@ -81,6 +85,38 @@ def largest_face(boxes: Sequence[Box], scale: float) -> tuple[float, float, floa
         return None
     x, y, w, h = max(boxes, key=lambda b: b[2] * b[3])
     return ((x + w / 2) * scale, (y + h / 2) * scale, max(w, h) * scale)
+
+
+class FaceFinder:
+    """The largest face in successive frames of one clip, as ``(cx, cy, side)`` in source pixels.
+
+    With the default Haar detector it first searches a window around the last face, at 0.7-1.4x its
+    size, and only then the whole frame: ~3x cheaper per detection and it sticks to the same person.
+    An injected ``detector`` always gets the whole (shrunk) frame.
+    """
+
+    def __init__(self, detector: FaceDetector | None = None):
+        self.detector = detector
+        self.last: tuple[float, float, float] | None = None
+        """The last face found, in detection-image pixels."""
+
+    def __call__(self, luma: np.ndarray) -> tuple[float, float, float] | None:
+        small, scale = detection_image(luma)
+        found = self._near_last(small) if self.detector is None and self.last is not None else None
+        if found is None:
+            found = largest_face((self.detector or haar_detect)(small), 1.0)
+        if found is None:
+            return None
+        self.last = found
+        cx, cy, side = found
+        return (cx * scale, cy * scale, side * scale)
+
+    def _near_last(self, small: np.ndarray) -> tuple[float, float, float] | None:
+        cx, cy, side = self.last
+        x0, y0 = int(max(0.0, cx - side)), int(max(0.0, cy - side))
+        window = small[y0 : int(cy + side), x0 : int(cx + side)]
+        found = largest_face(haar_detect(window, min_side=int(side * 0.7), max_side=int(side * 1.4) + 1), 1.0)
+        return None if found is None else (found[0] + x0, found[1] + y0, found[2])
 
 
 def _even(v: float) -> int:

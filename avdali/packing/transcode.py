@@ -164,7 +164,9 @@ class _Decoded:
     """Seconds spent in face detection."""
 
 
-def _decode_source(container, video, audio, rate: Fraction, options: PackOptions, detector) -> _Decoded:
+def _decode_source(
+    container, video, audio, rate: Fraction, options: PackOptions, find_face: facemod.FaceFinder
+) -> _Decoded:
     fps = float(rate)
     max_frames = max(1, math.floor(options.max_seconds * fps + EPS))
     max_samples = round(options.max_seconds * AUDIO_RATE)
@@ -208,8 +210,7 @@ def _decode_source(container, video, audio, rate: Fraction, options: PackOptions
                     frame = _yuv420(frame)
                     if len(kept) % DETECT_EVERY == 0:
                         tic = time.perf_counter()
-                        small, scale = facemod.detection_image(_plane(frame, 0, frame.height, frame.width))
-                        detections[len(kept)] = facemod.largest_face(detector(small), scale)
+                        detections[len(kept)] = find_face(_plane(frame, 0, frame.height, frame.width))
                         detect_s += time.perf_counter() - tic
                     kept.append(frame)
             else:
@@ -320,7 +321,7 @@ def transcode_clip(
         video.codec_context.thread_count = threads
         source = _source_info(container, video, audio)
         rate = _stored_rate(video.average_rate or video.guessed_rate, options.fps)
-        decoded = _decode_source(container, video, audio, rate, options, detector or facemod.haar_detect)
+        decoded = _decode_source(container, video, audio, rate, options, facemod.FaceFinder(detector))
 
     width, height = decoded.frames[0].width, decoded.frames[0].height
     boxes = facemod.smooth_track(decoded.detections, len(decoded.frames), width, height)
