@@ -1,0 +1,73 @@
+"""The original notebook's loader, kept only as the benchmark's reference point (never used for training).
+
+Per item it opens the raw mp4, decodes every frame to RGB, picks T evenly spaced frames, resizes them to
+the crop size, decodes and resamples the AAC track to 16 kHz and computes MFCCs, all inside DataLoader
+workers. It reads the raw tree, so it pays the full H.264 720p decode that packing pays only once.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from avdali.data import sampling
+from avdali.data.config import DataConfig
+from avdali.sources import scan
+from avdali.sources.records import ClipRecord
+
+
+class NaiveClips(Dataset):
+    """Raw clips of a dataset tree, decoded per item the notebook way."""
+
+    def __init__(self, records: list[ClipRecord], cfg: DataConfig):
+        self.records, self.cfg = records, cfg
+        self._mfcc = None
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> dict:
+        record = self.records[i]
+        with av.open(str(record.video_path)) as container:
+            frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]  # every frame
+        with av.open(str(record.video_path)) as container:
+            resampler = av.AudioResampler(format="flt", layout="mono", rate=sampling.SAMPLE_RATE)
+            chunks = [r.to_ndarray()[0] for f in container.decode(audio=0) for r in resampler.resample(f)]
+        picks = np.linspace(0, len(frames) - 1, self.cfg.frames).round().astype(int)
+        size = (self.cfg.crop, self.cfg.crop)
+        video = np.stack([cv2.resize(frames[k], size, interpolation=cv2.INTER_AREA) for k in picks])
+        wav = np.concatenate(chunks) if chunks else np.zeros(1, np.float32)
+        window = sampling.window_samples(self.cfg.audio_seconds)
+        wav = np.pad(wav[:window], (0, max(0, window - len(wav))))
+        if self._mfcc is None:
+            import torchaudio
+
+            self._mfcc = torchaudio.transforms.MFCC(
+                sample_rate=sampling.SAMPLE_RATE, n_mfcc=self.cfg.n_mfcc,
+                melkwargs=dict(n_fft=sampling.WINDOW, hop_length=sampling.HOP, n_mels=self.cfg.n_mels),
+            )
+        mfcc = self._mfcc(torch.from_numpy(wav))
+        return dict(video=torch.from_numpy(video).permute(0, 3, 1, 2), audio=mfcc, label=record.label)
+
+
+def naive_loader(dataset: str, root: str | Path, splits: list[str] | None, cfg: DataConfig) -> DataLoader:
+    """DataLoader over the raw tree's clips of ``splits`` (all when None), ``cfg.num_threads`` workers."""
+    records = [r for r in scan(dataset, Path(root)).records if splits is None or r.split in splits]
+    if not records:
+        from avdali.errors import AvdaliError
+
+        raise AvdaliError(f"{root}: no {dataset} clips found for splits {splits}")
+    return DataLoader(
+        NaiveClips(records, cfg),
+        batch_size=cfg.batch_size,
+        shuffle=True,
+        num_workers=cfg.num_threads,
+        multiprocessing_context="forkserver",
+        persistent_workers=True,
+        drop_last=True,
+    )
