@@ -28,6 +28,8 @@ class PackOptions:
     def __post_init__(self):
         if self.size < 128:
             raise AvdaliError(f"--size must be ≥ 128 (NVDEC's minimum frame size), got {self.size}")
+        if self.size % 2:
+            raise AvdaliError(f"--size must be even (VP9 stores 4:2:0 chroma at half size), got {self.size}")
         if not 1 <= self.fps <= 60:
             raise AvdaliError(f"--fps must be between 1 and 60, got {self.fps}")
         if self.max_seconds <= 0:
