@@ -1,0 +1,168 @@
+"""``avdali train``: parse options, turn them into config overrides, call ``avdali.train.loop.run_training``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from avdali.cli.common import user_errors
+from avdali.errors import AvdaliError
+from avdali.train.distributed import check_local_ranks, resolve_device
+
+
+@user_errors
+def train(
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="Run config TOML (configs/ravdess.toml …); with --resume the run folder's config.toml is the default.", show_default=False)] = None,
+    gpus: Annotated[Optional[int], typer.Option("--gpus", help="Start N ranks on this node, one GPU each (NCCL).", show_default=False)] = None,
+    procs: Annotated[Optional[int], typer.Option("--procs", help="Start N CPU ranks on this node (gloo).", show_default=False)] = None,
+    device: Annotated[Optional[str], typer.Option("--device", help="cpu | cuda | auto (= train.device).", show_default=False)] = None,
+    run_dir: Annotated[Optional[Path], typer.Option("--run-dir", help="Run folder (default: a new output/<name>-<time>).", show_default=False)] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --run-dir from its last.pt.")] = False,
+    fold: Annotated[Optional[int], typer.Option("--fold", help="RAVDESS test fold 1-5 (= data.fold).", show_default=False)] = None,
+    compile: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile the model (= train.compile; default: on CUDA).", show_default=False)] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a config value: section.key=value (TOML literal), repeatable.", show_default=False)] = None,
+) -> None:
+    """Train the audio-visual fusion model; writes config.toml, last.pt, best.pt and TensorBoard events to the run folder.
+
+    Precedence: config defaults < --config file < --set and the flags above. Multi-node: start the same
+    command with `torchrun --nnodes … -m avdali train …` (each rank reads RANK/LOCAL_RANK/WORLD_SIZE).
+    """
+    from avdali.train.config import load_config
+    from avdali.train.loop import run_training
+
+    nprocs, device = _ranks(gpus, procs, device)
+    if config is None:
+        if not (resume and run_dir):
+            raise AvdaliError("--config is required (or --resume --run-dir DIR to continue a run)")
+        config = run_dir / "config.toml"
+    overrides = list(set_ or [])
+    if device is not None:
+        overrides.append(f"train.device={device}")
+    if fold is not None:
+        overrides.append(f"data.fold={fold}")
+    if run_dir is not None:
+        overrides.append(f"train.run_dir={_toml_string(str(run_dir))}")
+    if compile is not None:
+        overrides.append(f"train.compile={'true' if compile else 'false'}")
+    cfg = load_config(config, overrides)
+    result = run_training(cfg, resume=resume, nprocs=nprocs, reporter=RichReporter())
+    test = f" · test {result.metric} {result.test[result.metric]:.4f}" if result.metric in result.test else ""
+    Console().print(
+        f"[bold green]done[/] {result.epoch} epochs, {result.step} steps · best val {result.metric} "
+        f"{result.best_metric:.4f}{test} · {result.run_dir}",
+        highlight=False,
+    )
+
+
+def _ranks(gpus: int | None, procs: int | None, device: str | None) -> tuple[int, str | None]:
+    """Local ranks to start and the device they use; errors for impossible combinations."""
+    if gpus is not None and procs is not None:
+        raise AvdaliError("--gpus and --procs exclude each other (GPU ranks vs CPU ranks)")
+    if device is not None and device not in ("cpu", "cuda", "auto"):
+        raise AvdaliError(f"--device must be cpu, cuda or auto, got {device!r}")
+    if gpus is not None:
+        if device == "cpu":
+            raise AvdaliError("--gpus starts GPU ranks; use --procs N for CPU ranks")
+        if gpus < 1:
+            _bad_count("--gpus", gpus)
+        check_local_ranks(gpus, "cuda")
+        return gpus, "cuda"
+    if procs is not None:
+        if procs < 1:
+            _bad_count("--procs", procs)
+        if device == "cuda":
+            raise AvdaliError("--procs starts CPU ranks; use --gpus N for GPU ranks")
+        return procs, "cpu"
+    if device is not None:
+        resolve_device(device)  # --device cuda without CUDA fails here, before anything is loaded
+    return 1, device
+
+
+def _bad_count(flag: str, value: int) -> None:
+    raise AvdaliError(f"{flag} must be ≥ 1, got {value}")
+
+
+def _toml_string(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+class RichReporter:
+    """Rank 0's console: a progress bar per epoch and one summary line per epoch.
+
+    Built lazily so the object pickles into the ranks ``--procs``/``--gpus`` spawns.
+    """
+
+    def __init__(self):
+        self._console: Console | None = None
+        self._progress: Progress | None = None
+        self._task = None
+
+    @property
+    def console(self) -> Console:
+        if self._console is None:
+            self._console = Console()
+        return self._console
+
+    def start(self, run_dir, summary: str) -> None:
+        self.console.print(f"[bold]avdali train[/] → {run_dir}", highlight=False)
+        self.console.print(summary, highlight=False, style="dim")
+
+    def epoch_start(self, epoch: int, epochs: int, steps: int) -> None:
+        self._stop_bar()
+        self._progress = Progress(
+            TextColumn(f"epoch {epoch}/{epochs}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[stats]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=True,
+        )
+        self._progress.start()
+        self._task = self._progress.add_task("train", total=steps, stats="")
+
+    def advance(self, steps: int = 1) -> None:
+        if self._progress is not None:
+            self._progress.advance(self._task, steps)
+
+    def log(self, step: int, values: dict[str, float]) -> None:
+        if self._progress is not None:
+            stats = (f"loss {values['loss']:.3f} acc {values['acc']:.3f} lr {values['lr']:.2e} "
+                     f"{values['clips_per_s']:.1f} clips/s wait {values['data_wait_frac']:.0%}")
+            self._progress.update(self._task, stats=stats)
+        self._last_train = values
+
+    def epoch_end(self, epoch: int, epochs: int, summary: dict) -> None:
+        self._stop_bar()
+        train = getattr(self, "_last_train", {})
+        metric = summary["metric"]
+        self.console.print(
+            f"epoch {epoch}/{epochs} step {summary['step']} · train loss {train.get('loss', float('nan')):.3f} "
+            f"acc {train.get('acc', 0):.3f} {train.get('clips_per_s', 0):.1f} clips/s "
+            f"wait {train.get('data_wait_frac', 0):.0%} · val loss {summary['loss']:.3f} acc {summary['acc']:.3f} "
+            f"ua {summary['ua']:.3f} wf1 {summary['weighted_f1']:.3f} · best {metric} {summary['best']:.4f}",
+            highlight=False,
+        )
+
+    def message(self, text: str) -> None:
+        self.console.print(text, highlight=False)
+
+    def close(self) -> None:
+        self._stop_bar()
+
+    def _stop_bar(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+    def __getstate__(self):
+        # Consoles and live progress bars hold terminals and threads: rebuild them in the rank.
+        return {}
+
+    def __setstate__(self, state):
+        self.__init__()

@@ -1,0 +1,75 @@
+"""Atomic checkpoints (timm's CheckpointSaver habit): write ``*.tmp``, then ``os.replace`` onto the name.
+
+A checkpoint holds only tensors and primitive containers, so ``torch.load(weights_only=True)`` reads it:
+model (the raw module's state dict: no ``_orig_mod.``/``module.`` prefixes), optimizer, GradScaler,
+schedule, step, epoch, best metric, the resolved config as a plain dict, and the RNG states.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from avdali.errors import AvdaliError
+
+LAST = "last.pt"
+BEST = "best.pt"
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
+    """Write ``state`` to ``path`` atomically: a crash mid-write leaves the previous file intact."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint with ``weights_only=True`` (AvdaliError naming the file if missing or unreadable)."""
+    path = Path(path)
+    if not path.is_file():
+        raise AvdaliError(f"{path}: checkpoint not found")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # torch raises many kinds (pickle, zip, unsupported global)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise AvdaliError(f"{path}: not a readable checkpoint ({first})") from None
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, NumPy and torch (CPU + CUDA) RNG states as tensors and primitives."""
+    np_state = np.random.get_state()
+    state = {
+        "python": _listify(random.getstate()),
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what ``rng_state`` saved (so dropout and augmentation continue as if uninterrupted)."""
+    random.setstate(_tuplify(state["python"]))
+    np_state = state["numpy"]
+    np.random.set_state(("MT19937", np_state["keys"].numpy().astype(np.uint32), np_state["pos"],
+                         np_state["has_gauss"], np_state["cached_gaussian"]))
+    torch.set_rng_state(state["torch"].cpu())
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+def _listify(value):
+    return [_listify(v) for v in value] if isinstance(value, tuple) else value
+
+
+def _tuplify(value):
+    return tuple(_tuplify(v) for v in value) if isinstance(value, list) else value

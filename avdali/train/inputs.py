@@ -1,0 +1,32 @@
+"""Turning a loader's Batch into the model's inputs on the model's device (shared by training and evaluation)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from avdali.data.normalize import prepare_video
+
+
+def to_device(batch, device: torch.device):
+    """The batch with every tensor on ``device`` (no copy when already there; non-blocking from pinned memory)."""
+    moved = {}
+    for f in dataclasses.fields(batch):
+        value = getattr(batch, f.name)
+        if isinstance(value, torch.Tensor) and value.device != device:
+            value = value.to(device, non_blocking=True)
+        moved[f.name] = value
+    return dataclasses.replace(batch, **moved)
+
+
+def model_video(video: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """uint8 N,T,C,H,W → normalised float on its own device; in channels-last order when asked.
+
+    The frame CNN sees ``video.flatten(0, 1)`` (N·T,C,H,W); storing the 5-D tensor as N,T,H,W,C makes
+    that flattened view channels-last without another copy.
+    """
+    video = prepare_video(video)
+    if channels_last and video.dim() == 5:
+        video = video.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
+    return video

@@ -1,0 +1,542 @@
+"""The training loop: one rank's run from config to best checkpoint.
+
+``run_training`` is what ``avdali train`` calls: it resolves the config once (device, precision, compile,
+metric, run folder), then trains in this process or starts N local ranks through torch.distributed's
+elastic launcher; every rank runs ``train``. The step follows nanoGPT's order: set lr → autocast forward →
+(scaled) backward → clip → step → ``zero_grad(set_to_none=True)``. The device is synchronised only at
+logging steps (``train.log_every``), where the running sums are all-reduced over ranks.
+
+A step whose loss or gradient norm is not finite changes nothing: the fused AdamW kernel reads a
+``found_inf`` flag on the device (as GradScaler does for fp16) and skips the update without a host sync.
+Such steps are counted; ``train.max_bad_steps`` of them in a row stop the run, keeping the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import math
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+
+from avdali.data.build import build_loader
+from avdali.errors import AvdaliError
+from avdali.labels import LABEL_SPACES
+from avdali.models.avfusion import build_model
+from avdali.train import checkpoint as ckpt
+from avdali.train.config import RunConfig, dump_config
+from avdali.train.distributed import (
+    DistInfo,
+    all_gather_objects,
+    all_reduce_max,
+    all_reduce_sum,
+    barrier,
+    broadcast_object,
+    cleanup_distributed,
+    init_distributed,
+    launch_local,
+    resolve_device,
+    under_launcher,
+)
+from avdali.train.evaluate import evaluate
+from avdali.train.inputs import model_video, to_device
+from avdali.train.metrics_writer import MetricsWriter
+from avdali.train.protocol import SplitPlan, balanced_class_weights, class_counts, default_metric, plan_splits
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}
+
+
+class TrainingStopped(AvdaliError):
+    """Too many non-finite steps in a row: the run stopped; the last good checkpoint is kept."""
+
+
+class Reporter(Protocol):
+    """Where rank 0 tells a person how the run goes (the CLI gives a rich console; tests give nothing)."""
+
+    def start(self, run_dir: Path, summary: str) -> None: ...
+    def epoch_start(self, epoch: int, epochs: int, steps: int) -> None: ...
+    def advance(self, steps: int = 1) -> None: ...
+    def log(self, step: int, values: dict[str, float]) -> None: ...
+    def epoch_end(self, epoch: int, epochs: int, summary: dict[str, float]) -> None: ...
+    def message(self, text: str) -> None: ...
+    def close(self) -> None: ...
+
+
+class NullReporter:
+    """Says nothing (ranks other than 0, tests)."""
+
+    def start(self, run_dir, summary): ...
+    def epoch_start(self, epoch, epochs, steps): ...
+    def advance(self, steps=1): ...
+    def log(self, step, values): ...
+    def epoch_end(self, epoch, epochs, summary): ...
+    def message(self, text): ...
+    def close(self): ...
+
+
+@dataclass
+class RankReport:
+    """One rank's end state, gathered by every rank (the check that DDP kept the replicas identical)."""
+
+    rank: int
+    """Global rank."""
+    weights_sha256: str
+    """SHA-256 of the model's parameters and buffers in state-dict order."""
+    last_epoch_indices: list[int]
+    """Sorted sample indices (valid ones) this rank trained on in its last epoch."""
+
+
+@dataclass
+class TrainResult:
+    """What a finished run reports (rank 0's view; every rank gets the same numbers)."""
+
+    run_dir: Path
+    """The run folder (config.toml, last.pt, best.pt, TensorBoard events)."""
+    step: int
+    """Optimizer steps taken in total (including those before a resume)."""
+    epoch: int
+    """Epochs completed."""
+    metric: str
+    """Name of the validation metric that picked best.pt."""
+    best_metric: float
+    """Its best value."""
+    val: dict[str, float] = field(default_factory=dict)
+    """Last epoch's validation metrics (scalars only)."""
+    test: dict[str, float] = field(default_factory=dict)
+    """best.pt's test metrics (empty when there are no test splits or ``train.test_at_end`` is false)."""
+    bad_steps: int = 0
+    """Steps skipped for a non-finite loss or gradient."""
+    ranks: list[RankReport] = field(default_factory=list)
+    """Every rank's end state (one entry per rank)."""
+
+
+# --- entry point -----------------------------------------------------------------------------------------
+
+
+def resolve_config(cfg: RunConfig, *, resume: bool = False, now: datetime | None = None) -> RunConfig:
+    """Fill every "auto" (device, amp, compile, metric) and the run folder: the config that gets written down."""
+    device = resolve_device(cfg.train.device)
+    plan = plan_splits(cfg.data.shards, cfg.data.fold, cfg.data.train_splits, cfg.data.val_splits, cfg.data.test_splits)
+    train = cfg.train
+    run_dir = train.run_dir
+    if not run_dir:
+        if resume:
+            raise AvdaliError("--resume needs the run folder to continue: pass --run-dir DIR")
+        stamp = (now or datetime.now()).strftime("%Y%m%d-%H%M%S")
+        run_dir = str(Path("output") / f"{train.name}-{stamp}")
+    train = dataclasses.replace(
+        train,
+        device=device,
+        amp=train.amp if train.amp != "auto" else ("bf16" if device == "cuda" else "none"),
+        compile=train.compile if train.compile != "auto" else device == "cuda",
+        metric=train.metric if train.metric != "auto" else default_metric(plan.dataset),
+        run_dir=run_dir,
+    )
+    return dataclasses.replace(cfg, train=train)
+
+
+def run_training(cfg: RunConfig, *, resume: bool = False, nprocs: int = 1, reporter: Reporter | None = None) -> TrainResult:
+    """Resolve ``cfg`` and train: in this process, on ``nprocs`` local ranks, or as one rank of a torchrun job."""
+    cfg = resolve_config(cfg, resume=resume)
+    run_dir = Path(cfg.train.run_dir)
+    if not resume and (run_dir / ckpt.LAST).exists():
+        raise AvdaliError(f"{run_dir} already holds a run ({ckpt.LAST}); pass --resume to continue it or choose another --run-dir")
+    if resume and not (run_dir / ckpt.LAST).exists():
+        raise AvdaliError(f"--resume: {run_dir / ckpt.LAST} not found")
+    if nprocs > 1 and not under_launcher():
+        results = launch_local(train, (cfg, resume, reporter), nprocs)
+        return results[0]
+    return train(cfg, resume=resume, reporter=reporter)
+
+
+def train(cfg: RunConfig, resume: bool = False, reporter: Reporter | None = None) -> TrainResult:
+    """One rank's whole run (``cfg`` resolved by ``resolve_config``); joins and leaves the process group."""
+    info = init_distributed(resolve_device(cfg.train.device))
+    try:
+        # Every rank must write to the folder rank 0 named (nodes may resolve "now" differently).
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, run_dir=broadcast_object(cfg.train.run_dir)))
+        return Trainer(cfg, info, resume=resume, reporter=reporter if info.is_main else None).fit()
+    finally:
+        cleanup_distributed()
+
+
+# --- schedule ----------------------------------------------------------------------------------------------
+
+
+def lr_at(step: int, *, lr: float, min_lr: float, warmup_steps: int, total_steps: int) -> float:
+    """Learning rate of optimizer step ``step`` (0-based): linear warmup, then cosine decay to ``min_lr``."""
+    if step < warmup_steps:
+        return lr * (step + 1) / warmup_steps
+    if step >= total_steps:
+        return min_lr
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (lr - min_lr)
+
+
+# --- the trainer ------------------------------------------------------------------------------------------
+
+
+class Trainer:
+    """Holds one rank's model, optimizer, loaders and counters; ``fit`` runs the epochs."""
+
+    def __init__(self, cfg: RunConfig, info: DistInfo, *, resume: bool = False, reporter: Reporter | None = None):
+        self.cfg = cfg
+        self.info = info
+        self.device = info.device
+        self.reporter = reporter or NullReporter()
+        self.run_dir = Path(cfg.train.run_dir)
+        self.amp_dtype = AMP_DTYPES[cfg.train.amp]
+        self.class_names = LABEL_SPACES[cfg.data.label_space]
+        self.plan: SplitPlan = plan_splits(
+            cfg.data.shards, cfg.data.fold, cfg.data.train_splits, cfg.data.val_splits, cfg.data.test_splits
+        )
+
+        # Same seed on every rank for the initial weights (DDP also broadcasts rank 0's), then a rank's own
+        # stream for dropout.
+        torch.manual_seed(cfg.train.seed)
+        self.raw_model = build_model(cfg.model).to(self.device)
+        if cfg.train.channels_last:
+            self.raw_model = self.raw_model.to(memory_format=torch.channels_last)
+        torch.manual_seed(cfg.train.seed + 1000 * info.rank)
+
+        data_cfg = cfg.data.loader_config()
+        loader_device = self.device.type
+        common = dict(device=loader_device, rank=info.rank, world_size=info.world_size, seed=cfg.train.seed)
+        self.train_loader = build_loader(data_cfg, self.plan.train, train=True, **common)
+        self.val_loader = build_loader(data_cfg, self.plan.val, train=False, **common)
+        self.steps_per_epoch = len(self.train_loader)
+        if self.steps_per_epoch < 1:
+            raise AvdaliError(f"{cfg.data.shards}: training splits {', '.join(self.plan.train)} give no batch per rank")
+        self.total_steps = cfg.train.epochs * self.steps_per_epoch
+        optim = cfg.optim
+        self.warmup_steps = optim.warmup_steps or round(optim.warmup_frac * self.total_steps)
+
+        self.optimizer = self._build_optimizer()
+        self.buffers = [b for b in self.raw_model.buffers() if b.is_floating_point()]
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.train.amp == "fp16")
+        self.loss_weight = self._class_weights()
+
+        # Compile, then wrap in DDP; keep the raw module for state dicts (no _orig_mod./module. prefixes).
+        model = torch.compile(self.raw_model) if cfg.train.compile else self.raw_model
+        self.eval_model = model
+        if info.distributed:
+            device_ids = [info.local_rank] if self.device.type == "cuda" else None
+            model = DistributedDataParallel(model, device_ids=device_ids)
+        self.model = model
+
+        self.step = 0
+        self.epoch = 0
+        self.best_metric = -math.inf
+        self.bad_steps_total = 0
+        self.last_val: dict[str, float] = {}
+        self._epoch_indices: list[torch.Tensor] = []
+        if resume:
+            self._load(self.run_dir / ckpt.LAST)
+        if info.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            dump_config(cfg, self.run_dir / "config.toml")
+        # purge_step: events a crashed run logged after the checkpoint are dropped, so curves continue cleanly.
+        self.writer = MetricsWriter(self.run_dir, enabled=info.is_main, purge_step=self.step + 1 if resume else None)
+        self._reset_window()
+
+    # -- setup ---------------------------------------------------------------------------------------------
+
+    def _build_optimizer(self) -> torch.optim.Optimizer:
+        optim = self.cfg.optim
+        params = self.params = [p for p in self.raw_model.parameters() if p.requires_grad]
+        # Decay weight matrices and kernels, not biases, norms or LSTM bias vectors (nanoGPT's grouping).
+        groups = [
+            {"params": [p for p in params if p.ndim >= 2], "weight_decay": optim.weight_decay},
+            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+        ]
+        # fused: one kernel per step, and it honours the found_inf flag used to skip non-finite steps.
+        return torch.optim.AdamW(groups, lr=optim.lr, betas=optim.betas, fused=True)
+
+    def _class_weights(self) -> torch.Tensor | None:
+        if self.cfg.optim.class_weights == "none":
+            return None
+        if self.cfg.data.label_space != "unified":
+            raise AvdaliError(
+                f'optim.class_weights = "balanced" counts unified labels from the manifest; '
+                f"data.label_space is {self.cfg.data.label_space!r}"
+            )
+        counts = class_counts(self.cfg.data.shards, self.plan.train)
+        return torch.tensor(balanced_class_weights(counts), dtype=torch.float32, device=self.device)
+
+    # -- the run ---------------------------------------------------------------------------------------------
+
+    def fit(self) -> TrainResult:
+        cfg = self.cfg.train
+        self.reporter.start(self.run_dir, self._summary())
+        try:
+            while self.epoch < cfg.epochs:
+                self._train_epoch()
+                self.epoch += 1
+                self._validate_and_save()
+            ranks = self._rank_reports()
+            test = self._test() if cfg.test_at_end and self.plan.test else {}
+            self.writer.hparams(_flatten(self.cfg.to_dict()), {f"val_best_{cfg.metric}": self.best_metric,
+                                                                **{f"test_{k}": v for k, v in test.items()}})
+        finally:
+            self.writer.close()
+            self.reporter.close()
+        return TrainResult(
+            run_dir=self.run_dir,
+            step=self.step,
+            epoch=self.epoch,
+            metric=cfg.metric,
+            best_metric=self.best_metric,
+            val=self.last_val,
+            test=test,
+            bad_steps=self.bad_steps_total,
+            ranks=ranks,
+        )
+
+    def _rank_reports(self) -> list[RankReport]:
+        digest = hashlib.sha256()
+        for tensor in self.raw_model.state_dict().values():
+            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        indices = torch.cat(self._epoch_indices).cpu().tolist() if self._epoch_indices else []
+        reports = all_gather_objects(RankReport(self.info.rank, digest.hexdigest(), sorted(indices)))
+        if len({r.weights_sha256 for r in reports}) > 1:
+            raise AvdaliError("the ranks' model weights differ after training (DDP replicas out of sync)")
+        return reports
+
+    def _train_epoch(self) -> None:
+        self.train_loader.set_epoch(self.epoch)
+        self.model.train()
+        self.reporter.epoch_start(self.epoch + 1, self.cfg.train.epochs, self.steps_per_epoch)
+        batches = iter(self.train_loader)
+        self._epoch_indices: list[torch.Tensor] = []
+        self._window_start = time.perf_counter()
+        for i in range(self.steps_per_epoch):
+            wait_start = time.perf_counter()
+            try:
+                batch = next(batches)
+            except StopIteration:
+                raise AvdaliError(
+                    f"training loader gave {i} batches, not the {self.steps_per_epoch} its len() promised"
+                ) from None
+            self._data_wait_s += time.perf_counter() - wait_start
+            self._train_step(batch)
+            self.reporter.advance()
+            if self.step % self.cfg.train.log_every == 0 or i == self.steps_per_epoch - 1:
+                self._log_window()
+
+    def _train_step(self, batch) -> None:
+        optim = self.cfg.optim
+        lr = lr_at(self.step, lr=optim.lr, min_lr=optim.min_lr, warmup_steps=self.warmup_steps,
+                   total_steps=self.total_steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self._lr = lr
+        batch = to_device(batch, self.device)
+        video = model_video(batch.video, self.cfg.train.channels_last)
+        # A non-finite batch also poisons BatchNorm running statistics in the forward; keep a copy to put back.
+        saved_buffers = [b.clone() for b in self.buffers]
+        with self._autocast():
+            logits = self.model(video, batch.audio, batch.audio_len)
+        loss = self._loss(logits.float(), batch.label, batch.valid)
+        self.scaler.scale(loss).backward()
+        if self.scaler.is_enabled():
+            self.scaler.unscale_(self.optimizer)
+        max_norm = optim.grad_clip if optim.grad_clip > 0 else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
+        if self.scaler.is_enabled():
+            # GradScaler skips inf/nan gradients itself (that is how it calibrates); a bad *loss* is what we count.
+            bad = ~torch.isfinite(loss.detach())
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            bad = ~torch.isfinite(grad_norm)  # a non-finite loss gives non-finite gradients too
+            self.optimizer.found_inf = bad.float()  # read on the device by the fused kernel: no sync
+            self.optimizer.step()
+            del self.optimizer.found_inf
+        self.optimizer.zero_grad(set_to_none=True)
+        for buffer, saved in zip(self.buffers, saved_buffers):
+            buffer.copy_(torch.where(bad, saved, buffer))  # on the device: no sync
+
+        # Running sums stay on the device until the next logging step.
+        valid = batch.valid.bool()
+        good = ~bad
+        n_valid = valid.sum()
+        self._loss_sum += torch.where(good, loss.detach() * n_valid, 0.0)
+        self._correct += ((logits.detach().argmax(1) == batch.label) & valid).sum()
+        self._clips += n_valid
+        self._bad_total += bad.long()
+        self._bad_run = (self._bad_run + 1) * bad.long()
+        self._good_clips += torch.where(good, n_valid, 0)
+        self._window_steps += 1
+        self._epoch_indices.append(batch.index[valid])
+        self.step += 1
+
+    def _loss(self, logits: torch.Tensor, label: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy over the valid samples (padding counts for nothing), class-weighted if asked."""
+        per_sample = F.cross_entropy(logits, label, weight=self.loss_weight,
+                                     label_smoothing=self.cfg.optim.label_smoothing, reduction="none")
+        weight = valid.float()
+        if self.loss_weight is not None:
+            weight = weight * self.loss_weight[label]
+        return (per_sample * valid).sum() / weight.sum().clamp_min(1e-6)
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    # -- logging -----------------------------------------------------------------------------------------
+
+    def _reset_window(self) -> None:
+        zeros = lambda dtype: torch.zeros((), dtype=dtype, device=self.device)  # noqa: E731
+        self._loss_sum = zeros(torch.float32)
+        self._correct = zeros(torch.int64)
+        self._clips = zeros(torch.int64)
+        self._good_clips = zeros(torch.int64)
+        self._bad_total = zeros(torch.int64)
+        if not hasattr(self, "_bad_run"):
+            self._bad_run = zeros(torch.int64)
+        self._window_steps = 0
+        self._data_wait_s = 0.0
+        self._window_start = time.perf_counter()
+
+    def _log_window(self) -> None:
+        # The only device sync of the training loop: all-reduce the running sums and read them on the host.
+        sums = torch.stack([self._loss_sum.double(), self._correct.double(), self._clips.double(),
+                            self._good_clips.double(), self._bad_total.double()])
+        loss_sum, correct, clips, good_clips, bad = all_reduce_sum(sums).tolist()
+        bad_run = int(all_reduce_max(self._bad_run.clone()).item())
+        elapsed = time.perf_counter() - self._window_start
+        steps = max(1, self._window_steps)
+        self.bad_steps_total += int(bad)
+        values = {
+            "loss": loss_sum / good_clips if good_clips else float("nan"),
+            "acc": correct / clips if clips else 0.0,
+            "lr": self._lr,
+            "clips_per_s": clips / elapsed if elapsed > 0 else 0.0,
+            "data_wait_frac": self._data_wait_s / elapsed if elapsed > 0 else 0.0,
+            "step_ms": 1000.0 * elapsed / steps,
+            "bad_steps": float(self.bad_steps_total),
+        }
+        if self.device.type == "cuda":
+            values["mem_gb"] = torch.cuda.max_memory_allocated(self.device) / 1e9
+        self.writer.scalars("train", values, self.step)
+        self.reporter.log(self.step, values)
+        if bad_run >= self.cfg.train.max_bad_steps:
+            raise TrainingStopped(
+                f"stopped at step {self.step}: {bad_run} steps in a row had a non-finite loss or gradient "
+                f"(train.max_bad_steps = {self.cfg.train.max_bad_steps}); the last good checkpoint is "
+                f"{self.run_dir / ckpt.LAST} (try a lower optim.lr or train.amp = \"bf16\")"
+            )
+        self._reset_window()
+
+    # -- evaluation and checkpoints ------------------------------------------------------------------
+
+    def _evaluate(self, loader) -> dict[str, Any]:
+        return evaluate(self.eval_model, loader, device=self.device, num_classes=len(self.class_names),
+                        amp_dtype=self.amp_dtype, channels_last=self.cfg.train.channels_last)
+
+    def _validate_and_save(self) -> None:
+        self.val_loader.set_epoch(0)
+        metrics = self._evaluate(self.val_loader)
+        scalars = {k: v for k, v in metrics.items() if k != "confusion"}
+        value = scalars[self.cfg.train.metric]
+        improved = value > self.best_metric
+        if improved:
+            self.best_metric = value
+        self.last_val = scalars
+        self.writer.scalars("val", scalars, self.step)
+        self.writer.scalars("val", {f"best_{self.cfg.train.metric}": self.best_metric}, self.step)
+        self.writer.confusion("val/confusion", metrics["confusion"], self.class_names, self.step)
+        self.writer.flush()
+        state = self._state(scalars)
+        if self.info.is_main:
+            ckpt.save_checkpoint(self.run_dir / ckpt.LAST, state)
+            if improved:
+                ckpt.save_checkpoint(self.run_dir / ckpt.BEST, state)
+        self.reporter.epoch_end(self.epoch, self.cfg.train.epochs, {**scalars, "best": self.best_metric,
+                                                                     "metric": self.cfg.train.metric,
+                                                                     "step": self.step})
+
+    def _test(self) -> dict[str, float]:
+        barrier()  # rank 0 wrote best.pt; the others read it
+        best = ckpt.load_checkpoint(self.run_dir / ckpt.BEST, map_location=self.device)
+        self.raw_model.load_state_dict(best["model"])
+        loader = build_loader(self.cfg.data.loader_config(), self.plan.test, train=False, device=self.device.type,
+                              rank=self.info.rank, world_size=self.info.world_size, seed=self.cfg.train.seed)
+        loader.set_epoch(0)
+        metrics = self._evaluate(loader)
+        scalars = {k: v for k, v in metrics.items() if k != "confusion"}
+        self.writer.scalars("test", scalars, self.step)
+        self.writer.confusion("test/confusion", metrics["confusion"], self.class_names, self.step)
+        self.reporter.message(
+            f"test ({', '.join(self.plan.test)}, best.pt from epoch {best['epoch']}): "
+            + " ".join(f"{k} {v:.4f}" for k, v in scalars.items() if k != "num_samples")
+            + f" on {scalars['num_samples']} clips"
+        )
+        return scalars
+
+    def _state(self, val: dict[str, float]) -> dict[str, Any]:
+        rng = all_gather_objects(ckpt.rng_state())  # every rank's streams, so a resume continues each exactly
+        return {
+            "model": self.raw_model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "scheduler": {"kind": "warmup_cosine", "warmup_steps": self.warmup_steps, "total_steps": self.total_steps,
+                          "lr": self.cfg.optim.lr, "min_lr": self.cfg.optim.min_lr},
+            "step": self.step,
+            "epoch": self.epoch,
+            "best_metric": self.best_metric,
+            "metric": self.cfg.train.metric,
+            "val": val,
+            "bad_steps": self.bad_steps_total,
+            "world_size": self.info.world_size,
+            "config": self.cfg.to_dict(),
+            "rng": rng,
+        }
+
+    def _load(self, path: Path) -> None:
+        state = ckpt.load_checkpoint(path, map_location=self.device)
+        try:
+            self.raw_model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            first = str(e).strip().splitlines()[0]
+            raise AvdaliError(f"{path}: does not fit this run's [model]/[optim] config ({first})") from None
+        self.scaler.load_state_dict(state["scaler"])
+        self.step = int(state["step"])
+        self.epoch = int(state["epoch"])
+        self.best_metric = float(state["best_metric"])
+        self.bad_steps_total = int(state.get("bad_steps", 0))
+        self.last_val = dict(state.get("val", {}))
+        rng = state.get("rng") or []
+        if len(rng) == self.info.world_size:
+            ckpt.set_rng_state(rng[self.info.rank])
+        self.reporter.message(f"resumed {path} at epoch {self.epoch}, step {self.step}")
+
+    def _summary(self) -> str:
+        c = self.cfg
+        return (
+            f"{self.plan.dataset}: train {'+'.join(self.plan.train)} ({self.train_loader.num_samples} clips), "
+            f"val {'+'.join(self.plan.val)}, test {'+'.join(self.plan.test) or '-'} · {c.data.loader} loader · "
+            f"{self.info.world_size} rank(s) on {self.device.type} · amp {c.train.amp} · compile {c.train.compile} · "
+            f"{self.steps_per_epoch} steps/epoch × {c.train.epochs} epochs · metric {c.train.metric}"
+        )
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{key}."))
+        else:
+            out[key] = v
+    return out

@@ -1,0 +1,94 @@
+"""Evaluation protocols: which shard splits a run trains, validates and tests on, and what they hold.
+
+RAVDESS is split by actor into 5 folds (DATASETS.md); run ``fold`` k tests on fold k, validates on fold
+k % 5 + 1 and trains on the other three, so no actor is seen in two roles. MELD keeps its own
+train / dev / test. Explicit ``[data] train_splits/val_splits/test_splits`` replace the protocol.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from avdali.errors import ConfigError
+from avdali.labels import UNIFIED
+from avdali.packing.manifest import Manifest, read_manifest
+
+RAVDESS_FOLDS = 5
+DEFAULT_METRIC = {"ravdess": "ua", "meld": "weighted_f1"}
+"""Headline metric per dataset: unweighted accuracy on balanced RAVDESS, weighted F1 on imbalanced MELD."""
+
+
+@dataclass(frozen=True)
+class SplitPlan:
+    """The shard splits of each role in one run."""
+
+    dataset: str
+    """``ravdess`` or ``meld`` (from the manifest)."""
+    train: tuple[str, ...]
+    """Splits trained on."""
+    val: tuple[str, ...]
+    """Splits that pick the best checkpoint."""
+    test: tuple[str, ...]
+    """Splits evaluated once at the end (may be empty)."""
+
+
+def ravdess_fold_splits(fold: int) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    """(train, val, test) split names of RAVDESS fold ``fold``: test k, val k % 5 + 1, train the other three."""
+    if not 1 <= fold <= RAVDESS_FOLDS:
+        raise ConfigError(f"data.fold must be between 1 and {RAVDESS_FOLDS}, got {fold}")
+    val = fold % RAVDESS_FOLDS + 1
+    train = tuple(f"fold{k}" for k in range(1, RAVDESS_FOLDS + 1) if k not in (fold, val))
+    return train, (f"fold{val}",), (f"fold{fold}",)
+
+
+def plan_splits(shards: str | Path, fold: int, train=(), val=(), test=()) -> SplitPlan:
+    """The run's splits: explicit names where given, else the dataset's protocol; checked against the manifest."""
+    manifest = read_manifest(Path(shards))
+    if manifest.dataset == "ravdess":
+        default = ravdess_fold_splits(fold)
+    elif manifest.dataset == "meld":
+        default = (("train",), ("dev",), ("test",))
+    else:
+        default = ((), (), ())
+    plan = SplitPlan(
+        dataset=manifest.dataset,
+        train=tuple(train) or default[0],
+        val=tuple(val) or default[1],
+        test=tuple(test) or default[2],
+    )
+    for role in ("train", "val"):
+        if not getattr(plan, role):
+            raise ConfigError(f"data.{role}_splits: {shards} holds dataset {manifest.dataset!r} with no default protocol; name the splits")
+    for role in ("train", "val", "test"):
+        for split in getattr(plan, role):
+            if split not in manifest.splits:
+                raise ConfigError(
+                    f"data.{role}_splits: split {split!r} is not in {shards}/manifest.json; "
+                    f"it holds {', '.join(sorted(manifest.splits))}"
+                )
+            if manifest.splits[split].samples == 0 and role != "test":
+                raise ConfigError(f"data.{role}_splits: split {split!r} of {shards} has no samples")
+    return plan
+
+
+def default_metric(dataset: str) -> str:
+    """The validation metric of a dataset's literature (ua for unknown datasets)."""
+    return DEFAULT_METRIC.get(dataset, "ua")
+
+
+def class_counts(shards: str | Path, splits: tuple[str, ...]) -> list[int]:
+    """Training samples per unified class id over ``splits``, from the manifest's totals."""
+    manifest: Manifest = read_manifest(Path(shards))
+    counts = [0] * len(UNIFIED)
+    for split in splits:
+        for name, n in manifest.splits[split].labels.items():
+            counts[UNIFIED.index(name)] += n
+    return counts
+
+
+def balanced_class_weights(counts: list[int]) -> list[float]:
+    """sklearn's "balanced" weights n / (classes · count); a class with no samples gets weight 0."""
+    total = sum(counts)
+    present = sum(1 for c in counts if c > 0)
+    return [total / (present * c) if c > 0 else 0.0 for c in counts]
