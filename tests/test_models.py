@@ -305,3 +305,30 @@ def test_config_accepts_toml_lists():
     cfg = ModelConfig(audio_conv_channels=[32, 64, 64], audio_pool=2)
     assert cfg.audio_conv_channels == (32, 64, 64)
     assert cfg.audio_downsampling == 8
+
+
+# --- torch.compile ------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_compiles_with_graph_breaks_only_at_the_lstms():
+    """Dynamo traces everything but nn.LSTM (which it does not support and runs eagerly); aot_eager checks
+    tracing and AOT autograd without the minutes of C++ code generation inductor needs on 2 cores."""
+    import torch._dynamo
+
+    model = eval_model(fusion="cross")
+    video, audio = inputs()
+    audio_len = torch.tensor([A, 61])
+    mask = torch.tensor([[1, 1, 1, 0], [1, 0, 1, 1]], dtype=torch.bool)
+    with torch.no_grad():
+        eager = model(video, audio, audio_len, mask)
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(model)(video, audio, audio_len, mask)
+    assert explained.break_reasons and all("LSTM" in b.reason for b in explained.break_reasons)
+    compiled = torch.compile(model, backend="aot_eager")
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(video, audio, audio_len, mask), eager, atol=ATOL, rtol=0)
+    model.train()
+    compiled(video, audio, audio_len, mask).sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
+    torch._dynamo.reset()
