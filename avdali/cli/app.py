@@ -13,6 +13,12 @@ app = typer.Typer(
 # Registration: one line per command module (each module defines `app` or a command function).
 from avdali.cli import train as train_cmd  # noqa: E402
 app.command(name="train")(train_cmd.train)
+from avdali.cli import shard  # noqa: E402
+app.add_typer(shard.app, name="shard")
+from avdali.cli import inspect as inspect_cmd  # noqa: E402
+app.command(name="inspect")(inspect_cmd.inspect)
+from avdali.cli import bench  # noqa: E402
+app.add_typer(bench.app, name="bench")
 
 
 def main() -> None:

@@ -13,6 +13,7 @@ workers already work on the next group.
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import re
 import signal
@@ -145,6 +146,10 @@ def relative_source(path: Path, src: Path) -> str:
 def _init_worker() -> None:
     # Ctrl-C reaches the whole process group; only the parent decides what to do with it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # One process per core already: OpenCV's own thread pool would only oversubscribe the cores.
+    import cv2
+
+    cv2.setNumThreads(1)
 
 
 def _real_transcode(path: Path, options: PackOptions):
@@ -168,8 +173,28 @@ def _transcode_job(transcode: TranscodeFn, path: Path, options: PackOptions) -> 
 
 
 def _pool(workers: int) -> ProcessPoolExecutor:
-    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method), initializer=_init_worker)
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        context = multiprocessing.get_context("forkserver")
+        # the server imports the media stack once; every worker forks from it with PyAV/OpenCV loaded
+        # but no codec threads started yet, which is what makes forking safe here
+        context.set_forkserver_preload(["avdali.packing.transcode"])
+    else:
+        context = multiprocessing.get_context("spawn")
+    return ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker)
+
+
+def _check_workers_start() -> None:
+    """Tell a clip that kills its worker from workers that cannot start at all (which would otherwise
+    turn every clip into a "crashed" skip)."""
+    pool = _pool(1)
+    try:
+        pool.submit(int).result()
+    except BrokenProcessPool:
+        raise AvdaliError(
+            "worker processes cannot start (see the traceback above); run from a script file or use --workers 1"
+        ) from None
+    finally:
+        pool.shutdown(wait=True)
 
 
 def transcode_in_order(
@@ -211,6 +236,7 @@ def transcode_in_order(
                     try:
                         yield r, pool.submit(_transcode_job, transcode, r.video_path, options).result()
                     except BrokenProcessPool:
+                        _check_workers_start()
                         yield r, (None, "worker process crashed while transcoding this clip", 0.0)
                     finally:
                         pool.shutdown(wait=True)
@@ -307,8 +333,13 @@ def _remove_stale_shards(out: Path, keep: set[str], previous: Manifest | None, d
 
 
 def _manifest_options(options: PackOptions) -> dict:
+    """Options as the manifest records them, with float fields as floats: ``fps=15`` and ``fps=15.0`` are the
+    same run and must write the same manifest bytes."""
     d = options.content_options()
     d.update(workers=options.workers, strict=options.strict)
+    for f in dataclasses.fields(options):
+        if f.type in (float, "float"):
+            d[f.name] = float(d[f.name])
     return d
 
 

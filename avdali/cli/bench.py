@@ -1,0 +1,121 @@
+"""``avdali bench …``: throughput measurements. ``bench shard`` packs synthetic RAVDESS-like 720p clips."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from avdali.cli.common import console, err_console, user_errors
+from avdali.errors import AvdaliError
+
+app = typer.Typer(help="Throughput benchmarks (short runs; figures go into the README).", no_args_is_help=True)
+
+RAVDESS_TRIALS_PER_ACTOR = 60
+"""Speech trials per RAVDESS actor: a bench of N clips uses ceil(N / 60) actors."""
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``1280x720`` → (1280, 720)."""
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise AvdaliError(f"--size must look like 1280x720, got {text!r}") from None
+    if width < 64 or height < 64:
+        raise AvdaliError(f"--size {text} is too small (at least 64x64)")
+    return width, height
+
+
+def bench_shard(size: tuple[int, int], clips: int, workers: int, shard_size: int = 16) -> dict:
+    """Synthesize ``clips`` RAVDESS-like H.264 clips of ``size`` at 30 fps, pack them with ``workers`` processes,
+    and return the figures (clips/s overall and per core, bytes per clip, per-clip time split)."""
+    from avdali.packing.manifest import count_flac_samples, count_webm_frames, read_manifest
+    from avdali.packing.options import PackOptions
+    from avdali.packing.run import pack
+    from avdali.synth.ravdess import make_ravdess
+
+    import tarfile
+
+    options = PackOptions(shard_size=shard_size, workers=workers)
+    trials = min(clips, RAVDESS_TRIALS_PER_ACTOR)
+    actors = tuple(range(1, -(-clips // trials) + 1))
+    with tempfile.TemporaryDirectory(prefix="avdali-bench-") as tmp:
+        src, out = Path(tmp) / "raw", Path(tmp) / "shards"
+        with err_console.status(f"synthesizing {clips} clips at {size[0]}x{size[1]}"):
+            make_ravdess(src, actors=actors, size=size, trials_per_actor=trials, seed=0)
+        with err_console.status(f"packing with {options.num_workers} workers"):
+            result = pack("ravdess", src, out, options, overwrite=True)
+        # Verify cost: decoding the stored webm + flac back, as transcode does once per clip.
+        verify_s, verified = 0.0, 0
+        for shard in read_manifest(out).shards:
+            with tarfile.open(out / shard.name) as tar:
+                members = {m.name: tar.extractfile(m).read() for m in tar if m.isreg()}
+            for key in shard.keys:
+                tic = time.perf_counter()
+                count_webm_frames(members[f"{key}.webm"])
+                count_flac_samples(members[f"{key}.flac"])
+                verify_s += time.perf_counter() - tic
+                verified += 1
+    packed = max(result.clips_packed, 1)
+    per_clip_s = result.transcode_s / max(result.clips_transcoded, 1)
+    detect_s = result.stage_s.get("detect", 0.0) / packed
+    verify_per_clip = verify_s / max(verified, 1)
+    return {
+        "machine": {"cpus": os.cpu_count(), "workers": result.workers},
+        "source": {"clips": clips, "width": size[0], "height": size[1], "fps": 30, "codec": "h264"},
+        "options": options.content_options(),
+        "clips_packed": result.clips_packed,
+        "skipped": len(result.manifest.skipped),
+        "wall_s": round(result.elapsed_s, 3),
+        "clips_per_s": round(result.clips_per_s, 3),
+        "clips_per_s_per_core": round(1 / per_clip_s, 3) if per_clip_s else None,
+        "seconds_per_clip_per_core": round(per_clip_s, 4),
+        "time_split_s_per_clip": {
+            "face_detection": round(detect_s, 4),
+            "verify_decode_back": round(verify_per_clip, 4),
+            "decode_crop_encode": round(max(per_clip_s - detect_s - verify_per_clip, 0.0), 4),
+        },
+        "bytes_per_clip": {
+            "webm": round(result.packed_bytes["webm"] / packed),
+            "flac": round(result.packed_bytes["flac"] / packed),
+            "total_tar": round(result.packed_bytes["total"] / packed),
+        },
+    }
+
+
+@app.command("shard")
+@user_errors
+def shard(
+    size: Annotated[str, typer.Option("--size", help="Source frame size WxH.")] = "1280x720",
+    clips: Annotated[int, typer.Option("--clips", min=1, help="Synthetic source clips to pack.")] = 16,
+    workers: Annotated[int, typer.Option("--workers", "-j", min=0, help="Transcode processes (0 = all cores).")] = 0,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Also write the figures to this JSON file.")] = None,
+) -> None:
+    """Pack N synthetic RAVDESS-like 30 fps H.264 clips and report clips/s (overall, per core), bytes per
+    packed clip, and the per-clip time split (face detection, decode-back verify, decode+crop+encode)."""
+    figures = bench_shard(parse_size(size), clips, workers)
+    table = Table(title=f"bench shard: {clips} clips {size} H.264 → 128 px VP9 + FLAC", header_style="bold")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    table.add_row("workers / cpus", f"{figures['machine']['workers']} / {figures['machine']['cpus']}")
+    table.add_row("clips packed (skipped)", f"{figures['clips_packed']} ({figures['skipped']})")
+    table.add_row("wall time", f"{figures['wall_s']:.2f} s")
+    table.add_row("clips/s overall", f"{figures['clips_per_s']:.2f}")
+    table.add_row("clips/s per core", f"{figures['clips_per_s_per_core']:.2f}")
+    for stage, seconds in figures["time_split_s_per_clip"].items():
+        table.add_row(f"  {stage.replace('_', ' ')} s/clip", f"{seconds:.3f}")
+    for part, n in figures["bytes_per_clip"].items():
+        table.add_row(f"bytes/clip {part}", f"{n / 1e3:.1f} KB")
+    console.print(table)
+    if json_path is not None:
+        json_path.write_text(json.dumps(figures, indent=2) + "\n")
+
+
+from avdali.cli import bench_loader  # noqa: E402  (registration: `avdali bench loader`, owned by data)
+app.command(name="loader")(bench_loader.loader)

@@ -1,0 +1,131 @@
+"""``avdali shard`` and ``avdali bench shard`` end to end: exit codes, messages, Ctrl-C/SIGKILL and resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from test_pack import folder_bytes, make_bad_ravdess
+from typer.testing import CliRunner
+
+from avdali.packing.manifest import read_manifest
+
+runner = CliRunner()
+
+
+def invoke(*args: str):
+    from avdali.cli.app import app
+
+    result = runner.invoke(app, list(args))
+    return result, " ".join(result.output.split())
+
+
+def test_shard_bad_tree_lists_skips_and_summary(tmp_path):
+    src = tmp_path / "raw"
+    expected = make_bad_ravdess(src)
+    result, text = invoke("shard", "ravdess", str(src), str(tmp_path / "out"), "--shard-size", "2", "--workers", "1")
+    assert result.exit_code == 0, result.output
+    for source in expected:
+        assert f"skip {source}:" in text
+    assert "fold5" in text and "skipped 6 sources" in text and "bytes per packed clip" in text
+    assert read_manifest(tmp_path / "out").samples == 1
+
+
+def test_strict_fails_after_packing(tmp_path):
+    src = tmp_path / "raw"
+    make_bad_ravdess(src)
+    result, text = invoke("shard", "ravdess", str(src), str(tmp_path / "out"), "--workers", "1", "--strict")
+    assert result.exit_code == 1
+    assert "error: 6 sources skipped under --strict" in text
+    assert read_manifest(tmp_path / "out").complete  # the record of what was skipped is still written
+
+
+def test_nothing_packable_fails(tmp_path):
+    src = tmp_path / "raw"
+    make_bad_ravdess(src, with_good=False)
+    result, text = invoke("shard", "ravdess", str(src), str(tmp_path / "out"), "--workers", "1")
+    assert result.exit_code == 1 and "error:" in text and "no clip could be packed" in text
+
+
+def test_missing_or_wrong_src_is_one_line(tmp_path):
+    result, text = invoke("shard", "meld", str(tmp_path / "nope"), str(tmp_path / "out"))
+    assert result.exit_code == 1 and "no such folder" in text and "Traceback" not in result.output
+    (tmp_path / "empty").mkdir()
+    result, text = invoke("shard", "ravdess", str(tmp_path / "empty"), str(tmp_path / "out"))
+    assert result.exit_code == 1 and "no Actor_XX folders found" in text and len(result.output.strip().splitlines()) <= 3
+
+
+def test_bad_option_is_one_line(tmp_path):
+    result, text = invoke("shard", "ravdess", str(tmp_path), "--size", "64")
+    assert result.exit_code == 1 and "--size must be ≥ 128" in text
+
+
+def _wait_for_shards(out: Path, n: int, proc: subprocess.Popen, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if len(read_manifest(out).shards) >= n:
+                return
+        except Exception:  # noqa: BLE001 - the manifest may not exist yet
+            pass
+        if proc.poll() is not None:
+            raise AssertionError(f"avdali shard exited early with {proc.returncode}: {proc.stderr.read()}")
+        time.sleep(0.2)
+    raise AssertionError("no shard was written in time")
+
+
+@pytest.mark.slow
+def test_ctrl_c_and_sigkill_then_resume_gives_the_uninterrupted_bytes(ravdess_src, ravdess_shards, tmp_path):
+    out = tmp_path / "out"
+    options = read_manifest(ravdess_shards).options
+    args = [
+        sys.executable, "-m", "avdali", "shard", "ravdess", str(ravdess_src), str(out),
+        "--size", str(options["size"]), "--fps", str(options["fps"]), "--max-seconds", str(options["max_seconds"]),
+        "--shard-size", str(options["shard_size"]), "--workers", str(options["workers"]),
+    ]  # fmt: skip
+    env = {**os.environ, "COLUMNS": "200"}
+
+    # Ctrl-C (SIGINT to the whole process group, as a terminal sends it) after the first shard
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True, env=env)
+    _wait_for_shards(out, 1, proc)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "re-run the same command to resume" in " ".join(stderr.split())
+    stopped = read_manifest(out)
+    assert not stopped.complete and len(stopped.shards) >= 1
+    assert not list(out.glob("*.tmp"))
+
+    # SIGKILL (no chance to clean up) after one more shard
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True, env=env)
+    _wait_for_shards(out, len(stopped.shards) + 1, proc)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    killed = read_manifest(out)
+    assert not killed.complete
+    kept = {s.name: os.stat(out / s.name) for s in killed.shards}
+
+    done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert f"{len(kept)} kept" in done.stdout
+    for name, st in kept.items():
+        assert (os.stat(out / name).st_ino, os.stat(out / name).st_mtime_ns) == (st.st_ino, st.st_mtime_ns)
+    assert folder_bytes(out) == folder_bytes(ravdess_shards)
+
+
+@pytest.mark.slow
+def test_bench_shard_reports_figures(tmp_path):
+    figures_path = tmp_path / "bench.json"
+    result, text = invoke("bench", "shard", "--size", "320x180", "--clips", "2", "--workers", "1", "--json", str(figures_path))
+    assert result.exit_code == 0, result.output
+    figures = json.loads(figures_path.read_text())
+    assert figures["clips_packed"] == 2 and figures["skipped"] == 0
+    assert figures["clips_per_s"] > 0 and figures["bytes_per_clip"]["webm"] > 0 and figures["bytes_per_clip"]["flac"] > 0
+    assert set(figures["time_split_s_per_clip"]) == {"face_detection", "verify_decode_back", "decode_crop_encode"}
+    assert "clips/s per core" in text
