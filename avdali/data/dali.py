@@ -100,7 +100,8 @@ def av_pipeline(
         norm = dict(mean=[m * 255 for m in IMAGENET_MEAN], std=[s * 255 for s in IMAGENET_STD])
     if jitter:
         video = fn.random_resized_crop(
-            video, size=[crop, crop], random_area=list(RANDOM_AREA), random_aspect_ratio=list(RANDOM_ASPECT), antialias=True
+            video, size=[crop, crop], random_area=list(RANDOM_AREA), random_aspect_ratio=list(RANDOM_ASPECT),
+            antialias=False,  # the window is mostly scaled up or barely down; antialiasing cost 13 % of throughput
         )
         video = fn.crop_mirror_normalize(
             video, dtype=out_dtype, output_layout="FCHW", mirror=fn.random.coin_flip(probability=0.5), **norm
@@ -205,7 +206,8 @@ class DaliLoader:
         return sampling.batches_per_epoch(self.num_samples, self.cfg.batch_size, self.world_size)
 
     def set_epoch(self, epoch: int) -> None:
-        """Training reshuffles with a seed of (seed, rank, epoch); evaluation is the same every epoch."""
+        """Training reshuffles: the pipeline is seeded by (seed, rank, first epoch) and continues its random
+        stream through consecutive epochs; evaluation is the same every epoch."""
         self.epoch = epoch
 
     def make_pipeline(self, device_id: int | None):
@@ -229,6 +231,9 @@ class DaliLoader:
         )
 
     def _ensure_iterator(self):
+        # Training: a pipeline seeded for (seed, rank, epoch e) runs on through e+1, e+2 … with its own RNG
+        # stream (rebuilding per epoch costs a pipeline start and a refill of the shuffle buffer); a jump to
+        # any other epoch (resume) builds a pipeline seeded for that epoch.
         wanted = self.epoch if self.train else 0
         if self._iterator is not None and self._built_for == wanted:
             return self._iterator
@@ -252,8 +257,6 @@ class DaliLoader:
 
     def __iter__(self):
         iterator = self._ensure_iterator()
-        if self.train:
-            self._built_for = None  # the next epoch gets a freshly seeded pipeline
         target = torch.device(f"cuda:{torch.cuda.current_device()}") if self.device == "cuda" else torch.device("cpu")
         position = 0
         finished = False
@@ -262,6 +265,8 @@ class DaliLoader:
                 yield self._batch(outputs[0], position, target)
                 position += self.cfg.batch_size
             finished = True
+            if self.train:
+                self._built_for = self.epoch + 1  # the pipeline's next epoch
         finally:
             if not finished:  # an abandoned epoch cannot be reset in DALI: start afresh next time
                 self._iterator = self._built_for = None

@@ -218,7 +218,7 @@ class ClipStream(IterableDataset):
         size = [self.cfg.crop, self.cfg.crop]
         if augment:
             top, left, h, w = v2.RandomResizedCrop.get_params(video, list(RANDOM_SCALE), list(RANDOM_RATIO))
-            video = F.resized_crop(video, top, left, h, w, size, antialias=True)
+            video = F.resized_crop(video, top, left, h, w, size, antialias=False)  # as DALI: mostly upscaling
             return video.flip(-1) if torch.rand(()) < 0.5 else video
         top, left, side = sampling.center_crop_box(video.shape[-2], video.shape[-1], self.cfg.crop)
         video = video[..., top : top + side, left : left + side]
