@@ -11,6 +11,8 @@ app = typer.Typer(
 )
 
 # Registration: one line per command module (each module defines `app` or a command function).
+from avdali.cli import synth  # noqa: E402
+app.add_typer(synth.app, name="synth")
 from avdali.cli import train as train_cmd  # noqa: E402
 app.command(name="train")(train_cmd.train)
 from avdali.cli import shard  # noqa: E402
