@@ -450,3 +450,23 @@ def test_scan_dispatch(tmp_path):
     assert [r.key for r in scan("ravdess", tmp_path).records] == ["01-01-01-01-01-01-01"]
     with pytest.raises(AvdaliError, match="unknown dataset 'iemocap'"):
         scan("iemocap", tmp_path)
+
+
+# ---------------------------------------------------------------- the synthetic trees of the other fixtures
+
+
+def test_scans_the_synthetic_fixture_trees(ravdess_src, meld_src):
+    ravdess = scan_ravdess(ravdess_src)
+    assert ravdess.skipped == []
+    assert len({r.meta["actor"] for r in ravdess.records}) == 5  # one actor per fold
+    assert {r.split for r in ravdess.records} == {f"fold{k}" for k in range(1, 6)}
+    assert all(r.video_path.name.startswith("01-01-") for r in ravdess.records)
+
+    meld = scan_meld(meld_src)
+    assert meld.skipped == []
+    expected = set()
+    for split in ("train", "dev", "test"):
+        rows, skipped = read_sent_emo_csv(meld_src / "MELD.Raw" / f"{split}_sent_emo.csv")
+        assert skipped == [] and rows
+        expected |= {f"{split}_dia{r['Dialogue_ID']}_utt{r['Utterance_ID']}" for r in rows}
+    assert {r.key for r in meld.records} == expected
