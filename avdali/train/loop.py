@@ -39,6 +39,7 @@ from avdali.train.distributed import (
     all_reduce_max,
     all_reduce_sum,
     barrier,
+    broadcast_buffers,
     broadcast_object,
     cleanup_distributed,
     init_distributed,
@@ -444,6 +445,7 @@ class Trainer:
                         amp_dtype=self.amp_dtype, channels_last=self.cfg.train.channels_last)
 
     def _validate_and_save(self) -> None:
+        broadcast_buffers(self.raw_model)
         self.val_loader.set_epoch(0)
         metrics = self._evaluate(self.val_loader)
         scalars = {k: v for k, v in metrics.items() if k != "confusion"}
