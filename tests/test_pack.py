@@ -463,3 +463,24 @@ def test_out_is_a_file(tmp_path):
     (tmp_path / "out").write_text("x")
     with pytest.raises(AvdaliError, match="not a folder"):
         fake_pack(tmp_path / "out")
+
+
+def test_meld_known_bad_files_are_all_recorded(tmp_path, meld_csv_dir):
+    """The release's bad files (missing, truncated, empty, no audio, unlabeled): none is packed, each is
+    listed in the manifest with a reason, and every reader skip is carried over."""
+    from avdali.sources import scan_meld
+    from avdali.synth.meld import make_meld
+
+    src = tmp_path / "raw"
+    summary = make_meld(src, csv_dir=meld_csv_dir, limit=2, size=(256, 144), max_seconds=1.5, faults=True, seed=3)
+    assert {f.kind for f in summary.faults} >= {"missing", "truncated", "empty", "no_audio", "unlabelled"}
+    pack("meld", src, tmp_path / "out", PackOptions(shard_size=2, workers=2))
+    manifest = read_manifest(tmp_path / "out")
+    packed = {k for s in manifest.shards for k in s.keys}
+    skipped_text = [f"{s['source']} {s['reason']}" for s in manifest.skipped]
+    for fault in summary.faults:
+        assert not any(k.endswith(fault.clip) for k in packed), fault
+        assert sum(fault.clip in t for t in skipped_text) == 1, (fault, skipped_text)
+    scan = scan_meld(src)
+    assert {(s.source, s.reason) for s in scan.skipped} <= {(s["source"], s["reason"]) for s in manifest.skipped}
+    assert len(packed) + len(manifest.skipped) == len(scan.records) + len(scan.skipped)
