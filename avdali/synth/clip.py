@@ -68,7 +68,7 @@ def render_clip(job: ClipJob) -> list[Path]:
 
     expr = expression_for(job.emotion, intensity=job.intensity, actor_bias=np.asarray(job.identity.bias), rng=rng)
     # Per-clip lighting: brightness and a slight colour cast, so the tint is a cue, not a key.
-    light = rng.uniform(0.88, 1.12) * (1 + rng.normal(0, 0.03, 3))
+    light = rng.uniform(0.9, 1.1) * (1 + rng.normal(0, 0.025, 3))
     person = replace(
         job.identity,
         skin_bgr=tuple(float(v) for v in np.clip(np.asarray(job.identity.skin_bgr) * light, 20, 250)),

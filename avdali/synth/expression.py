@@ -59,7 +59,7 @@ NEUTRAL = Expression(
 EXPRESSIONS: dict[str, Expression] = {
     "neutral": NEUTRAL,
     "calm": replace(
-        NEUTRAL, mouth_curve=0.3, mouth_open=0.03, eye_open=0.6, tint_b=0.5, tint_g=0.5, tint_r=-0.3,
+        NEUTRAL, mouth_curve=0.3, mouth_open=0.03, eye_open=0.5, tint_b=0.6, tint_g=0.6, tint_r=-0.4,
         pitch_st=-1.0, pitch_slope_st=0.0, syllable_rate=2.6, energy=0.35, brightness=-0.4, breathiness=0.0,
     ),
     "happy": replace(
@@ -100,8 +100,8 @@ INTENSITY_SCALE = {"normal": 0.65, "strong": 1.0}
 
 # Spread of the per-actor bias and per-clip jitter, per field, in the field's own units.
 _SPREAD = Expression(
-    mouth_curve=0.15, mouth_open=0.05, brow_tilt=0.15, brow_raise=0.12, eye_open=0.08,
-    tint_b=0.15, tint_g=0.15, tint_r=0.15,
+    mouth_curve=0.12, mouth_open=0.04, brow_tilt=0.12, brow_raise=0.1, eye_open=0.07,
+    tint_b=0.12, tint_g=0.12, tint_r=0.12,
     pitch_st=0.8, pitch_slope_st=0.8, pitch_wobble_st=0.1, syllable_rate=0.3, energy=0.07, brightness=0.2,
     breathiness=0.08,
 )  # fmt: skip

@@ -34,6 +34,11 @@ class Fault:
     path: Path
     """Where the clip is (or, for ``missing``, would be)."""
 
+    @property
+    def key(self) -> str:
+        """The sample key the MELD reader gives this clip (``{split}_{clip}``, see sources.meld.clip_key)."""
+        return f"{self.split}_{self.clip}"
+
 
 @dataclass
 class SynthSummary:
