@@ -13,6 +13,7 @@ from avdali.train.evaluate import classification_metrics, evaluate
 from avdali.train.protocol import balanced_class_weights, ravdess_fold_splits
 
 
+@pytest.mark.filterwarnings("ignore:y_pred contains classes not in y_true")
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_metrics_match_sklearn(seed):
     rng = np.random.default_rng(seed)

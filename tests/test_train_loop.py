@@ -133,6 +133,7 @@ def test_lr_schedule_warms_up_then_decays_to_min():
     assert lrs[20] == pytest.approx(0.1)
 
 
+@pytest.mark.slow  # ~2 s on an idle 2-core machine, >20 s on a busy one
 def test_training_learns_and_writes_run(tmp_path, fake_loader):
     shards = fake_shards(tmp_path / "shards")
     cfg = tiny_config(shards, tmp_path / "run", "train.epochs=4")
@@ -267,3 +268,35 @@ def test_rng_state_round_trip():
     ckpt.set_rng_state(state)
     b = (torch.rand(3), np.random.rand(3), __import__("random").random())
     assert torch.equal(a[0], b[0]) and np.array_equal(a[1], b[1]) and a[2] == b[2]
+
+
+@pytest.mark.parametrize("amp", ["bf16", pytest.param("fp16", marks=pytest.mark.slow)])  # fp16 on CPU is slow
+def test_autocast_precisions_train_on_cpu(tmp_path, fake_loader, amp):
+    shards = fake_shards(tmp_path / "shards")
+    cfg = tiny_config(shards, tmp_path / "run", "train.epochs=1", "train.test_at_end=false", f"train.amp={amp}")
+    result = train(cfg)
+    assert result.step == 6 and result.bad_steps == 0
+    state = ckpt.load_checkpoint(tmp_path / "run" / "last.pt")
+    assert all(v.dtype != torch.bfloat16 and v.dtype != torch.float16 for v in state["model"].values())  # fp32 master weights
+    assert ("scale" in state["scaler"]) == (amp == "fp16")  # the GradScaler state travels with fp16 only
+
+
+@pytest.mark.slow  # dynamo tracing takes ~25 s on 2 cores
+def test_compiled_model_saves_raw_state_dict(tmp_path, fake_loader, monkeypatch):
+    # The eager backend keeps the wrapping (OptimizedModule with _orig_mod) without inductor's compile time.
+    compiled = []
+    real_compile = torch.compile
+
+    def eager_compile(model, **kw):
+        compiled.append(model)
+        return real_compile(model, backend="eager", **kw)
+
+    monkeypatch.setattr(loop.torch, "compile", eager_compile)
+    shards = fake_shards(tmp_path / "shards")
+    cfg = tiny_config(shards, tmp_path / "run", "train.epochs=1", "train.test_at_end=false", "train.compile=true")
+    trainer = loop.Trainer(cfg, loop.init_distributed("cpu"))
+    assert compiled and trainer.model is not trainer.raw_model
+    trainer.fit()
+    state = ckpt.load_checkpoint(tmp_path / "run" / "last.pt")
+    assert set(state["model"]) == set(trainer.raw_model.state_dict())
+    assert not any("_orig_mod" in k for k in state["model"])

@@ -50,6 +50,8 @@ def train(
         overrides.append(f"train.compile={'true' if compile else 'false'}")
     cfg = load_config(config, overrides)
     result = run_training(cfg, resume=resume, nprocs=nprocs, reporter=RichReporter())
+    if result.rank != 0:
+        return  # under torchrun every rank returns here; rank 0 speaks
     test = f" · test {result.metric} {result.test[result.metric]:.4f}" if result.metric in result.test else ""
     Console().print(
         f"[bold green]done[/] {result.epoch} epochs, {result.step} steps · best val {result.metric} "

@@ -117,6 +117,8 @@ class TrainResult:
     """Steps skipped for a non-finite loss or gradient."""
     ranks: list[RankReport] = field(default_factory=list)
     """Every rank's end state (one entry per rank)."""
+    rank: int = 0
+    """The rank that returned this result (under torchrun every process gets one; rank 0 reports)."""
 
 
 # --- entry point -----------------------------------------------------------------------------------------
@@ -299,6 +301,7 @@ class Trainer:
             test=test,
             bad_steps=self.bad_steps_total,
             ranks=ranks,
+            rank=self.info.rank,
         )
 
     def _rank_reports(self) -> list[RankReport]:
