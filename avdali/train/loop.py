@@ -308,7 +308,7 @@ class Trainer:
         digest = hashlib.sha256()
         for tensor in self.raw_model.state_dict().values():
             digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-        indices = torch.cat(self._epoch_indices).cpu().tolist() if self._epoch_indices else []
+        indices = [i for i in torch.cat(self._epoch_indices).cpu().tolist() if i >= 0] if self._epoch_indices else []
         reports = all_gather_objects(RankReport(self.info.rank, digest.hexdigest(), sorted(indices)))
         if len({r.weights_sha256 for r in reports}) > 1:
             raise AvdaliError("the ranks' model weights differ after training (DDP replicas out of sync)")
@@ -379,7 +379,7 @@ class Trainer:
         self._bad_run = (self._bad_run + 1) * bad.long()
         self._good_clips += torch.where(good, n_valid, 0)
         self._window_steps += 1
-        self._epoch_indices.append(batch.index[valid])
+        self._epoch_indices.append(torch.where(valid, batch.index, -1))  # a boolean mask would sync on CUDA
         self.step += 1
 
     def _loss(self, logits: torch.Tensor, label: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
