@@ -21,6 +21,10 @@ from avdali.cli import inspect as inspect_cmd  # noqa: E402
 app.command(name="inspect")(inspect_cmd.inspect)
 from avdali.cli import bench  # noqa: E402
 app.add_typer(bench.app, name="bench")
+from avdali.cli import eval as eval_cmd  # noqa: E402
+app.command(name="eval")(eval_cmd.eval_checkpoint)
+from avdali.cli import predict as predict_cmd  # noqa: E402
+app.command(name="predict")(predict_cmd.predict)
 
 
 def main() -> None:

@@ -1,0 +1,57 @@
+"""``avdali predict CLIP``: one video file → per-emotion probabilities (rich table, or JSON with ``--json``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from avdali.cli.common import console, err_console, user_errors
+from avdali.errors import AvdaliError
+
+DEVICE_CHOICES = ("auto", "cpu", "cuda")
+
+
+@user_errors
+def predict(
+    clip: Annotated[Path, typer.Argument(help="A video with an audio track (H.264/AAC mp4 like the datasets', or anything FFmpeg reads).", show_default=False)],
+    checkpoint: Annotated[Optional[Path], typer.Option("--checkpoint", "-k", help="Checkpoint to use (default: the newest output/*/best.pt).", show_default=False)] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout instead of a table.")] = False,
+    device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda.")] = "auto",
+) -> None:
+    """Predict the emotion of one clip: the same face crop, frame sampling and log-mel as training, then the model's
+    probabilities per class, most probable first."""
+    from avdali.train.inference import load_model, newest_checkpoint
+    from avdali.train.predict import predict_clip
+
+    if device not in DEVICE_CHOICES:
+        raise AvdaliError(f"--device must be one of {', '.join(DEVICE_CHOICES)}, got {device!r}")
+    checkpoint = checkpoint or newest_checkpoint()
+    with err_console.status(f"loading {checkpoint}"):
+        loaded = load_model(checkpoint, device)
+    with err_console.status(f"reading {clip}"):
+        result = predict_clip(loaded, clip)
+    if as_json:
+        print(json.dumps({**result.to_dict(), "checkpoint": str(checkpoint)}, indent=1))
+        return
+    table = Table(title=f"{clip.name}: {result.label}", header_style="bold")
+    table.add_column("emotion")
+    table.add_column("probability", justify="right")
+    table.add_column("")
+    for name, p in result.ranked():
+        style = "bold green" if name == result.label else ""
+        table.add_row(name, f"{p:.3f}", "█" * round(p * 30), style=style)
+    console.print(table)
+    info = result.clip
+    console.print(
+        f"{escape(str(clip))}: {info['frames']} frames at {info['fps']:g} fps ({info['duration_s']:.2f} s), "
+        f"face {info['face']} · checkpoint {escape(str(checkpoint))} ({loaded.label_space}, epoch {loaded.epoch}) "
+        f"· pack options from {escape(result.pack_options['from'])}",
+        style="dim",
+        highlight=False,
+        soft_wrap=True,
+    )
