@@ -1,0 +1,138 @@
+"""``avdali predict``: one mp4 → probabilities through the same preprocessing as the loaders (compared with the
+loader's eval batch of the same clip packed into shards), default checkpoint, pack options, bad inputs."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from avdali.cli.app import app
+from avdali.data.build import build_loader
+from avdali.data.shards import resolve
+from avdali.data.single import clip_batch
+from avdali.errors import AvdaliError
+from avdali.labels import UNIFIED
+from avdali.models.avfusion import build_model
+from avdali.packing.manifest import read_manifest
+from avdali.packing.options import PackOptions
+from avdali.train.checkpoint import save_checkpoint
+from avdali.train.config import load_config
+from avdali.train.inference import load_model
+from avdali.train.predict import logits_of, pack_options_for, predict_clip, transcode_input
+
+TINY = [
+    "data.loader=torch", "data.frames=4", "data.crop=64", "data.n_mels=32", "data.batch_size=4", "data.num_threads=1",
+    "model.audio_dim=32", "model.audio_conv_channels=[16, 32]", "model.audio_heads=2", "model.audio_layers=1",
+    "model.audio_ff_dim=64", "model.video_dim=32", "model.fusion_heads=2", "model.fusion_ff_dim=64",
+    "train.device=cpu", "train.amp=none", "train.compile=false", "train.channels_last=false",
+]
+"""A model small enough for 2 CPU cores (configs/demo.toml, narrower)."""
+
+
+def make_checkpoint(path: Path, shards: Path | str, *overrides: str) -> Path:
+    """An untrained model saved in the training loop's checkpoint format."""
+    cfg = load_config(None, [*TINY, f'data.shards="{shards}"', *overrides])
+    torch.manual_seed(0)
+    model = build_model(dataclasses.replace(cfg.model, backbone_weights="none"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return save_checkpoint(path, {"model": model.state_dict(), "config": cfg.to_dict(), "epoch": 1, "step": 2})
+
+
+def run(*args: str):
+    return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def av_clip(ravdess_src) -> Path:
+    """An audio-video mp4 of the synthetic RAVDESS tree (H.264 + AAC like the real files)."""
+    return sorted(ravdess_src.glob("Actor_02/01-01-*.mp4"))[0]
+
+
+def test_predict_matches_the_loader_on_packed_shards(tmp_path, ravdess_shards, av_clip):
+    loaded = load_model(make_checkpoint(tmp_path / "best.pt", ravdess_shards, "data.crop=96"), "cpu")
+    prediction = predict_clip(loaded, av_clip)
+    assert list(prediction.probabilities) == list(UNIFIED)
+    assert sum(prediction.probabilities.values()) == pytest.approx(1.0, abs=1e-6)
+    assert all(0 <= p <= 1 for p in prediction.probabilities.values())
+    assert prediction.label == max(prediction.probabilities, key=prediction.probabilities.get)
+    assert prediction.pack_options["from"].endswith("manifest.json") and prediction.pack_options["size"] == 128
+
+    # The same clip as the torch loader's evaluation batch hands it to evaluate(), from the packed shards.
+    key = av_clip.stem
+    split = next(s.split for s in read_manifest(ravdess_shards).shards if key in s.keys)
+    shardset = resolve(ravdess_shards, [split])
+    index = next(f.first + f.keys.index(key) for f in shardset.files if key in f.keys)
+    loader = build_loader(loaded.config.data.loader_config(), [split], train=False)
+    batch = next(b for b in loader if (b.index == index).any())
+    row = int((batch.index == index).nonzero()[0])
+    reference = logits_of(loaded, batch)[row]
+    torch.testing.assert_close(torch.tensor(prediction.logits), reference, rtol=1e-4, atol=1e-4)
+
+    # and the inputs themselves: the transcode is deterministic, so pixels and features agree
+    clip = transcode_input(av_clip, PackOptions(**{k: v for k, v in prediction.pack_options.items() if k != "from"}))
+    single = clip_batch(clip.webm, clip.flac, clip.frames, loaded.config.data.loader_config())
+    assert single.video.shape == (1, 4, 3, 96, 96) and single.video.dtype == torch.uint8
+    torch.testing.assert_close(single.video[0], batch.video[row], rtol=0, atol=0)
+    torch.testing.assert_close(single.audio[0], batch.audio[row], rtol=1e-5, atol=1e-5)
+    assert int(single.audio_len[0]) == int(batch.audio_len[row])
+
+
+def test_pack_options_from_manifest_or_defaults(tmp_path, ravdess_shards):
+    cfg = load_config(None, [f'data.shards="{ravdess_shards}"'])
+    options, origin = pack_options_for(cfg)
+    assert (options.size, options.fps, options.max_seconds) == (128, 15.0, 4.0)
+    assert origin == str(ravdess_shards / "manifest.json")
+    options, origin = pack_options_for(load_config(None, [f'data.shards="{tmp_path / "gone"}"']))
+    assert options == PackOptions() and origin == "defaults"
+
+
+def test_predict_cli_default_checkpoint_and_json(tmp_path, monkeypatch, ravdess_shards, av_clip):
+    monkeypatch.chdir(tmp_path)
+    result = run("predict", av_clip)
+    assert result.exit_code == 1 and "no checkpoint given" in result.output
+
+    # the newest output/*/best.pt is used; its shards are gone, so the packer's defaults apply
+    make_checkpoint(tmp_path / "output" / "old" / "best.pt", ravdess_shards)
+    newest = make_checkpoint(tmp_path / "output" / "new" / "best.pt", tmp_path / "gone", "data.frames=3")
+    os.utime(tmp_path / "output" / "old" / "best.pt", (1, 1))
+    result = run("predict", av_clip, "--json", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert out["checkpoint"] == str(Path("output") / "new" / "best.pt")
+    assert Path(out["checkpoint"]).resolve() == newest.resolve()
+    assert list(out["probabilities"]) == list(UNIFIED)
+    assert sum(out["probabilities"].values()) == pytest.approx(1.0, abs=1e-6)
+    assert out["pack_options"]["from"] == "defaults" and out["pack_options"]["size"] == PackOptions().size
+
+    result = run("predict", av_clip, "--checkpoint", newest)
+    assert result.exit_code == 0, result.output
+    assert out["label"] in result.output and "probability" in result.output
+
+
+def test_predict_bad_inputs(tmp_path, ravdess_shards, ravdess_src):
+    ckpt = make_checkpoint(tmp_path / "best.pt", ravdess_shards)
+    text = tmp_path / "notes.mp4"
+    text.write_text("this is not a video\n")
+    empty = tmp_path / "empty.mp4"
+    empty.write_bytes(b"")
+    video_only = sorted(ravdess_src.glob("Actor_02/02-01-*.mp4"))[0]  # RAVDESS' video-only files have no sound
+    cases = {
+        tmp_path / "missing.mp4": "file not found",
+        tmp_path: "not a file",
+        text: "not a readable video",
+        empty: "zero-length clip",
+        video_only: "no audio stream",
+    }
+    for path, message in cases.items():
+        result = run("predict", path, "-k", ckpt)
+        assert result.exit_code == 1, (path, result.output)
+        assert message in result.output and str(path) in result.output.replace("\n", "")
+        assert "Traceback" not in result.output
+    with pytest.raises(AvdaliError, match="no audio stream"):
+        transcode_input(video_only, PackOptions())
