@@ -192,6 +192,7 @@ def test_eval_cli_ravdess_default_fold(tmp_path, ravdess_shards):
         assert text in result.output
 
 
+@pytest.mark.slow  # ~20 s on 2 shared cores: two evaluations, each starting a loader worker
 def test_eval_cli_cross_dataset_and_splits(tmp_path, ravdess_shards, meld_shards):
     # trained (here: saved) on RAVDESS in the unified space, evaluated on MELD's test split and on two splits together
     ckpt = make_checkpoint(tmp_path / "best.pt", ravdess_shards)
@@ -235,3 +236,20 @@ def test_eval_cli_bad_input(tmp_path, ravdess_shards):
     assert result.exit_code == 1 and "manifest" in result.output
     result = run("eval", "-k", ckpt, "-s", ravdess_shards, "--loader", "nvjpeg")
     assert result.exit_code == 1 and "--loader must be one of" in result.output
+
+
+@pytest.mark.slow
+def test_eval_reproduces_the_training_runs_test_metrics(tmp_path, ravdess_shards):
+    # A real (one-epoch) run's best.pt: eval on the same test fold must give the numbers training logged as test/*.
+    from avdali.train.loop import run_training
+
+    cfg = load_config(None, [*TINY, f'data.shards="{ravdess_shards}"', "train.epochs=1", "data.augment=false",
+                             f'train.run_dir="{tmp_path / "run"}"'])
+    trained = run_training(cfg)
+    out = tmp_path / "test.json"
+    result = run("eval", "-k", tmp_path / "run" / "best.pt", "-s", ravdess_shards, "--json", out)
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert report["splits"] == ["fold1"]
+    for key in ("acc", "ua", "weighted_f1", "macro_f1", "loss", "num_samples"):
+        assert report["metrics"][key] == pytest.approx(trained.test[key], rel=1e-5), key
