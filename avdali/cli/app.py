@@ -25,6 +25,10 @@ from avdali.cli import eval as eval_cmd  # noqa: E402
 app.command(name="eval")(eval_cmd.eval_checkpoint)
 from avdali.cli import predict as predict_cmd  # noqa: E402
 app.command(name="predict")(predict_cmd.predict)
+from avdali.cli import demo as demo_cmd  # noqa: E402
+app.command(name="demo")(demo_cmd.demo)
+from avdali.cli import cv as cv_cmd  # noqa: E402
+app.command(name="cv")(cv_cmd.cv)
 
 
 def main() -> None:

@@ -145,3 +145,5 @@ def shard(
 
 from avdali.cli import bench_loader  # noqa: E402  (registration: `avdali bench loader`, owned by data)
 app.command(name="loader")(bench_loader.loader)
+from avdali.cli import bench_train  # noqa: E402  (registration: `avdali bench train`, owned by demo/cv)
+app.command(name="train")(bench_train.train)

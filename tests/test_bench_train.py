@@ -1,0 +1,85 @@
+"""``avdali bench train``: the per-step bookkeeping on fixed numbers, the variant grid, and a real 2-step run of
+both loaders on the tiny fixture shards that writes its JSON."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from avdali.cli.app import app
+from avdali.cli.bench_train import StepRecorder, Variant, _Done, variants_for
+
+runner = CliRunner()
+
+TINY = """
+[data]
+shards = "shards/none"
+loader = "torch"
+batch_size = 4
+frames = 2
+crop = 32
+n_mels = 16
+num_threads = 1
+[model]
+audio_dim = 16
+audio_conv_channels = [8]
+audio_heads = 2
+audio_layers = 1
+audio_ff_dim = 16
+video_dim = 16
+fusion_heads = 2
+fusion_ff_dim = 16
+[train]
+device = "cpu"
+"""
+
+
+def test_step_recorder_skips_warmup_and_stops_after_the_timed_steps():
+    recorder = StepRecorder(warmup=2, steps=2)
+    # one step each: 100 ms, 8 clips, a quarter of it waiting for data
+    values = {"step_ms": 100.0, "clips_per_s": 80.0, "data_wait_frac": 0.25}
+    recorder.log(1, {**values, "step_ms": 5000.0})  # warm-up: worker start-up, not timed
+    recorder.log(2, {**values, "step_ms": 5000.0})
+    recorder.log(3, values)
+    with pytest.raises(_Done):
+        recorder.log(4, {"step_ms": 300.0, "clips_per_s": 40.0, "data_wait_frac": 0.5})
+    assert recorder.timed_steps == 2
+    assert recorder.seconds == pytest.approx(0.4)
+    assert recorder.clips == 8 + 12
+    assert recorder.data_wait_s == pytest.approx(0.025 + 0.15)
+
+
+def test_variants_cpu_uses_the_config_and_cuda_crosses_amp_and_compile():
+    assert variants_for("cpu", ["dali", "torch"], "auto", "auto") == [Variant("dali", "none", False), Variant("torch", "none", False)]
+    cuda = variants_for("cuda", ["dali", "torch"], "auto", "auto")
+    assert len(cuda) == 8 and len(set(cuda)) == 8
+    assert {(v.amp, v.compile) for v in cuda} == {("bf16", True), ("bf16", False), ("none", True), ("none", False)}
+
+
+def test_unknown_loader_and_missing_shards_are_one_line_errors(tmp_path):
+    result = runner.invoke(app, ["bench", "train", str(tmp_path), "--loaders", "naive"])
+    assert result.exit_code == 1 and "--loaders: unknown naive" in result.output
+    result = runner.invoke(app, ["bench", "train", str(tmp_path / "none")])
+    assert result.exit_code == 1 and "no manifest.json" in result.output
+
+
+def test_both_loaders_run_and_write_json(tmp_path: Path, ravdess_shards):
+    config = tmp_path / "tiny.toml"
+    config.write_text(TINY)
+    out = tmp_path / "bench.json"
+    result = runner.invoke(app, ["bench", "train", str(ravdess_shards), "--config", str(config), "--loaders", "dali,torch",
+                                 "--steps", "2", "--warmup", "1", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    figures = json.loads(out.read_text())
+    assert [r["loader"] for r in figures["results"]] == ["dali", "torch"]
+    assert figures["batch_size"] == 4 and figures["machine"]["cpus"] >= 1
+    for r in figures["results"]:
+        assert r["steps"] == 2
+        # training folds 3-5 hold 12 clips: three full batches of 4, so every timed step trains 4 real clips
+        assert r["clips"] == 8
+        assert 0.0 <= r["data_wait_frac"] <= 1.0
+        assert r["clips_per_s"] == pytest.approx(r["clips"] / r["seconds"], rel=1e-2)
+        assert r["step_ms"] == pytest.approx(1000 * r["seconds"] / 2, rel=1e-2)
