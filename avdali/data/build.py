@@ -6,6 +6,7 @@ from typing import Iterator, Protocol, Sequence
 
 from avdali.data.batch import Batch
 from avdali.data.config import DataConfig
+from avdali.data.integrity import rank_tars, verify_shards
 from avdali.data.shards import list_splits, probe_frame_size, resolve
 from avdali.errors import AvdaliError
 
@@ -52,11 +53,14 @@ def build_loader(
     ``train``: shuffle and (with ``cfg.augment``) augment; otherwise read in order, every sample exactly
     once over all ranks (padding marked ``valid=False``). ``device``: ``"cpu"`` or ``"cuda"`` (DALI decodes
     on the GPU; batches arrive on the current CUDA device, which the caller sets to LOCAL_RANK).
+    With ``cfg.verify`` the tars this rank reads are checked against the manifest's SHA-256 first.
     """
     _check_device(device)
     if not 0 <= rank < world_size:
         raise AvdaliError(f"rank {rank} is outside world size {world_size}")
     shardset = resolve(cfg.shards, list(splits))
+    if cfg.verify:
+        verify_shards(shardset, rank_tars(shardset, rank, world_size))
     frame_size = probe_frame_size(shardset)
     if cfg.loader == "dali":
         try:

@@ -57,6 +57,9 @@ class DataConfig:
     """Training only: random temporal jitter, random resized crop, horizontal flip, random audio offset."""
     label_space: str = "unified"
     """``unified`` (7 classes, both datasets) or ``ravdess8`` (RAVDESS' native 8 classes, from ``meta.i32``)."""
+    verify: bool = True
+    """Check the SHA-256 of every tar a rank reads against ``manifest.json`` when its loader is built (reads each
+    byte once, ~1 s per GB): flipped bytes are named before training instead of failing or decoding garbage."""
 
     def __post_init__(self):
         _choice("loader", self.loader, LOADERS)

@@ -24,8 +24,10 @@ from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 from avdali.data import sampling
 from avdali.data.batch import Batch
 from avdali.data.config import DataConfig
+from avdali.data.integrity import rank_tars, read_failure
 from avdali.data.normalize import IMAGENET_MEAN, IMAGENET_STD
 from avdali.data.shards import ShardSet
+from avdali.errors import AvdaliError
 
 OUTPUTS = ("video", "audio", "audio_len", "label", "info")
 RANDOM_AREA = (0.35, 1.0)
@@ -201,6 +203,8 @@ class DaliLoader:
         self._iterator = None
         self._info_len = info_length(shardset)
         self._lookup = {(f.tar, off): f.first + j for f in shardset.files for j, off in enumerate(f.video_offsets)}
+        self._keys = {f.first + j: (f.tar, key) for f in shardset.files for j, key in enumerate(f.keys)}
+        self._tars = rank_tars(shardset, rank, world_size)
 
     def __len__(self) -> int:
         return sampling.batches_per_epoch(self.num_samples, self.cfg.batch_size, self.world_size)
@@ -261,7 +265,7 @@ class DaliLoader:
         position = 0
         finished = False
         try:
-            for outputs in iterator:
+            for outputs in self._outputs(iterator):
                 yield self._batch(outputs[0], position, target)
                 position += self.cfg.batch_size
             finished = True
@@ -271,14 +275,48 @@ class DaliLoader:
             if not finished:  # an abandoned epoch cannot be reset in DALI: start afresh next time
                 self._iterator = self._built_for = None
 
+    def _outputs(self, iterator):
+        """DALI's batches; a failed read ("Critical error in pipeline", which often names no file) becomes one line
+        naming the shard: the one whose SHA-256 changed when a check finds it, else this rank's shards."""
+        try:
+            yield from iterator
+        except RuntimeError as e:
+            raise read_failure(self.shardset, self._tars, "DALI", _dali_reason(str(e))) from e
+
     def _batch(self, out: dict, position: int, target: torch.device) -> Batch:
         n = out["label"].shape[0]
         valid = torch.arange(position, position + n) < self.rank_samples
+        index = self._index_of(out["info"])
+        self._check_labels(out["label"], index)
         return Batch(
             video=out["video"],
             audio=out["audio"],
             audio_len=out["audio_len"].to(target, non_blocking=True),
             label=out["label"].to(target, non_blocking=True),
-            index=self._index_of(out["info"]).to(target, non_blocking=True),
+            index=index.to(target, non_blocking=True),
             valid=valid.to(target, non_blocking=True),
         )
+
+    def _check_labels(self, label: torch.Tensor, index: torch.Tensor) -> None:
+        """Labels come from ``meta.i32`` on the CPU: a corrupt one is named here (on the GPU the loss would hit a
+        device-side assert that names nothing)."""
+        if label.device.type != "cpu":
+            return  # reading a GPU tensor would sync the device every batch
+        num_classes = self.cfg.num_classes
+        bad = ((label < 0) | (label >= num_classes)).nonzero().flatten().tolist()
+        if bad:
+            tar, key = self._keys[int(index[bad[0]])]
+            raise AvdaliError(
+                f"{tar}: sample {key} has label {int(label[bad[0]])}, outside the {num_classes} classes of "
+                f"{self.cfg.label_space} (corrupt shard?); check the folder with `avdali inspect {self.shardset.root}`"
+            )
+
+
+def _dali_reason(message: str) -> str:
+    """The line of a DALI pipeline error that says what failed (after "encountered:"), without the C++ context."""
+    lines = [ln.strip() for ln in message.splitlines() if ln.strip()]
+    if "encountered:" in lines:
+        after = lines[lines.index("encountered:") + 1 :]
+        lines = after or lines
+    lines = [ln for ln in lines if not ln.startswith(("C++ context", "Current pipeline object", "Critical error"))]
+    return lines[0] if lines else message.strip()[:200]

@@ -15,10 +15,15 @@ where DALI is not installed (nothing here imports DALI). What makes it a fair ba
 
 from __future__ import annotations
 
+import functools
 import io
 import multiprocessing as mp
+import os
 import random
+import threading
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import av
 import cv2
@@ -31,9 +36,11 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from avdali.data import sampling
 from avdali.data.batch import Batch
 from avdali.data.config import DataConfig
+from avdali.data.integrity import changed_shards, read_failure
 from avdali.data.normalize import prepare_video
 from avdali.data.shards import ShardSet
 from avdali.errors import AvdaliError
+from avdali.packing import format as fmt
 
 START_METHOD = "forkserver"
 """Worker start method: fork is unsafe with audio/codec libraries that start threads (STYLE.md)."""
@@ -190,14 +197,17 @@ class ClipStream(IterableDataset):
         """One tar sample → tensors (video T,C,H,W, audio F,A, audio_len, label, index)."""
         cfg = self.cfg
         source = f"{sample['__url__']}:{sample['__key__']}"
-        meta = np.frombuffer(sample["meta.i32"], dtype="<i4")
-        frames = decode_frames(sample["webm"], sampling.frame_indices(int(meta[0]), cfg.frames, rng), source)
+        frame_count, label = _check_meta(sample["meta.i32"], cfg, source)
+        frames = decode_frames(sample["webm"], sampling.frame_indices(frame_count, cfg.frames, rng), source)
         video = torch.from_numpy(frames).permute(0, 3, 1, 2)  # T,C,H,W uint8, a view
         video = self.crop(video, augment=rng is not None)
         if cfg.video_dtype != "uint8":
             video = prepare_video(video).to(getattr(torch, cfg.video_dtype))
 
-        wav, rate = sf.read(io.BytesIO(sample["flac"]), dtype="float32", always_2d=True)
+        try:
+            wav, rate = sf.read(io.BytesIO(sample["flac"]), dtype="float32", always_2d=True)
+        except Exception as e:  # noqa: BLE001 - libsndfile errors on corrupt data come as several types
+            raise AvdaliError(f"{source}: cannot decode the audio ({_describe(e)})") from None
         if rate != sampling.SAMPLE_RATE:
             raise AvdaliError(f"{source}: audio at {rate} Hz, the shards must hold {sampling.SAMPLE_RATE} Hz")
         wav = wav.mean(axis=1) if wav.shape[1] > 1 else wav[:, 0]
@@ -206,7 +216,6 @@ class ClipStream(IterableDataset):
         if self._features is None:
             self._features = AudioFeatures(cfg)
         audio, audio_len = self._features(torch.from_numpy(np.ascontiguousarray(wav[start : start + window])))
-        label = int(meta[1] if cfg.label_space == "unified" else meta[2])
         return dict(video=video, audio=audio, audio_len=audio_len, label=label,
                     index=self.index[(sample["__url__"], sample["__key__"])])
 
@@ -227,6 +236,39 @@ class ClipStream(IterableDataset):
         return video.contiguous()
 
 
+MAX_FRAMES = 1_000_000
+"""More frames than any clip holds (a 24 h clip at 10 fps): a larger count in ``meta.i32`` is corruption."""
+
+
+def _check_meta(data: bytes, cfg: DataConfig, source: str) -> tuple[int, int]:
+    """Frame count and label (of ``cfg.label_space``) from ``meta.i32``, refused unless plausible: a corrupt
+    value would otherwise pick wild frame indices or fail later in the loss without naming the sample."""
+    if len(data) != 4 * len(fmt.META_FIELDS):
+        raise AvdaliError(f"{source}: meta.i32 has {len(data)} bytes, expected {4 * len(fmt.META_FIELDS)}")
+    meta = dict(zip(fmt.META_FIELDS, np.frombuffer(data, dtype="<i4").tolist()))
+    label = meta["label"] if cfg.label_space == "unified" else meta["native_label"]
+    if not 1 <= meta["frames"] <= MAX_FRAMES:
+        raise AvdaliError(f"{source}: meta.i32 says {meta['frames']} frames (corrupt shard?)")
+    if not 0 <= label < cfg.num_classes:
+        raise AvdaliError(f"{source}: label {label} is outside the {cfg.num_classes} classes of {cfg.label_space} (corrupt shard?)")
+    return meta["frames"], label
+
+
+def _describe(error: BaseException) -> str:
+    try:
+        return str(error) or type(error).__name__
+    except Exception:  # noqa: BLE001 - soundfile's error text itself fails on some corrupt streams
+        return type(error).__name__
+
+
+def _one_line(error: BaseException) -> str:
+    """An AvdaliError raised in a DataLoader worker arrives with the worker's traceback in its text: keep its message."""
+    lines = [ln for ln in _describe(error).splitlines() if ln.strip()]
+    last = lines[-1] if lines else ""
+    prefix = "avdali.errors.AvdaliError: "
+    return last[len(prefix):] if last.startswith(prefix) else last
+
+
 def _collate(samples: list[dict]) -> dict:
     return dict(
         video=torch.stack([s["video"] for s in samples]),
@@ -238,9 +280,37 @@ def _collate(samples: list[dict]) -> dict:
     )
 
 
-def _worker_init(_worker_id: int) -> None:
+OWNER_CHECK_S = 1.0
+"""How often a worker checks that the process owning its DataLoader still lives."""
+
+
+def _worker_init(owner_pid: int, _worker_id: int) -> None:
     torch.set_num_threads(1)  # one core per worker; intra-op threads would fight the other workers
     cv2.setNumThreads(1)
+    threading.Thread(target=_exit_with_owner, args=(owner_pid,), name="avdali-owner-watch", daemon=True).start()
+
+
+def _exit_with_owner(owner_pid: int) -> None:
+    """End this worker once its owner is gone. Workers are forked by the forkserver, so torch's own watchdog (the
+    parent pid) watches the forkserver, and the forkserver lives as long as any of its workers: after a SIGKILL of
+    the training process both would otherwise stay behind forever."""
+    while True:
+        time.sleep(OWNER_CHECK_S)
+        if not _alive(owner_pid):
+            os._exit(1)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a killed process stays a zombie until its parent reaps it: that is gone too
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True  # no /proc (macOS): os.kill said it exists
 
 
 def _cat(parts: list[dict]) -> dict:
@@ -271,6 +341,7 @@ class TorchLoader:
                  seed: int, frame_size: tuple[int, int]):
         self.cfg, self.train, self.device, self.world_size = cfg, train, device, world_size
         self.num_samples = shardset.num_samples
+        self.shardset = shardset
         ctx = mp.get_context(START_METHOD)
         self._epoch = ctx.Value("i", 0)
         self.dataset = ClipStream(cfg, shardset, train=train, rank=rank, world_size=world_size, seed=seed,
@@ -281,7 +352,7 @@ class TorchLoader:
             batch_size=None,  # the workers batch
             num_workers=self.workers,
             multiprocessing_context=ctx,
-            worker_init_fn=_worker_init,
+            worker_init_fn=functools.partial(_worker_init, os.getpid()),
             persistent_workers=True,
             prefetch_factor=cfg.prefetch,
             pin_memory=device == "cuda",
@@ -300,7 +371,7 @@ class TorchLoader:
         emitted = 0
         pending: list[dict] = []
         last = None
-        for part in self.dataloader:
+        for part in self._parts():
             last = part
             if not pending and len(part["label"]) == size:  # the common case: a full worker batch
                 yield self._batch(part, target)
@@ -321,6 +392,19 @@ class TorchLoader:
         while emitted < len(self):  # a rank with fewer samples pads with whole invalid batches
             yield self._batch({k: v.clone() for k, v in _invalid(last, size).items()}, target)
             emitted += 1
+
+    def _parts(self):
+        """The workers' batches; a failed read becomes one line naming the shard (the changed one, when a SHA-256
+        check finds it), not a worker traceback. Other errors (bugs) pass through unchanged."""
+        try:
+            yield from self.dataloader
+        except Exception as e:
+            detail = _one_line(e)
+            if changed_shards(self.shardset, self.dataset.urls):  # hashes only now, after a failure
+                raise read_failure(self.shardset, self.dataset.urls, "torch", detail) from None
+            if isinstance(e, AvdaliError):
+                raise AvdaliError(detail) from None
+            raise
 
     @staticmethod
     def _batch(part: dict, target: torch.device | None) -> Batch:

@@ -12,6 +12,7 @@ No torch here (ARCHITECTURE.md).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -25,6 +26,7 @@ from typing import Any, Iterable, Mapping
 import webdataset as wds
 
 from avdali import labels
+from avdali.errors import AvdaliError
 from avdali.packing import format as fmt
 from avdali.sources.records import ClipRecord
 
@@ -185,12 +187,27 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def write_error(path: Path, error: OSError) -> AvdaliError:
+    """A failed write (disk full, read-only folder) as one line naming the file that was being written."""
+    return AvdaliError(f"{path}: cannot write ({error.strerror or error}); the file already there, if any, is unchanged")
+
+
+def _remove_partial(tmp: Path) -> None:
+    with contextlib.suppress(OSError):  # best effort: the write error is the one to report
+        tmp.unlink(missing_ok=True)
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``path`` via ``path.tmp`` + ``os.replace``."""
+    """Write ``path`` via ``path.tmp`` + ``os.replace``; a failed write removes the ``.tmp`` and raises ``write_error``."""
     tmp = path.with_name(path.name + TMP_SUFFIX)
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except OSError as e:
+        raise write_error(path, e) from None
+    finally:
+        _remove_partial(tmp)
 
 
 def tar_bytes(samples: Iterable[Mapping]) -> bytes:
@@ -214,10 +231,15 @@ def write_shard(out_dir: Path, name: str, samples: list[Mapping]) -> ShardFile:
     idx_path = out_dir / fmt.index_name(name)
     tmp_tar = tar_path.with_name(name + TMP_SUFFIX)
     data = tar_bytes(samples)
-    with open(tmp_tar, "wb") as f:
-        f.write(data)
-    atomic_write_bytes(idx_path, tar_index(tmp_tar).encode())
-    os.replace(tmp_tar, tar_path)
+    try:
+        with open(tmp_tar, "wb") as f:
+            f.write(data)
+        atomic_write_bytes(idx_path, tar_index(tmp_tar).encode())
+        os.replace(tmp_tar, tar_path)
+    except OSError as e:
+        raise write_error(tar_path, e) from None
+    finally:
+        _remove_partial(tmp_tar)  # gone after the rename; a failed write leaves nothing behind
     return ShardFile(
         name=name,
         index_name=idx_path.name,

@@ -11,12 +11,18 @@ from __future__ import annotations
 import os
 import uuid
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
 
 from avdali.errors import AvdaliError
+
+COLLECTIVE_TIMEOUT = timedelta(minutes=10)
+"""How long a rank waits in a collective for the others before failing (gloo's default is 30 min). A rank that
+dies is noticed at once (the launcher stops the group); this bounds the wait for one that hangs or whose node
+vanished. Generous because rank 0 writes checkpoints while the others wait at the next collective."""
 
 
 @dataclass(frozen=True)
@@ -79,7 +85,8 @@ def init_distributed(device: str) -> DistInfo:
         backend = "nccl" if device == "cuda" else "gloo"
         # device_id binds NCCL to this rank's GPU eagerly (no guessing in barrier()).
         kwargs = {"device_id": torch_device} if device == "cuda" else {}
-        dist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world_size, **kwargs)
+        dist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world_size,
+                                timeout=COLLECTIVE_TIMEOUT, **kwargs)
     return DistInfo(rank=rank, local_rank=local_rank, world_size=world_size, device=torch_device)
 
 
@@ -152,7 +159,8 @@ def launch_local(entrypoint: Callable[..., Any], args: tuple, nprocs: int) -> di
 
     The same settings as ``torchrun --standalone --nproc-per-node N``: a c10d rendezvous on a free local
     port, spawned workers (never fork: audio and CUDA libraries do not survive it), no restarts.
-    Returns each local rank's return value; a failing rank raises AvdaliError with its first error line.
+    Returns each local rank's return value. When a rank fails (an error, or killed by a signal) the launcher stops
+    the others at once (SIGTERM, then SIGKILL) and this raises AvdaliError naming the rank and its error line.
     """
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
@@ -173,11 +181,14 @@ def launch_local(entrypoint: Callable[..., Any], args: tuple, nprocs: int) -> di
     except ChildFailedError as e:
         rank, failure = e.get_first_failure()
         message = _failure_message(failure)
-        raise AvdaliError(f"rank {rank} failed: {message}") from None
+        others = f"; the other {nprocs - 1} rank(s) were stopped" if nprocs > 1 else ""
+        raise AvdaliError(f"rank {rank} failed: {message}{others}") from None
 
 
 def _failure_message(failure) -> str:
-    """One line from a worker failure: the exception message its error file recorded."""
+    """One line from a worker failure: the exception message its error file recorded, or the signal that killed it."""
+    if failure.exitcode < 0:  # a signal: the process could not record anything itself
+        return f"killed by {failure.signal_name()} (exit code {failure.exitcode}, pid {failure.pid})"
     message = failure.message
     if isinstance(message, dict):
         message = message.get("message", "") or message.get("extraInfo", {}).get("py_callstack", "")

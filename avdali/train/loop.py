@@ -17,6 +17,7 @@ import contextlib
 import dataclasses
 import hashlib
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -244,8 +245,11 @@ class Trainer:
         if resume:
             self._load(self.run_dir / ckpt.LAST)
         if info.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            dump_config(cfg, self.run_dir / "config.toml")
+            try:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+                dump_config(cfg, self.run_dir / "config.toml")
+            except OSError as e:  # read-only or full output folder: say where, before any training
+                raise AvdaliError(f"{e.filename or self.run_dir}: cannot write the run folder ({e.strerror or e})") from None
         # purge_step: events a crashed run logged after the checkpoint are dropped, so curves continue cleanly.
         self.writer = MetricsWriter(self.run_dir, enabled=info.is_main, purge_step=self.step + 1 if resume else None)
         self._reset_window()
@@ -289,8 +293,13 @@ class Trainer:
             self.writer.hparams(_flatten(self.cfg.to_dict()), {f"val_best_{cfg.metric}": self.best_metric,
                                                                 **{f"test_{k}": v for k, v in test.items()}})
         finally:
-            self.writer.close()
+            failing = sys.exc_info()[1] is not None
             self.reporter.close()
+            try:
+                self.writer.close()
+            except AvdaliError:
+                if not failing:
+                    raise  # else the error already on its way (e.g. a checkpoint that could not be written) says more
         return TrainResult(
             run_dir=self.run_dir,
             step=self.step,
@@ -432,6 +441,9 @@ class Trainer:
         if self.device.type == "cuda":
             values["mem_gb"] = torch.cuda.max_memory_allocated(self.device) / 1e9
         self.writer.scalars("train", values, self.step)
+        # On disk now, not in 2 min (SummaryWriter's flush_secs): live curves, and a killed run's last steps are kept
+        # for a resume to purge. One small write per logging step.
+        self.writer.flush()
         self.reporter.log(self.step, values)
         if bad_run >= self.cfg.train.max_bad_steps:
             raise TrainingStopped(

@@ -8,10 +8,28 @@ global optimizer step, so a resumed run (``purge_step``) continues the curves wi
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+
+from avdali.errors import AvdaliError
+
+
+def _write_errors(method):
+    """A failed event write (disk full, folder gone) as one AvdaliError naming the run folder. TensorBoard writes in
+    a background thread and re-raises its OSError at the next call, so every method is wrapped."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except OSError as e:
+            self._writer = None  # a broken writer cannot be flushed or closed again
+            raise AvdaliError(f"{self.log_dir}: cannot write TensorBoard events ({e.strerror or e})") from None
+
+    return wrapper
 
 
 class MetricsWriter:
@@ -19,13 +37,19 @@ class MetricsWriter:
 
     def __init__(self, log_dir: str | Path, *, enabled: bool, purge_step: int | None = None):
         self.enabled = enabled
+        self.log_dir = Path(log_dir)
         self._writer = None
         if enabled:
-            from torch.utils.tensorboard import SummaryWriter
+            self._open(purge_step)
 
-            # purge_step: drop events a crashed run wrote after the checkpoint we resume from.
-            self._writer = SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
+    @_write_errors
+    def _open(self, purge_step: int | None) -> None:
+        from torch.utils.tensorboard import SummaryWriter
 
+        # purge_step: drop events a crashed run wrote after the checkpoint we resume from.
+        self._writer = SummaryWriter(log_dir=str(self.log_dir), purge_step=purge_step)
+
+    @_write_errors
     def scalars(self, prefix: str, values: dict[str, float], step: int) -> None:
         """``prefix/name`` for every float/int in ``values`` (arrays and other values are skipped)."""
         if not self._writer:
@@ -34,12 +58,14 @@ class MetricsWriter:
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 self._writer.add_scalar(f"{prefix}/{name}", value, step)
 
+    @_write_errors
     def confusion(self, tag: str, confusion: np.ndarray, class_names: Sequence[str], step: int) -> None:
         """A confusion-matrix image (rows = true class, shaded by row-normalised recall, annotated with counts)."""
         if not self._writer:
             return
         self._writer.add_figure(tag, confusion_figure(confusion, class_names), step, close=True)
 
+    @_write_errors
     def hparams(self, hparams: dict, final_metrics: dict[str, float]) -> None:
         """The run's flattened config next to its final metrics (TensorBoard's HPARAMS tab)."""
         if not self._writer:
@@ -49,10 +75,12 @@ class MetricsWriter:
         # run_name="." keeps the hparams events in the run folder instead of a timestamped subfolder.
         self._writer.add_hparams(flat, metrics, run_name=".")
 
+    @_write_errors
     def flush(self) -> None:
         if self._writer:
             self._writer.flush()
 
+    @_write_errors
     def close(self) -> None:
         if self._writer:
             self._writer.close()
