@@ -6,13 +6,15 @@ in the chosen splits: splits in the order asked for, tars in manifest order, sam
 
 from __future__ import annotations
 
+import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 from avdali.errors import AvdaliError
 from avdali.packing.format import MANIFEST_NAME, VIDEO_EXT
-from avdali.packing.manifest import Manifest, read_manifest
+from avdali.packing.manifest import MAX_INDEX_BYTES, SAMPLE_EXTS, Manifest, read_manifest
+from avdali.packing.writer import UnsafeMember, check_member_name, split_member_name, tar_index
 
 
 @dataclass(frozen=True)
@@ -67,33 +69,87 @@ def list_splits(shards: str | Path) -> dict[str, int]:
     return {name: split.samples for name, split in _manifest(shards).splits.items()}
 
 
-def read_index(idx_path: Path) -> tuple[tuple[str, ...], tuple[int, ...], tuple[int, ...]]:
-    """Keys, webm offsets and webm sizes of the samples listed in a DALI ``.idx`` (format ``v1.2 N`` + one line per sample)."""
+def _index_error(idx_path: Path, what: str) -> AvdaliError:
+    return AvdaliError(f"{idx_path}: {what}; re-index with `avdali shard` (resume) or check the folder with `avdali inspect`")
+
+
+def read_index(
+    idx_path: Path, expected_samples: int | None = None, tar_size: int | None = None
+) -> tuple[tuple[str, ...], tuple[int, ...], tuple[int, ...]]:
+    """Keys, webm offsets and webm sizes of the samples listed in a DALI ``.idx`` (format ``v1.2 N`` + one line per sample).
+
+    Every number is checked before use, so a crafted index cannot make a reader seek or allocate past the tar:
+    the file is at most ``MAX_INDEX_BYTES``, the declared count must equal ``expected_samples`` (the manifest's)
+    before any line is parsed, and every member's ``offset + size`` must lie inside ``tar_size`` bytes; member names
+    must be ``{key}.{ext}`` in the tar's root (no paths, no ``..``)."""
+    idx_path = Path(idx_path)
     try:
-        lines = idx_path.read_text().splitlines()
+        size = idx_path.stat().st_size
+        if size > MAX_INDEX_BYTES:
+            raise _index_error(idx_path, f"{size} bytes is larger than any shard index")
+        lines = idx_path.read_bytes().decode("utf-8").splitlines()
     except OSError as e:
         raise AvdaliError(f"{idx_path}: cannot read the shard index ({e.strerror})") from None
+    except UnicodeDecodeError:
+        raise AvdaliError(f"{idx_path}: not a DALI webdataset index (not text)") from None
     header = lines[0].split() if lines else []
-    if len(header) != 2 or not header[0].startswith("v1."):
-        raise AvdaliError(f"{idx_path}: not a DALI webdataset index (first line {lines[0] if lines else ''!r})")
+    if len(header) != 2 or not header[0].startswith("v1.") or not header[1].isdigit():
+        raise AvdaliError(f"{idx_path}: not a DALI webdataset index (first line {lines[0][:80] if lines else ''!r})")
+    declared = int(header[1])
+    if expected_samples is not None and declared != expected_samples:
+        raise _index_error(idx_path, f"declares {declared} samples, the manifest lists {expected_samples}")
+    if declared != len(lines) - 1:
+        raise _index_error(idx_path, f"header says {declared} samples, found {len(lines) - 1} lines")
     keys, offsets, sizes = [], [], []
-    for line in lines[1 : 1 + int(header[1])]:
+    for number, line in enumerate(lines[1:], start=2):
         parts = line.split()
         # v1.2: groups of (ext, offset, size, name)
-        groups = {parts[i]: parts[i : i + 4] for i in range(0, len(parts) - 3, 4)}
+        if not parts or len(parts) % 4:
+            raise _index_error(idx_path, f"line {number} is not groups of 'ext offset size name'")
+        groups = {}
+        for i in range(0, len(parts), 4):
+            ext, offset, size_text, name = parts[i : i + 4]
+            if not (offset.isdigit() and size_text.isdigit()):
+                raise _index_error(idx_path, f"line {number}: offset {offset[:20]!r} / size {size_text[:20]!r} are not counts")
+            start, length = int(offset), int(size_text)
+            if tar_size is not None and start + length > tar_size:
+                raise _index_error(idx_path, f"line {number}: {name[:80]!r} at {start}+{length} lies past the end of the {tar_size}-byte tar")
+            why = check_member_name(name)
+            if why or name != f"{split_member_name(name)[0]}.{ext}":
+                raise _index_error(idx_path, f"line {number}: member name {name[:80]!r} {why or 'does not end in its ext'}")
+            groups[ext] = (split_member_name(name)[0], start, length)
+        bases = {base for base, _, _ in groups.values()}
+        if len(bases) != 1:
+            raise _index_error(idx_path, f"line {number} mixes samples {sorted(bases)[:3]}")
         if VIDEO_EXT not in groups:
-            raise AvdaliError(f"{idx_path}: a sample has no {VIDEO_EXT} component: {line[:80]!r}")
-        ext, offset, size, name = groups[VIDEO_EXT]
-        keys.append(name[: -len(ext) - 1])
-        offsets.append(int(offset))
-        sizes.append(int(size))
-    if len(keys) != int(header[1]):
-        raise AvdaliError(f"{idx_path}: header says {header[1]} samples, found {len(keys)}")
+            raise _index_error(idx_path, f"line {number}: a sample has no {VIDEO_EXT} component")
+        key, start, length = groups[VIDEO_EXT]
+        keys.append(key)
+        offsets.append(start)
+        sizes.append(length)
     return tuple(keys), tuple(offsets), tuple(sizes)
 
 
+def check_tar_matches_index(tar: Path, idx: Path, samples: int) -> None:
+    """Read the tar's member headers (not its data) and require exactly the index the packer wrote: refuses links,
+    absolute or ``..`` names and members the index hides (``writer.iter_members``), at ~512 bytes read per member."""
+    try:
+        actual = tar_index(tar, max_members=samples * len(SAMPLE_EXTS))
+    except UnsafeMember as e:
+        raise AvdaliError(f"{tar}: refused: {e}") from None
+    except (tarfile.TarError, ValueError, OSError) as e:
+        raise AvdaliError(f"{tar}: unreadable tar ({e}); check the folder with `avdali inspect`") from None
+    if actual.encode() != idx.read_bytes():
+        raise _index_error(idx, f"does not match {tar.name} (offsets, sizes or names differ)")
+
+
 def resolve(shards: str | Path, splits: Sequence[str]) -> ShardSet:
-    """The tars of ``splits`` with their sample keys and offsets (AvdaliError naming missing splits or files)."""
+    """The tars of ``splits`` with their sample keys and offsets (AvdaliError naming missing splits or files).
+
+    Cheap checks on every tar before any loader reads it: its size equals the manifest's (a truncated or replaced
+    tar is named here rather than failing mid-epoch), its index is valid (``read_index``) and equals what the tar's
+    member headers give (``check_tar_matches_index``). Flipped bytes inside member data need the sha256 that
+    ``avdali inspect`` computes."""
     root = Path(shards)
     manifest = _manifest(root)
     path = root / MANIFEST_NAME
@@ -111,9 +167,16 @@ def resolve(shards: str | Path, splits: Sequence[str]) -> ShardSet:
                 raise AvdaliError(f"{tar}: shard listed in the manifest is missing")
             if not idx.is_file():
                 raise AvdaliError(f"{idx}: index missing beside {entry.name} (the packer writes one per tar)")
-            keys, offsets, sizes = read_index(idx)
+            tar_size = tar.stat().st_size
+            if tar_size != entry.bytes:
+                raise AvdaliError(
+                    f"{tar}: {tar_size} bytes, the manifest says {entry.bytes} (truncated or replaced); "
+                    "check the folder with `avdali inspect` and re-pack"
+                )
+            keys, offsets, sizes = read_index(idx, expected_samples=entry.samples, tar_size=tar_size)
             if list(keys) != list(entry.keys):
                 raise AvdaliError(f"{idx}: its samples differ from the manifest's keys for {entry.name}; re-pack or re-index")
+            check_tar_matches_index(tar, idx, entry.samples)
             files.append(ShardFile(str(tar), str(idx), first, keys, offsets, sizes))
             first += len(keys)
     if first == 0:

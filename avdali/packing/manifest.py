@@ -8,6 +8,7 @@ checks the version and every field's type and size before anything uses it.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Iterable
 from avdali import __version__, labels
 from avdali.errors import AvdaliError
 from avdali.packing import format as fmt
-from avdali.packing.writer import ShardFile, atomic_write_bytes
+from avdali.packing.writer import ShardFile, atomic_write_bytes, check_member_name
 from avdali.sources.records import Skipped
 
 MAX_MANIFEST_BYTES = 256 << 20
@@ -199,6 +200,8 @@ def _shard_from_dict(d, path: Path, i: int) -> ShardEntry:
         path,
         f"{where}.keys does not list {d['samples']} keys",
     )
+    bad_key = next((k for k in keys if check_member_name(f"{k}.{fmt.VIDEO_EXT}")), None)
+    _need(bad_key is None, path, f"{where}.keys: {bad_key!r} is not a sample key (a name in the tar's root)")
     sha = d.get("sha256")
     _need(isinstance(sha, str) and re.fullmatch(r"[0-9a-f]{64}", sha) is not None, path, f"{where}.sha256 is not a SHA-256")
     _need(_is_count(d.get("bytes")), path, f"{where}.bytes is not a count")
@@ -223,6 +226,21 @@ def _shard_from_dict(d, path: Path, i: int) -> ShardEntry:
     )
 
 
+def _check_options(options: dict, path: Path) -> None:
+    """The pack options readers use (stored frame size, fps, max_seconds: they bound what a sample may declare) must
+    be values ``avdali shard`` accepts; a missing one leaves readers to their own bounds."""
+    from avdali.packing.options import PackOptions
+
+    given = {k: options[k] for k in PackOptions().content_options() if k in options}
+    integers, numbers = ("size", "shard_size"), ("fps", "max_seconds")
+    _need(all(isinstance(given[k], int) and not isinstance(given[k], bool) for k in integers if k in given), path, "options.size/shard_size are not integers")
+    _need(all(isinstance(given[k], (int, float)) and not isinstance(given[k], bool) for k in numbers if k in given), path, "options.fps/max_seconds are not numbers")
+    try:
+        PackOptions(**given)
+    except AvdaliError as e:
+        raise AvdaliError(f"{path}: options are not ones `avdali shard` writes ({e})") from None
+
+
 def read_manifest(out: Path) -> Manifest:
     """Read and validate ``out/manifest.json`` (``AvdaliError`` naming the file and the problem)."""
     path = Path(out) / fmt.MANIFEST_NAME
@@ -243,6 +261,7 @@ def read_manifest(out: Path) -> Manifest:
     )
     _need(isinstance(d.get("dataset"), str), path, "dataset is missing")
     _need(isinstance(d.get("options"), dict), path, "options is missing")
+    _check_options(d["options"], path)
     _need(isinstance(d.get("complete"), bool), path, "complete is missing")
     _need(isinstance(d.get("shards"), list), path, "shards is not a list")
     shards = [_shard_from_dict(s, path, i) for i, s in enumerate(d["shards"])]
@@ -300,23 +319,16 @@ class InspectReport:
         return not self.problems
 
 
-def _read_members(tar_path: Path) -> list[tuple[str, str, bytes]]:
-    """(key, ext, data) of every regular member, refusing member sizes past the end of the file."""
-    import tarfile
+def _read_members(tar_path: Path, max_members: int | None = None) -> list[tuple[str, str, bytes]]:
+    """(key, ext, data) of every member, each checked first (``writer.iter_members``: regular files with flat
+    names whose data lies inside the file; ``UnsafeMember`` otherwise)."""
+    from avdali.packing.writer import iter_members, split_member_name
 
-    from avdali.packing.writer import split_member_name
-
-    size = tar_path.stat().st_size
     members = []
-    with tarfile.open(tar_path, "r:") as tar:
-        for member in tar:
-            if not member.isreg():
-                continue
-            if member.offset_data + member.size > size:
-                raise ValueError(f"member {member.name} claims {member.size} bytes past the end of the file")
-            data = tar.extractfile(member).read()
-            key, ext = split_member_name(member.name)
-            members.append((key, ext, data))
+    for tar, member in iter_members(tar_path, max_members):
+        data = tar.extractfile(member).read()
+        key, ext = split_member_name(member.name)
+        members.append((key, ext, data))
     return members
 
 
@@ -349,8 +361,17 @@ def count_flac_samples(flac: bytes) -> tuple[int, int, int]:
     return data.shape[0], rate, data.shape[1]
 
 
-def _check_sample(key: str, parts: dict[str, bytes], split: str) -> tuple[int, list[str]]:
-    """Label consistency of one sample → (label id, problems)."""
+def sample_limits(options: dict) -> tuple[int, int]:
+    """(most frames, most audio samples) one sample can hold under the manifest's pack options: transcode keeps
+    at most ``max_seconds * fps`` frames and ``max_seconds`` of 16 kHz audio (one of slack for rounding)."""
+    from avdali.packing.options import MAX_FPS, MAX_SECONDS
+
+    max_seconds, fps = float(options.get("max_seconds", MAX_SECONDS)), float(options.get("fps", MAX_FPS))
+    return math.floor(max_seconds * fps) + 1, round(max_seconds * fmt.AUDIO_RATE) + 1
+
+
+def _check_sample(key: str, parts: dict[str, bytes], split: str, limits: tuple[int, int]) -> tuple[int, list[str]]:
+    """Label consistency and the sizes ``meta.i32`` declares (within ``limits``) of one sample → (label id, problems)."""
     from avdali.packing.writer import decode_meta_i32
 
     problems = []
@@ -371,6 +392,12 @@ def _check_sample(key: str, parts: dict[str, bytes], split: str) -> tuple[int, l
         problems.append(f"{key}: cls {label}, json {meta.get('label')}, meta.i32 {nums['label']} disagree")
     if meta.get("frames") != nums["frames"] or meta.get("audio_samples") != nums["audio_samples"]:
         problems.append(f"{key}: json frames/audio_samples disagree with meta.i32")
+    max_frames, max_audio = limits
+    if not 1 <= nums["frames"] <= max_frames or not 0 <= nums["audio_samples"] <= max_audio:
+        problems.append(
+            f"{key}: meta.i32 declares {nums['frames']} frames and {nums['audio_samples']} audio samples; "
+            f"the pack options allow 1-{max_frames} frames and 0-{max_audio} samples"
+        )
     return label, problems
 
 
@@ -400,7 +427,7 @@ def inspect_shards(out: Path, decode_per_split: int = 3, progress=None) -> Inspe
     """Check every shard of ``out`` against ``manifest.json``: sha256, size, sample keys and counts, the
     ``.idx`` against the tar, label consistency of every sample; decode ``decode_per_split`` clips per split
     (evenly spread) and compare frames/audio samples with ``meta.i32``. ``progress(shard_name)`` is called per shard."""
-    from avdali.packing.writer import file_sha256, tar_index
+    from avdali.packing.writer import UnsafeMember, file_sha256, tar_index
 
     out = Path(out)
     manifest = read_manifest(out)
@@ -408,6 +435,9 @@ def inspect_shards(out: Path, decode_per_split: int = 3, progress=None) -> Inspe
     problems = report.problems
     if not manifest.complete:
         problems.append(f"{out / fmt.MANIFEST_NAME}: not complete (the run was stopped; re-run `avdali shard` to resume)")
+    if not manifest.shards:
+        problems.append(f"{out / fmt.MANIFEST_NAME}: lists no shards (nothing was packed)")
+    limits = sample_limits(manifest.options)
     per_split_keys: dict[str, list[str]] = {}
     for shard in manifest.shards:
         per_split_keys.setdefault(shard.split, []).extend(shard.keys)
@@ -431,6 +461,9 @@ def inspect_shards(out: Path, decode_per_split: int = 3, progress=None) -> Inspe
         try:
             expected_idx = tar_index(tar_path)
             samples = _group_samples(_read_members(tar_path))
+        except UnsafeMember as e:
+            problems.append(f"{where}: refused: {e}")
+            continue
         except Exception as e:  # noqa: BLE001 - a broken tar is a finding
             problems.append(f"{where}: unreadable tar ({type(e).__name__}: {e})")
             continue
@@ -445,7 +478,7 @@ def inspect_shards(out: Path, decode_per_split: int = 3, progress=None) -> Inspe
             problems.append(f"{where}: holds {len(keys)} samples, manifest lists {shard.samples} (keys differ)" if len(keys) != shard.samples else f"{where}: sample keys differ from the manifest")
         split_labels = report.labels.setdefault(shard.split, dict.fromkeys(labels.UNIFIED, 0))
         for key, parts in samples:
-            label, sample_problems = _check_sample(key, parts, shard.split)
+            label, sample_problems = _check_sample(key, parts, shard.split, limits)
             problems.extend(f"{where}: {p}" for p in sample_problems)
             if label >= 0:
                 split_labels[labels.UNIFIED[label]] += 1

@@ -8,8 +8,18 @@ from dataclasses import asdict, dataclass
 from avdali.errors import AvdaliError
 
 
+MAX_SIZE = 4096
+"""Largest stored frame side: NVDEC's VP9 limit is 8192, but no face crop needs more than this."""
+MAX_FPS = 60.0
+"""Highest stored frame rate."""
+MAX_SECONDS = 3600.0
+"""Longest clip a shard may hold; also bounds the frame and audio counts a reader accepts from a sample."""
+
+
 @dataclass(frozen=True)
 class PackOptions:
+    """How ``avdali shard`` packs (the content options are recorded in the manifest)."""
+
     size: int = 128
     """Side of the square face crop stored in the webm, in pixels (NVDEC needs ≥ 128)."""
     fps: float = 15.0
@@ -26,14 +36,16 @@ class PackOptions:
     """Fail (non-zero exit) on any skipped source instead of only when nothing could be packed."""
 
     def __post_init__(self):
+        if self.size > MAX_SIZE:
+            raise AvdaliError(f"--size must be ≤ {MAX_SIZE}, got {self.size}")
         if self.size < 128:
             raise AvdaliError(f"--size must be ≥ 128 (NVDEC's minimum frame size), got {self.size}")
         if self.size % 2:
             raise AvdaliError(f"--size must be even (VP9 stores 4:2:0 chroma at half size), got {self.size}")
-        if not 1 <= self.fps <= 60:
-            raise AvdaliError(f"--fps must be between 1 and 60, got {self.fps}")
-        if self.max_seconds <= 0:
-            raise AvdaliError(f"--max-seconds must be > 0, got {self.max_seconds}")
+        if not 1 <= self.fps <= MAX_FPS:
+            raise AvdaliError(f"--fps must be between 1 and {MAX_FPS:g}, got {self.fps}")
+        if not 0 < self.max_seconds <= MAX_SECONDS:
+            raise AvdaliError(f"--max-seconds must be > 0 and ≤ {MAX_SECONDS}, got {self.max_seconds}")
         if self.shard_size < 1:
             raise AvdaliError(f"--shard-size must be ≥ 1, got {self.shard_size}")
         if self.workers < 0:

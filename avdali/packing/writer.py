@@ -21,7 +21,7 @@ import struct
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 import webdataset as wds
 
@@ -155,24 +155,62 @@ def split_member_name(name: str) -> tuple[str, str]:
     return name[:dot], name[dot + 1 :]
 
 
-def tar_index(tar_path: Path) -> str:
+class UnsafeMember(ValueError):
+    """A tar member avdali never writes and refuses to read: a link or device, an absolute path, a path with
+    folders or ``..``, a hidden or control-character name."""
+
+
+def check_member_name(name: str) -> str | None:
+    """Why ``name`` cannot be a member of one of our flat shards (``None`` when it is fine): shard members are
+    ``{key}.{ext}`` in the tar's root, so any ``/`` or ``\\`` (absolute paths, folders, ``..``), a leading dot,
+    or a control character is refused before the name is used anywhere."""
+    if not name or len(name) > 255:
+        return "is empty or longer than 255 characters"
+    if "/" in name or "\\" in name:
+        return "has a path (absolute, folders or '..'); shard members sit in the tar's root"
+    if name.startswith("."):
+        return "starts with a dot"
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        return "has a control character"
+    return None
+
+
+def iter_members(tar_path: Path, max_members: int | None = None) -> Iterator[tuple[tarfile.TarFile, tarfile.TarInfo]]:
+    """(open tar, member) for every member of ``tar_path``, in order, after checking it: a regular file with a safe
+    flat name (``check_member_name``) whose data lies inside the file. ``UnsafeMember`` for the first that is not
+    or when there are more than ``max_members`` (a crafted tar cannot make a reader collect unbounded lists);
+    ``ValueError`` for data past the end (a truncated tar)."""
+    size = Path(tar_path).stat().st_size
+    with tarfile.open(tar_path, "r:") as tar:
+        for n, member in enumerate(tar, start=1):
+            if not member.isreg():
+                kind = "a symlink" if member.issym() else "a hard link" if member.islnk() else "a folder" if member.isdir() else "not a regular file"
+                raise UnsafeMember(f"member {member.name!r} is {kind}; shards hold regular files only")
+            why = check_member_name(member.name)
+            if why:
+                raise UnsafeMember(f"member name {member.name!r} {why}")
+            if member.offset_data + member.size > size:
+                raise ValueError(f"truncated: member {member.name} claims {member.size} bytes past the end of the file")
+            if max_members is not None and n > max_members:
+                raise UnsafeMember(f"more than {max_members} members")
+            yield tar, member
+            tar.members = []  # TarFile keeps every member it has read; a reader needs only the current one
+
+
+def tar_index(tar_path: Path, max_members: int | None = None) -> str:
     """The DALI index of a tar, byte for byte what ``wds2idx.IndexCreator`` writes, read with ``tarfile``
-    (no external ``tar``): ``v1.2 <samples>`` then per sample ``ext offset size name`` per regular member."""
+    (no external ``tar``): ``v1.2 <samples>`` then per sample ``ext offset size name`` per member.
+    Members are checked first (``iter_members``: ``UnsafeMember`` for links, paths, sizes past the end)."""
     samples: list[list[str]] = []
     last_base = None
-    with tarfile.open(tar_path, "r:") as tar:
-        for member in tar:
-            if not member.isreg():
-                continue
-            base, ext = split_member_name(member.name)
-            if not base or base.endswith("/"):
-                continue  # hidden files, as wds2idx skips them
-            entry = f"{ext} {member.offset_data} {member.size} {member.name}"
-            if base != last_base:
-                samples.append([entry])
-                last_base = base
-            else:
-                samples[-1].append(entry)
+    for _, member in iter_members(tar_path, max_members):
+        base, ext = split_member_name(member.name)
+        entry = f"{ext} {member.offset_data} {member.size} {member.name}"
+        if base != last_base:
+            samples.append([entry])
+            last_base = base
+        else:
+            samples[-1].append(entry)
     if not samples:
         raise ValueError(f"{tar_path}: no samples in tar")
     return f"{INDEX_VERSION} {len(samples)}\n" + "".join(" ".join(s) + "\n" for s in samples)

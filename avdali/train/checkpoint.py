@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pickle
 import random
+import re
 from pathlib import Path
 from typing import Any
 
@@ -57,15 +59,33 @@ def _os_error(error: BaseException | None) -> OSError | None:
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint with ``weights_only=True`` (AvdaliError naming the file if missing or unreadable)."""
+    """Read a checkpoint with ``weights_only=True`` (AvdaliError naming the file if missing or unreadable, and
+    refusing one that carries arbitrary pickled objects: their code never runs)."""
     path = Path(path)
     if not path.is_file():
         raise AvdaliError(f"{path}: checkpoint not found")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # torch raises many kinds (pickle, zip, unsupported global)
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise AvdaliError(f"{path}: not a readable checkpoint ({first})") from None
+    except pickle.UnpicklingError as e:
+        found = re.search(r"unsupported global:? (?:GLOBAL )?([\w.]+)", str(e), re.IGNORECASE)
+        if not found:  # not a pickle at all, or a broken one
+            raise AvdaliError(f"{path}: not a readable checkpoint ({_reason(e)})") from None
+        # weights_only refuses any global outside tensors and plain containers before calling it, so nothing ran
+        raise AvdaliError(
+            f"{path}: refused: the file holds pickled Python objects ({found.group(1)}), not only tensors and plain values; "
+            "avdali checkpoints never do, and loading it could run code"
+        ) from None
+    except Exception as e:  # torch raises many kinds (zip, truncated file, ...)
+        raise AvdaliError(f"{path}: not a readable checkpoint ({_reason(e)})") from None
+
+
+def _reason(error: Exception) -> str:
+    """One line of a torch.load error: the unpickler's own reason when there is one (torch's first line is advice)."""
+    text = str(error).strip()
+    found = re.search(r"WeightsUnpickler error:\s*(.+)", text)
+    if found:
+        return found.group(1).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def rng_state() -> dict[str, Any]:

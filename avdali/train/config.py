@@ -33,12 +33,16 @@ DEVICE_CHOICES = ("auto", "cpu", "cuda")
 METRIC_CHOICES = ("auto", "ua", "weighted_f1", "acc", "macro_f1")
 CLASS_WEIGHT_CHOICES = ("none", "balanced")
 NUM_FOLDS = 5
+DATASET_CHOICES = ("", "ravdess", "meld")
 
 
 @dataclass
 class DataSection(DataConfig):
     """``[data]``: the loader's DataConfig plus which splits of the shards to train, validate and test on."""
 
+    dataset: str = ""
+    """Dataset the shards must hold: "ravdess" or "meld"; empty = whatever their manifest says. Checked against
+    the manifest before a run writes anything (``protocol.check_shards_fit``)."""
     fold: int = 1
     """RAVDESS actor fold held out for testing (1-5); validation uses fold ``fold % 5 + 1``, training the other three.
     Ignored for MELD (train/dev/test)."""
@@ -53,6 +57,7 @@ class DataSection(DataConfig):
         parent_check = getattr(super(), "__post_init__", None)
         if parent_check is not None:
             parent_check()
+        _choice("data.dataset", self.dataset, DATASET_CHOICES)
         if not 1 <= self.fold <= NUM_FOLDS:
             raise ConfigError(f"data.fold must be between 1 and {NUM_FOLDS}, got {self.fold}")
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from avdali.errors import ConfigError
 from avdali.labels import UNIFIED
+from avdali.packing.format import MANIFEST_NAME
 from avdali.packing.manifest import Manifest, read_manifest
 
 RAVDESS_FOLDS = 5
@@ -70,6 +71,33 @@ def plan_splits(shards: str | Path, fold: int, train=(), val=(), test=()) -> Spl
             if manifest.splits[split].samples == 0 and role != "test":
                 raise ConfigError(f"data.{role}_splits: split {split!r} of {shards} has no samples")
     return plan
+
+
+def check_shards_fit(data) -> Manifest:
+    """What only the shards' manifest can tell about a ``[data]`` section (a ``config.DataSection``), checked before
+    a run writes anything: packing finished, the dataset is the one ``data.dataset`` names, the label space exists
+    in it, and ``data.crop`` is not larger than the stored frames. ConfigError naming the key and the folder."""
+    shards = Path(data.shards)
+    manifest = read_manifest(shards)
+    where = shards / MANIFEST_NAME
+    if not manifest.complete:
+        raise ConfigError(f"{where}: packing is not complete; re-run `avdali shard` to finish it")
+    if not manifest.shards:
+        raise ConfigError(f"{where}: lists no shards (nothing was packed)")
+    if data.dataset and data.dataset != manifest.dataset:
+        raise ConfigError(
+            f"data.dataset is {data.dataset!r} but {shards} holds {manifest.dataset} shards; "
+            f"point data.shards at {data.dataset} shards"
+        )
+    if data.label_space == "ravdess8" and manifest.dataset != "ravdess":
+        raise ConfigError(f"data.label_space 'ravdess8' needs RAVDESS shards; {shards} holds {manifest.dataset}")
+    size = manifest.options.get("size")  # read_manifest checked it is a valid --size when present
+    if size is not None and data.crop > size:
+        raise ConfigError(
+            f"data.crop {data.crop} is larger than the {size}x{size} frames stored in {shards}; "
+            f"use data.crop ≤ {size} or re-pack with --size ≥ {data.crop}"
+        )
+    return manifest
 
 
 def default_metric(dataset: str) -> str:
