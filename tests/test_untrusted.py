@@ -363,3 +363,24 @@ def test_inspect_flags_sizes_beyond_the_pack_options(tmp_path, frames):
     assert problems == [
         f"{SHARD}: {KEY}: meta.i32 declares {frames} frames and 9 audio samples; the pack options allow 1-61 frames and 0-64001 samples"
     ] if frames != 61 else not problems
+
+
+def test_resume_redoes_a_vouched_for_shard_with_a_link(tmp_path):
+    """A manifest that vouches (sha256, size, keys) for a tar holding a symlink: resuming `avdali shard` writes the
+    real shard over it instead of keeping it or crashing."""
+    from test_pack import fake_pack, folder_bytes
+
+    out = tmp_path / "out"
+    fake_pack(out)
+    reference = folder_bytes(out)
+    manifest = read_manifest(out)
+    entry = manifest.shards[0]
+    with tarfile.open(out / entry.name) as tar:
+        members = [(m.name, tar.extractfile(m).read()) for m in tar]
+    crafted = make_tar(members + [link("zz.webm", "/etc/passwd")])
+    (out / entry.name).write_bytes(crafted)
+    entry.sha256, entry.bytes = hashlib.sha256(crafted).hexdigest(), len(crafted)
+    write_manifest(out, manifest)
+    result = fake_pack(out)
+    assert result.shards_written == 1
+    assert folder_bytes(out) == reference
