@@ -318,7 +318,28 @@ def test_corrupt_shard_mid_epoch_stops_with_its_name(tmp_path, ravdess_shards, l
             pass
     message = str(caught.value)
     assert message.startswith(str(shards / CORRUPT_TAR)), message
+    assert "corrupt shard" in message  # the SHA-256 check after the failure found the changed tar
     assert "\n" not in message and "Traceback" not in message
+
+
+@pytest.mark.parametrize("loader", ["torch", "dali"])
+def test_undecodable_sample_the_manifest_vouches_for_is_one_line(tmp_path, ravdess_shards, loader):
+    # Damage that the SHA-256 cannot see (the manifest records the damaged bytes, as if packed that way): the
+    # decoder's failure itself must still end as one line naming the shard, not a worker traceback.
+    shards = corrupt_copy(ravdess_shards, tmp_path / "shards", "flip_webm")
+    manifest = json.loads((shards / "manifest.json").read_text())
+    for entry in manifest["shards"]:
+        if entry["name"] == CORRUPT_TAR:
+            entry["sha256"] = sha256(shards / CORRUPT_TAR)
+    (shards / "manifest.json").write_text(json.dumps(manifest))
+    loader_ = build_loader(loader_config(shards, loader), ["fold3", "fold4"], train=True)
+    loader_.set_epoch(0)
+    with pytest.raises(AvdaliError) as caught:
+        for _ in loader_:
+            pass
+    message = str(caught.value)
+    assert message.startswith(str(shards / CORRUPT_TAR)) and "\n" not in message, message
+    assert "corrupt shard" not in message  # nothing differs from the manifest
 
 
 @pytest.mark.slow  # a CLI training start with the torch loader's workers (~20 s on a busy 2-core machine)
