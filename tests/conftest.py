@@ -60,3 +60,38 @@ def ravdess_shards(tmp_path_factory, ravdess_src) -> Path:
 def meld_shards(tmp_path_factory, meld_src) -> Path:
     """Shards packed from ``meld_src``."""
     return _pack("meld", meld_src, tmp_path_factory.mktemp("meld_shards"))
+
+
+def tiny_run_toml(
+    shards,
+    *,
+    loader: str = "torch",
+    batch_size: int = 2,
+    data_extra: str = "",
+    freeze_backbone: bool = True,
+    train: str = 'device = "cpu"\nepochs = 1\nlog_every = 1',
+) -> str:
+    """A run config small enough for a few CPU steps on the fixture shards (2 frames of 32², a 16-wide model)."""
+    return f"""
+[data]
+shards = "{shards}"
+loader = "{loader}"
+batch_size = {batch_size}
+frames = 2
+crop = 32
+n_mels = 16
+num_threads = 1
+{data_extra}
+[model]
+audio_dim = 16
+audio_conv_channels = [8]
+audio_heads = 2
+audio_layers = 1
+audio_ff_dim = 16
+video_dim = 16
+fusion_heads = 2
+fusion_ff_dim = 16
+freeze_backbone = {str(freeze_backbone).lower()}
+[train]
+{train}
+"""

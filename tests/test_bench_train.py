@@ -11,30 +11,9 @@ from typer.testing import CliRunner
 
 from avdali.cli.app import app
 from avdali.cli.bench_train import StepRecorder, Variant, _Done, variants_for
+from conftest import tiny_run_toml
 
 runner = CliRunner()
-
-TINY = """
-[data]
-shards = "shards/none"
-loader = "torch"
-batch_size = 4
-frames = 2
-crop = 32
-n_mels = 16
-num_threads = 1
-[model]
-audio_dim = 16
-audio_conv_channels = [8]
-audio_heads = 2
-audio_layers = 1
-audio_ff_dim = 16
-video_dim = 16
-fusion_heads = 2
-fusion_ff_dim = 16
-[train]
-device = "cpu"
-"""
 
 
 def test_step_recorder_skips_warmup_and_stops_after_the_timed_steps():
@@ -68,7 +47,7 @@ def test_unknown_loader_and_missing_shards_are_one_line_errors(tmp_path):
 
 def test_both_loaders_run_and_write_json(tmp_path: Path, ravdess_shards):
     config = tmp_path / "tiny.toml"
-    config.write_text(TINY)
+    config.write_text(tiny_run_toml("shards/none", batch_size=4, freeze_backbone=False, train='device = "cpu"'))
     out = tmp_path / "bench.json"
     result = runner.invoke(app, ["bench", "train", str(ravdess_shards), "--config", str(config), "--loaders", "dali,torch",
                                  "--steps", "2", "--warmup", "1", "--json", str(out)])

@@ -15,39 +15,14 @@ from avdali.errors import AvdaliError, ConfigError
 from avdali.packing.manifest import read_manifest
 from avdali.train.config import load_config
 from avdali.train.cv import aggregate, check_cv_config, parse_folds
+from conftest import tiny_run_toml
 
 runner = CliRunner()
-
-TINY = """
-[data]
-shards = "{shards}"
-loader = "torch"
-batch_size = 4
-frames = 2
-crop = 32
-n_mels = 16
-num_threads = 1
-augment = false
-[model]
-audio_dim = 16
-audio_conv_channels = [8]
-audio_heads = 2
-audio_layers = 1
-audio_ff_dim = 16
-video_dim = 16
-fusion_heads = 2
-fusion_ff_dim = 16
-freeze_backbone = true
-[train]
-device = "cpu"
-epochs = 1
-log_every = 1
-"""
 
 
 def tiny_toml(tmp_path: Path, shards: Path | str) -> Path:
     path = tmp_path / "tiny.toml"
-    path.write_text(TINY.format(shards=shards))
+    path.write_text(tiny_run_toml(shards, batch_size=4, data_extra="augment = false"))
     return path
 
 

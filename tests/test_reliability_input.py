@@ -33,6 +33,7 @@ from avdali.packing.options import PackOptions
 from avdali.packing.run import pack_scan
 from avdali.packing.writer import TMP_SUFFIX, file_sha256, tar_index
 from avdali.sources.records import ClipRecord, Scan
+from conftest import tiny_run_toml
 
 runner = CliRunner()
 
@@ -214,32 +215,6 @@ def test_sigkill_inside_every_write_then_resume(tmp_path):
 
 # --- bad input: one line, non-zero exit, nothing written over -------------------------------------------
 
-TINY = """
-[data]
-shards = "{shards}"
-loader = "torch"
-batch_size = 2
-frames = 2
-crop = 32
-n_mels = 16
-num_threads = 1
-{extra_data}
-[model]
-audio_dim = 16
-audio_conv_channels = [8]
-audio_heads = 2
-audio_layers = 1
-audio_ff_dim = 16
-video_dim = 16
-fusion_heads = 2
-fusion_ff_dim = 16
-freeze_backbone = true
-[train]
-device = "cpu"
-epochs = 1
-log_every = 1
-"""
-
 
 def folder_state(path: Path) -> dict[str, bytes]:
     """Every file under ``path`` (relative name → bytes): compared before and after a failing command."""
@@ -291,7 +266,7 @@ def run_dir(tmp_path) -> Path:
 
 def train_cli(tmp_path: Path, run_dir: Path, shards, *args: str, extra_data: str = "", text: str | None = None):
     config = tmp_path / "tiny.toml"
-    config.write_text(text if text is not None else TINY.format(shards=shards, extra_data=extra_data))
+    config.write_text(text if text is not None else tiny_run_toml(shards, data_extra=extra_data))
     before = folder_state(run_dir), folder_state(Path(shards)) if Path(shards).is_dir() else {}
     result = runner.invoke(app, ["train", "--config", str(config), "--run-dir", str(run_dir), *args])
     after = folder_state(run_dir), folder_state(Path(shards)) if Path(shards).is_dir() else {}
@@ -321,7 +296,7 @@ BAD_CONFIGS = {
 def test_train_bad_config_values(tmp_path, run_dir, ravdess_shards, case):
     extra, message = BAD_CONFIGS[case]
     # [data] lists crop/batch_size already: a repeated key is a TOML error, so the bad value replaces the good one
-    text = TINY.format(shards=ravdess_shards, extra_data="")
+    text = tiny_run_toml(ravdess_shards)
     key = extra.split("=")[0].strip()
     text = "\n".join(line for line in text.splitlines() if not line.startswith(f"{key} ")).replace("[model]", f"{extra}\n[model]")
     assert_one_line_error(train_cli(tmp_path, run_dir, ravdess_shards, text=text), message)

@@ -41,41 +41,17 @@ from avdali.packing import writer
 from avdali.packing.options import PackOptions
 from avdali.train import checkpoint as ckpt
 from avdali.train import loop
+from conftest import tiny_run_toml
 
 runner = CliRunner()
 
-TINY_TOML = """
-[data]
-shards = "{shards}"
-loader = "{loader}"
-batch_size = 2
-frames = 2
-crop = 32
-n_mels = 16
-num_threads = 1
-[model]
-audio_dim = 16
-audio_conv_channels = [8]
-audio_heads = 2
-audio_layers = 1
-audio_ff_dim = 16
-video_dim = 16
-fusion_heads = 2
-fusion_ff_dim = 16
-freeze_backbone = true
-[train]
-device = "cpu"
-epochs = {epochs}
-log_every = 1
-test_at_end = false
-"""
 STEPS_PER_EPOCH = 6
 """ravdess_shards: folds 3-5 train, 4 clips each, batch 2 → 6 steps per epoch on one rank."""
 
 
 def tiny_toml(tmp_path: Path, shards: Path, *, epochs: int, loader: str = "torch") -> Path:
     path = tmp_path / "tiny.toml"
-    path.write_text(TINY_TOML.format(shards=shards, loader=loader, epochs=epochs))
+    path.write_text(tiny_run_toml(shards, loader=loader, train=f'device = "cpu"\nepochs = {epochs}\nlog_every = 1\ntest_at_end = false'))
     return path
 
 

@@ -17,33 +17,9 @@ from typer.testing import CliRunner
 
 from avdali.cli.app import app
 from avdali.train import loop
+from conftest import tiny_run_toml
 
 runner = CliRunner()
-
-TINY = """
-[data]
-shards = "{shards}"
-loader = "torch"
-batch_size = 2
-frames = 2
-crop = 32
-n_mels = 16
-num_threads = 1
-[model]
-audio_dim = 16
-audio_conv_channels = [8]
-audio_heads = 2
-audio_layers = 1
-audio_ff_dim = 16
-video_dim = 16
-fusion_heads = 2
-fusion_ff_dim = 16
-freeze_backbone = true
-[train]
-device = "cpu"
-epochs = 1
-log_every = 1
-"""
 
 
 def invoke(*args: str):
@@ -52,7 +28,7 @@ def invoke(*args: str):
 
 def tiny_toml(tmp_path: Path, shards: Path | str = "shards/none") -> Path:
     path = tmp_path / "tiny.toml"
-    path.write_text(TINY.format(shards=shards))
+    path.write_text(tiny_run_toml(shards))
     return path
 
 
