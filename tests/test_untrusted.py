@@ -97,12 +97,12 @@ def test_eval_and_predict_refuse_pickled_code(evil_checkpoint, ravdess_shards, t
 
 
 def test_train_resume_refuses_pickled_code(evil_checkpoint, ravdess_shards, tmp_path):
-    from test_reliability_input import TINY
+    from conftest import tiny_run_toml
 
     path, marker = evil_checkpoint
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    (run_dir / "config.toml").write_text(TINY.format(shards=ravdess_shards, extra_data=""))
+    (run_dir / "config.toml").write_text(tiny_run_toml(ravdess_shards))
     shutil.copy(path, run_dir / "last.pt")
     result = runner.invoke(app, ["train", "--resume", "--run-dir", str(run_dir)])
     assert result.exit_code == 1, result.output
