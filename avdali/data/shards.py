@@ -18,7 +18,7 @@ from avdali.packing.writer import UnsafeMember, check_member_name, split_member_
 
 
 @dataclass(frozen=True)
-class ShardFile:
+class ShardSpan:
     """One tar of a split and where its samples sit in the chosen splits."""
 
     tar: str
@@ -47,7 +47,7 @@ class ShardSet:
     """The shard folder."""
     splits: tuple[str, ...]
     """Chosen splits, in order."""
-    files: tuple[ShardFile, ...]
+    files: tuple[ShardSpan, ...]
     """Their tars, in order."""
     frame_size: tuple[int, int] | None = None
     """(height, width) of the stored frames when the manifest's options say it."""
@@ -156,7 +156,7 @@ def resolve(shards: str | Path, splits: Sequence[str]) -> ShardSet:
     available = ", ".join(manifest.splits) or "none"
     if not splits:
         raise AvdaliError(f"{path}: no split chosen; available: {available}")
-    files: list[ShardFile] = []
+    files: list[ShardSpan] = []
     first = 0
     for split in splits:
         if split not in manifest.splits:
@@ -177,7 +177,7 @@ def resolve(shards: str | Path, splits: Sequence[str]) -> ShardSet:
             if list(keys) != list(entry.keys):
                 raise AvdaliError(f"{idx}: its samples differ from the manifest's keys for {entry.name}; re-pack or re-index")
             check_tar_matches_index(tar, idx, entry.samples)
-            files.append(ShardFile(str(tar), str(idx), first, keys, offsets, sizes))
+            files.append(ShardSpan(str(tar), str(idx), first, keys, offsets, sizes))
             first += len(keys)
     if first == 0:
         raise AvdaliError(f"{path}: splits {', '.join(splits)} hold no samples")

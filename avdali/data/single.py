@@ -14,7 +14,7 @@ import torch
 
 from avdali.data.batch import Batch
 from avdali.data.config import DataConfig
-from avdali.data.shards import ShardFile, ShardSet
+from avdali.data.shards import ShardSpan, ShardSet
 from avdali.data.torch_loader import ClipStream
 from avdali.packing import format as fmt
 
@@ -30,7 +30,7 @@ def clip_batch(webm: bytes, flac: bytes, frames: int, cfg: DataConfig, *, source
     """
     meta = np.zeros(len(fmt.META_FIELDS), dtype="<i4")
     meta[fmt.META_FIELDS.index("frames")] = frames
-    shard = ShardFile(tar=source, idx="", first=0, keys=(KEY,), video_offsets=(0,), video_sizes=(len(webm),))
+    shard = ShardSpan(tar=source, idx="", first=0, keys=(KEY,), video_offsets=(0,), video_sizes=(len(webm),))
     stream = ClipStream(cfg, ShardSet(Path("."), (KEY,), (shard,)), train=False, rank=0, world_size=1, seed=0,
                         frame_size=(0, 0), epoch=None)
     sample = {"__url__": source, "__key__": KEY, fmt.VIDEO_EXT: webm, fmt.AUDIO_EXT: flac, fmt.NUMS_EXT: meta.tobytes()}
