@@ -203,6 +203,40 @@ def test_bf16_autocast_forward_and_backward():
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
 
+PROMOTE_OPS = ("scatter_add", "index_put", "index_put_")
+"""Autocast "promote" ops that autograd puts in backward graphs (of gather and of indexing)."""
+
+
+def test_compiled_backward_has_no_low_precision_promote_ops():
+    """torch.compile traces the backward inside the forward's autocast region; there CUDA bf16 autocast fails
+    on any "promote" op with bf16 operands (pytorch/pytorch#132715, seen on an H100 with `avdali train`).
+    CPU autocast does not fail on it, so this reads the captured backward graphs instead: every promote op
+    must work in float32."""
+    from functorch.compile import make_boxed_func
+    from torch._dynamo.backends.common import aot_autograd
+
+    graphs = []
+
+    def capture(gm, _example_inputs):
+        graphs.append(gm)
+        return make_boxed_func(gm.forward)
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = build_model(small_config()).train()
+    compiled = torch.compile(model, backend=aot_autograd(fw_compiler=capture, bw_compiler=capture))
+    video, audio = inputs()
+    mask = torch.tensor([[1, 1, 1, 0], [1, 0, 1, 1]], dtype=torch.bool)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = compiled(video, audio, torch.tensor([A, 50]), video_mask=mask)
+    logits.float().sum().backward()
+    promote = [node for gm in graphs for node in gm.graph.nodes
+               if node.op == "call_function" and getattr(node.target, "__name__", "").split(".")[0] in PROMOTE_OPS]
+    assert promote, "no gather/indexing backward captured: the check would pass vacuously"
+    low = [f"{node.target} {node.meta['val'].dtype}" for node in promote if node.meta["val"].dtype != torch.float32]
+    assert not low, f"low-precision promote ops in the compiled graphs: {low}"
+
+
 def test_bad_inputs_give_clear_errors():
     model = eval_model()
     video, audio = inputs()

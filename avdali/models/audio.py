@@ -40,7 +40,17 @@ def reverse_within_lengths(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tens
     steps = torch.arange(x.shape[1], device=x.device)
     last = lengths[:, None] - 1
     index = torch.where(steps < lengths[:, None], last - steps, steps)
-    return x.gather(1, index[..., None].expand_as(x))
+    return gather_steps(x, index[..., None])
+
+
+def gather_steps(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``x.gather(1, index.expand_as(x))`` for N,L,D ``x``, computed in float32 and returned in ``x``'s dtype.
+
+    Why float32: gather's backward is ``scatter_add``, an autocast "promote" op. torch.compile traces the backward
+    inside the forward's autocast region, where CUDA autocast prioritises against its default float16; with bf16
+    tensors that fails ("Unexpected floating ScalarType in at::autocast::prioritize", pytorch/pytorch#132715).
+    A float32 operand makes the promotion float32. The casts are exact (bf16/fp16 → fp32 → back)."""
+    return x.float().gather(1, index.expand_as(x)).to(x.dtype)
 
 
 def sinusoidal_positions(length: int, dim: int, *, device=None, dtype=None) -> torch.Tensor:

@@ -11,7 +11,7 @@ from torch import nn
 from torchvision.models import ResNet18_Weights
 
 from avdali.errors import AvdaliError
-from avdali.models.audio import MaskedBiLSTM, lengths_to_mask
+from avdali.models.audio import MaskedBiLSTM, gather_steps, lengths_to_mask
 from avdali.models.config import ModelConfig
 
 BACKBONE_FEATURES = 512
@@ -128,7 +128,7 @@ class VideoEncoder(nn.Module):
         mask = mask | (first & ~mask.any(1, keepdim=True))
         lengths = mask.sum(1)
         order = compact_order(mask)[..., None]
-        compact = features.gather(1, order.expand_as(features))
+        compact = gather_steps(features, order)
         compact = torch.where(lengths_to_mask(lengths, t)[..., None], compact, 0)
         compact_sequence = self.lstm(compact, lengths)
         sequence = torch.empty_like(compact_sequence).scatter(1, order.expand_as(compact_sequence), compact_sequence)
