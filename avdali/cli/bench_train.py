@@ -126,6 +126,9 @@ def measure_variant(config: Path, overrides: list[str], variant: Variant, warmup
     from avdali.train.config import load_config
     from avdali.train.loop import run_training
 
+    import torch
+
+    torch._dynamo.reset()  # each variant compiles afresh, as its own training run would (no shared recompile budget)
     recorder = StepRecorder(warmup, steps)
     with tempfile.TemporaryDirectory(prefix="avdali-bench-train-") as tmp:
         cfg = load_config(config, [

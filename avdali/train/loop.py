@@ -206,6 +206,9 @@ class Trainer:
         # Same seed on every rank for the initial weights (DDP also broadcasts rank 0's), then a rank's own
         # stream for dropout.
         torch.manual_seed(cfg.train.seed)
+        if self.device.type == "cuda":  # float32 matmuls/convs (amp = "none", and the fp32 parts under AMP) on TF32 cores
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
         self.raw_model = build_model(cfg.model).to(self.device)
         if cfg.train.channels_last:
             self.raw_model = self.raw_model.to(memory_format=torch.channels_last)
