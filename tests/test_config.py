@@ -84,6 +84,7 @@ def test_toml_round_trip(tmp_path):
         ("optim.min_lr=1", r"optim\.min_lr .* must be ≤ optim\.lr"),
         ("data.fold=6", r"data\.fold must be between 1 and 5"),
         ("data.loader=tf", r"data\.loader.*dali, torch"),
+        ("data.crop_interp=cubic", r"data\.crop_interp.*nearest, linear"),
         ("model.fusion=concat", r"model\.fusion must be one of 'cross', 'additive'"),
         ("train.compile=maybe", r'train\.compile must be one of true, false, "auto"'),
         ("train.lr=1", r"unknown key train\.lr; valid keys of \[train\]: epochs, device, amp"),

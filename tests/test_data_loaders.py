@@ -134,14 +134,15 @@ def test_cuda_without_cuda_is_a_clear_error(ravdess_shards):
         build_loader(small(ravdess_shards), SPLITS, train=True, device="cuda")
 
 
-@pytest.mark.parametrize("train, features, video_dtype", [(True, "logmel", "uint8"), (False, "mfcc", "float16")])
-def test_gpu_pipeline_is_defined(ravdess_shards, train, features, video_dtype):
+@pytest.mark.parametrize("train, features, video_dtype, crop_interp",
+                         [(True, "logmel", "uint8", "nearest"), (True, "logmel", "uint8", "linear"), (False, "mfcc", "float16", "nearest")])
+def test_gpu_pipeline_is_defined(ravdess_shards, train, features, video_dtype, crop_interp):
     """Tracing the GPU variant checks every argument name of the mixed/gpu ops without needing a GPU."""
     from avdali.data.dali import DaliLoader
     from avdali.data.shards import resolve
 
     shardset = resolve(ravdess_shards, SPLITS)
-    cfg = small(ravdess_shards, features=features, video_dtype=video_dtype)
+    cfg = small(ravdess_shards, features=features, video_dtype=video_dtype, crop_interp=crop_interp)
     loader = DaliLoader(cfg, shardset, train=train, device="cuda", rank=0, world_size=1, seed=0, frame_size=(128, 128))
     pipe = loader.make_pipeline(device_id=0)
     assert pipe.device_id == 0
@@ -168,6 +169,56 @@ def test_torch_loader_works_without_dali(ravdess_shards, monkeypatch):
         assert b.audio.shape == (4, 64, 101) and b.audio.dtype == torch.float32
         assert sorted(i for x in batches for i in x.index.tolist()) == list(range(8))
     assert "nvidia.dali" not in [m for m in sys.modules if sys.modules[m] is not None]
+
+
+@pytest.mark.slow
+def test_torch_workers_split_the_samples_of_a_single_tar(ravdess_shards):
+    """Two workers on a rank with one tar both decode: worker w takes samples w, w+2, … (in evaluation order)."""
+    cfg = small(ravdess_shards, loader="torch", batch_size=2, num_threads=2)
+    loader = build_loader(cfg, ["fold1"], train=False)
+    assert len(loader.dataset.urls) == 1 and loader.workers == 2
+    batches = [b.index.tolist() for b in loader]
+    assert sorted(batches) == [[0, 2], [1, 3]]
+
+
+@pytest.mark.parametrize("interp", ["nearest", "linear"])
+def test_dali_crop_interp_is_used(ravdess_shards, interp):
+    """Nearest-neighbour crops only copy pixels: every output value of a flat-coloured ramp exists in the input;
+    linear blends neighbours and makes new values."""
+    import numpy as np
+    from nvidia.dali import fn, pipeline_def, types
+
+    from avdali.data.dali import _INTERPS
+
+    ramp = np.repeat(np.repeat(np.arange(0, 256, 8, dtype=np.uint8), 4)[None, :, None], 128, axis=0)  # 128x128, steps of 8
+    frames = np.broadcast_to(ramp, (2, 128, 128, 3)).copy()
+
+    @pipeline_def
+    def crop():
+        video = fn.external_source(source=lambda: [frames], layout="FHWC", batch=True)
+        return fn.random_resized_crop(video, size=[112, 112], random_area=[0.35, 1.0], interp_type=_INTERPS[interp],
+                                      antialias=False)
+
+    pipe = crop(batch_size=1, num_threads=1, device_id=None, seed=0)
+    pipe.build()
+    values = set(np.unique(np.array(pipe.run()[0][0])).tolist())
+    assert (values <= set(ramp.ravel().tolist())) == (interp == "nearest")
+
+
+def test_torch_nearest_crop_matches_torchvision():
+    from torchvision.transforms.v2 import functional as F
+
+    from avdali.data.torch_loader import nearest_resized_crop
+
+    g = torch.Generator().manual_seed(0)
+    for _ in range(300):
+        height, width = (int(x) for x in torch.randint(16, 160, (2,), generator=g))
+        video = torch.randint(0, 255, (2, height, width, 3), dtype=torch.uint8, generator=g).permute(0, 3, 1, 2)
+        h, w = int(torch.randint(1, height + 1, (1,), generator=g)), int(torch.randint(1, width + 1, (1,), generator=g))
+        top, left = int(torch.randint(0, height - h + 1, (1,), generator=g)), int(torch.randint(0, width - w + 1, (1,), generator=g))
+        size = int(torch.randint(8, 128, (1,), generator=g))
+        expected = F.resized_crop(video, top, left, h, w, [size, size], interpolation=F.InterpolationMode.NEAREST)
+        assert torch.equal(nearest_resized_crop(video, top, left, h, w, size), expected)
 
 
 def test_replace_keeps_config_checks(ravdess_shards):

@@ -72,14 +72,16 @@ def test_dali_log_mel_matches_torchaudio(ravdess_shards):
         flac = fn.readers.webdataset(paths=[f.tar for f in shardset.files], index_paths=[f.idx for f in shardset.files],
                                      ext=["flac"], missing_component_behavior="error")
         audio, _ = fn.decoders.audio(flac, sample_rate=16000, downmix=True, dtype=types.FLOAT)
-        spec = fn.spectrogram(audio, nfft=400, window_length=400, window_step=160, window_fn=hann_window(), power=2)
+        spec = fn.spectrogram(audio, nfft=sampling.NFFT, window_length=sampling.WINDOW, window_step=sampling.HOP,
+                              window_fn=hann_window(), power=2)
         mel = fn.mel_filter_bank(spec, nfilter=64, sample_rate=16000, freq_high=8000.0)
         return fn.to_decibels(mel, multiplier=10.0, reference=1.0, cutoff_db=DB_CUTOFF)
 
     pipe = log_mel(batch_size=1, num_threads=1, device_id=None)
     pipe.build()
     reference = torch.nn.Sequential(
-        torchaudio.transforms.MelSpectrogram(sample_rate=16000, n_fft=400, win_length=400, hop_length=160, n_mels=64,
+        torchaudio.transforms.MelSpectrogram(sample_rate=16000, n_fft=sampling.NFFT, win_length=sampling.WINDOW,
+                                             hop_length=sampling.HOP, n_mels=64,
                                              f_min=0.0, f_max=8000.0, norm="slaney", mel_scale="slaney", power=2.0),
         torchaudio.transforms.AmplitudeToDB(stype="power", top_db=None),
     )

@@ -24,6 +24,7 @@ def loader(
     warmup: Annotated[int, typer.Option(help="Batches consumed before timing.")] = 3,
     frames: Annotated[int, typer.Option(help="T frames per clip.")] = 16,
     threads: Annotated[int, typer.Option(help="DALI threads / DataLoader workers (default: all cores).")] = 0,
+    crop_interp: Annotated[str, typer.Option(help="Random resized crop resampling: linear | nearest.")] = "linear",
     splits: Annotated[Optional[str], typer.Option(help="Comma-separated splits (default: all).")] = None,
     src: Annotated[Optional[Path], typer.Option(help="Raw dataset tree the shards came from (for naive).")] = None,
     dataset: Annotated[str, typer.Option(help="Dataset of --src (for naive).")] = "ravdess",
@@ -41,13 +42,15 @@ def loader(
         raise AvdaliError(f"--loaders: unknown {', '.join(unknown) or 'empty list'}; expected some of {', '.join(LOADERS)}")
     if "naive" in names and src is None:
         raise AvdaliError("--loaders naive needs --src RAW_TREE (the raw dataset the shards were packed from)")
-    cfg = DataConfig(shards=str(shards), batch_size=batch_size, frames=frames, num_threads=threads or os.cpu_count() or 1)
+    cfg = DataConfig(shards=str(shards), batch_size=batch_size, frames=frames, crop_interp=crop_interp,
+                     num_threads=threads or os.cpu_count() or 1)
     with err_console.status("measuring") as status:
         figures = run_benchmark(
             cfg, splits.split(",") if splits else None, names, batches, warmup, str(src) if src else None, dataset,
             progress=lambda name: status.update(f"measuring {name}"),
         )
-    table = Table(title=f"loader throughput: batch {batch_size}, T={frames}, {figures['cores']} cores, {cfg.num_threads} threads/workers")
+    table = Table(title=f"loader throughput: batch {batch_size}, T={frames}, {crop_interp} crops, {figures['cores']} cores, "
+                        f"{cfg.num_threads} threads/workers")
     for column in ("loader", "clips/s", "frames/s", "share of decode ceiling"):
         table.add_column(column, justify="left" if column == "loader" else "right")
     for name, r in figures["results"].items():

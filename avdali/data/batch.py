@@ -12,7 +12,9 @@ class Batch:
     """A batch of clips; every tensor's first dimension is N (the batch size)."""
 
     video: torch.Tensor
-    """N,T,C,H,W: uint8 raw RGB pixels, or float16/float32 ImageNet-normalised (``DataConfig.video_dtype``)."""
+    """N,T,C,H,W: uint8 raw RGB pixels, or float16/float32 ImageNet-normalised (``DataConfig.video_dtype``).
+    The DALI loader's is a view of N,T,H,W,C memory (channels-last, what the frame CNN reads); the torch loader's
+    is contiguous."""
     audio: torch.Tensor
     """N,F,A float32 log-mel or MFCC, normalised per utterance and bin; frames past ``audio_len`` are zero padding."""
     audio_len: torch.Tensor

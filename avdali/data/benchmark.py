@@ -81,10 +81,10 @@ def bench_naive(cfg: DataConfig, dataset: str, src: str, splits: list[str] | Non
 
 
 def bench_dali_decode(cfg: DataConfig, shardset: ShardSet, count: int, warmup: int, threads: int) -> Throughput:
-    """DALI's CPU video decoder alone on the centred frame indices: reader → decoders.video."""
+    """DALI's CPU video decoder alone on the frames the training loaders pick: reader → decoders.video."""
     from nvidia.dali import fn, pipeline_def, types
 
-    t = cfg.frames
+    from avdali.data.dali import frame_indices
 
     @pipeline_def
     def decode_only():
@@ -92,44 +92,49 @@ def bench_dali_decode(cfg: DataConfig, shardset: ShardSet, count: int, warmup: i
             paths=[f.tar for f in shardset.files], index_paths=[f.idx for f in shardset.files],
             ext=["webm", "meta.i32"], dtypes=[types.UINT8, types.INT32], missing_component_behavior="error",
         )
-        n = meta[0]
-        frames = (types.Constant(np.arange(t, dtype=np.int32) * 2) * n + n) // (2 * t)
-        return fn.decoders.video(webm, frames=frames)
+        return fn.decoders.video(webm, frames=frame_indices(meta[0], cfg.frames, jitter=cfg.augment))
 
-    pipe = decode_only(batch_size=cfg.batch_size, num_threads=threads, device_id=None, prefetch_queue_depth=cfg.prefetch)
+    pipe = decode_only(batch_size=cfg.batch_size, num_threads=threads, device_id=None, prefetch_queue_depth=cfg.prefetch,
+                       seed=1)
     pipe.build()
     runs = (pipe.run() for _ in itertools.count())
-    return time_batches("ceiling-dali", runs, lambda out: len(out[0]), count, warmup, t)
+    return time_batches("ceiling-dali", runs, lambda out: len(out[0]), count, warmup, cfg.frames)
 
 
-def _pyav_decode(job: tuple[str, int, int, int]) -> int:
+def _pyav_decode(job: tuple[str, int, int, int, int, int | None]) -> int:
+    """Decode one clip's T frames (``job``: tar, webm offset, webm size, frame count n, T, jitter seed or None)."""
     from avdali.data.torch_loader import decode_frames
 
-    tar, offset, size, frames = job
+    tar, offset, size, n, t, seed = job
+    rng = None if seed is None else np.random.default_rng(seed)
+    return len(decode_frames(_read(tar, offset, size), sampling.frame_indices(n, t, rng)))
+
+
+def _read(tar: str, offset: int, size: int) -> bytes:
     with open(tar, "rb") as f:
         f.seek(offset)
-        data = f.read(size)
-    return len(decode_frames(data, np.asarray(frames_for(data, frames))))
+        return f.read(size)
 
 
-def frames_for(data: bytes, t: int) -> list[int]:
-    """Centred indices for a webm, counting its frames from the container (as meta.i32 would say)."""
+def frame_count(data: bytes) -> int:
+    """Frames of a webm, counted from its container packets (what meta.i32 says)."""
     import io
 
     import av
 
     with av.open(io.BytesIO(data)) as c:
-        n = sum(1 for packet in c.demux(video=0) if packet.size)  # the last packet is an empty flush marker
-    return sampling.frame_indices(max(n, 1), t).tolist()
+        return max(1, sum(1 for packet in c.demux(video=0) if packet.size))  # the last packet is an empty flush marker
 
 
 def bench_pyav_decode(cfg: DataConfig, shardset: ShardSet, count: int, warmup: int, processes: int) -> Throughput:
-    """PyAV decoding the same frames (only up to the last needed one, RGB for the needed ones), one process per core."""
+    """PyAV decoding the same frames as the training loaders (only up to the last needed one, RGB for the needed
+    ones), one process per core."""
     import multiprocessing as mp
 
-    jobs = [(f.tar, off, size, cfg.frames) for f in shardset.files for off, size in zip(f.video_offsets, f.video_sizes)]
+    clips = [(f.tar, off, size) for f in shardset.files for off, size in zip(f.video_offsets, f.video_sizes)]
+    counts = [frame_count(_read(*clip)) for clip in clips]
     total = (count + warmup) * cfg.batch_size
-    stream = list(itertools.islice(itertools.cycle(jobs), total))
+    stream = [(*clips[k % len(clips)], counts[k % len(clips)], cfg.frames, k if cfg.augment else None) for k in range(total)]
     with mp.get_context("forkserver").Pool(processes) as pool:
         list(pool.imap(_pyav_decode, stream[: warmup * cfg.batch_size], chunksize=2))
         start = time.perf_counter()

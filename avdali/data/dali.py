@@ -39,11 +39,25 @@ DB_CUTOFF = -100.0
 NORM_EPS = 1e-5
 """Added to the variance when normalising features per utterance (silence would divide by zero)."""
 _VIDEO_DTYPES = {"uint8": types.UINT8, "float16": types.FLOAT16, "float32": types.FLOAT}
+_INTERPS = {"nearest": types.INTERP_NN, "linear": types.INTERP_LINEAR}
 
 
 def hann_window() -> list[float]:
     """The periodic Hann window torch/torchaudio use (DALI's default differs in the last digits)."""
     return torch.hann_window(sampling.WINDOW, periodic=True, dtype=torch.float64).tolist()
+
+
+def frame_indices(n, t: int, jitter: bool):
+    """``sampling.frame_indices`` in the graph: T indices ``(2*i*n + o_i) // (2*T)`` from the frame count ``n``
+    (a DataNode), ``o_i = n`` (segment centres) or drawn uniformly in ``[0, 2n)`` when ``jitter``."""
+    two_i = types.Constant(np.arange(t, dtype=np.int32) * 2)
+    if jitter:
+        u = fn.random.uniform(range=[0.0, 1.0], shape=[t])
+        offset = fn.cast(dmath.floor(u * fn.cast(2 * n, dtype=types.FLOAT)), dtype=types.INT32)
+        offset = dmath.min(offset, 2 * n - 1)
+    else:
+        offset = n
+    return (two_i * n + offset) // (2 * t)
 
 
 @pipeline_def(enable_conditionals=False)
@@ -59,7 +73,7 @@ def av_pipeline(
     frame_size: tuple[int, int],
     info_len: int,
 ):
-    """Reader → video frames (N,T,C,H,W) + audio features (N,F,A) + audio_len + label + source_info.
+    """Reader → video frames (N,T,H,W,C) + audio features (N,F,A) + audio_len + label + source_info.
 
     ``device``: ``"cpu"`` or ``"gpu"``; ``frame_size``: (height, width) of the stored webm frames.
     """
@@ -81,20 +95,11 @@ def av_pipeline(
     )
     info = fn.pad(fn.get_property(webm, key="source_info"), axes=[0], shape=[info_len], fill_value=0)
 
-    # ---- frame indices (sampling.frame_indices): (2*i*n + o_i) // (2*T)
-    t = cfg.frames
-    n = meta[0]
-    two_i = types.Constant(np.arange(t, dtype=np.int32) * 2)
-    if jitter:
-        u = fn.random.uniform(range=[0.0, 1.0], shape=[t])
-        offset = fn.cast(dmath.floor(u * fn.cast(2 * n, dtype=types.FLOAT)), dtype=types.INT32)
-        offset = dmath.min(offset, 2 * n - 1)
-    else:
-        offset = n
-    frames = (two_i * n + offset) // (2 * t)
+    frames = frame_indices(meta[0], cfg.frames, jitter)
     video = fn.decoders.video(webm, device="mixed" if gpu else "cpu", frames=frames)  # T,H,W,C uint8
 
-    # ---- crop (one window for all frames of a clip), flip, layout + dtype (+ normalisation) in one op
+    # ---- crop (one window for all frames of a clip), flip, dtype (+ normalisation) in one op. The layout stays
+    # T,H,W,C: the iterator hands it over as an N,T,C,H,W view whose memory is channels-last, as the CNN wants.
     crop = cfg.crop
     out_dtype = _VIDEO_DTYPES[cfg.video_dtype]
     norm = {}
@@ -103,10 +108,11 @@ def av_pipeline(
     if jitter:
         video = fn.random_resized_crop(
             video, size=[crop, crop], random_area=list(RANDOM_AREA), random_aspect_ratio=list(RANDOM_ASPECT),
+            interp_type=_INTERPS[cfg.crop_interp],
             antialias=False,  # the window is mostly scaled up or barely down; antialiasing cost 13 % of throughput
         )
         video = fn.crop_mirror_normalize(
-            video, dtype=out_dtype, output_layout="FCHW", mirror=fn.random.coin_flip(probability=0.5), **norm
+            video, dtype=out_dtype, output_layout="FHWC", mirror=fn.random.coin_flip(probability=0.5), **norm
         )
     else:
         side = min(frame_size[0], frame_size[1], crop)
@@ -117,12 +123,12 @@ def av_pipeline(
             crop_pos_y=0.5,
             rounding="truncate",  # (W - side) // 2, as sampling.center_crop_box
             dtype=types.UINT8 if side != crop else out_dtype,
-            output_layout="FHWC" if side != crop else "FCHW",
+            output_layout="FHWC",
             **({} if side != crop else norm),
         )
         if side != crop:  # frames smaller than the crop: scale the centred square up
             video = fn.resize(video, size=[crop, crop], antialias=True)
-            video = fn.crop_mirror_normalize(video, dtype=out_dtype, output_layout="FCHW", **norm)
+            video = fn.crop_mirror_normalize(video, dtype=out_dtype, output_layout="FHWC", **norm)
 
     # ---- audio window (sampling.audio_start), then log-mel / MFCC of the valid part only
     window = sampling.window_samples(cfg.audio_seconds)
@@ -142,7 +148,7 @@ def av_pipeline(
         audio = audio.gpu()
     spec = fn.spectrogram(
         audio,
-        nfft=sampling.WINDOW,
+        nfft=sampling.NFFT,
         window_length=sampling.WINDOW,
         window_step=sampling.HOP,
         window_fn=hann_window(),
@@ -289,7 +295,7 @@ class DaliLoader:
         index = self._index_of(out["info"])
         self._check_labels(out["label"], index)
         return Batch(
-            video=out["video"],
+            video=out["video"].permute(0, 1, 4, 2, 3),  # N,T,H,W,C memory → N,T,C,H,W view (channels-last)
             audio=out["audio"],
             audio_len=out["audio_len"].to(target, non_blocking=True),
             label=out["label"].to(target, non_blocking=True),

@@ -17,7 +17,10 @@ import numpy as np
 SAMPLE_RATE = 16_000
 """Audio rate of the shards (``avdali.packing.format.AUDIO_RATE``)."""
 WINDOW = 400
-"""STFT window and FFT size: 25 ms at 16 kHz."""
+"""STFT window: 25 ms at 16 kHz."""
+NFFT = 512
+"""FFT size: the 25 ms window zero-padded to a power of two (DALI's CPU FFT runs 2.4× faster at 512 than at 400;
+the power spectrum of the same windowed samples, sampled on a finer grid)."""
 HOP = 160
 """STFT hop: 10 ms at 16 kHz."""
 
