@@ -21,7 +21,7 @@ import webdataset as wds
 from avdali.data import sampling
 from avdali.data.build import build_loader
 from avdali.data.config import DataConfig
-from avdali.data.shards import resolve
+from avdali.data.shards import list_splits, resolve
 
 SPLITS = ["fold1", "fold3"]
 FRAME_MEAN_TOL = 1.0
@@ -29,9 +29,9 @@ FRAME_MAX_TOL = 4
 FEATURE_TOL = 1e-3
 
 
-def eval_samples(cfg: DataConfig) -> dict[int, tuple]:
+def eval_samples(cfg: DataConfig, splits=SPLITS) -> dict[int, tuple]:
     out = {}
-    for batch in build_loader(cfg, SPLITS, train=False):
+    for batch in build_loader(cfg, splits, train=False):
         for j in range(len(batch)):
             if batch.valid[j]:
                 out[int(batch.index[j])] = (batch.video[j], batch.audio[j], int(batch.audio_len[j]), int(batch.label[j]))
@@ -39,12 +39,16 @@ def eval_samples(cfg: DataConfig) -> dict[int, tuple]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("features", ["logmel", "mfcc"])
-def test_dali_and_torch_loaders_agree(ravdess_shards, features):
-    base = dict(shards=str(ravdess_shards), batch_size=4, frames=6, crop=112, audio_seconds=2.0, num_threads=1, features=features)
-    dali = eval_samples(DataConfig(loader="dali", **base))
-    torch_ = eval_samples(DataConfig(loader="torch", **base))
-    assert dali.keys() == torch_.keys() == set(range(8))
+@pytest.mark.parametrize("dataset, features", [("ravdess", "logmel"), ("ravdess", "mfcc"), ("meld", "logmel")])
+def test_dali_and_torch_loaders_agree(request, dataset, features):
+    """MELD too: its clips are longer or shorter than the audio window and hold other frame counts."""
+    shards = request.getfixturevalue(f"{dataset}_shards")
+    splits = SPLITS if dataset == "ravdess" else list(list_splits(shards))
+    total = sum(list_splits(shards)[s] for s in splits)
+    base = dict(shards=str(shards), batch_size=4, frames=6, crop=112, audio_seconds=2.0, num_threads=1, features=features)
+    dali = eval_samples(DataConfig(loader="dali", **base), splits)
+    torch_ = eval_samples(DataConfig(loader="torch", **base), splits)
+    assert dali.keys() == torch_.keys() == set(range(total))
     motion = []
     for i in dali:
         dv, da, dl, dlab = dali[i]
@@ -57,6 +61,10 @@ def test_dali_and_torch_loaders_agree(ravdess_shards, features):
         motion.append((tv[1:].float() - tv[:-1].float()).abs().mean().item())
     # the bound can catch a wrong frame index: neighbouring sampled frames differ by more than it
     assert max(motion) > FRAME_MEAN_TOL
+    if dataset == "meld":  # both cases of the window: clips cut to it and clips padded up to it
+        full = sampling.feature_frames(sampling.window_samples(base["audio_seconds"]))
+        lengths = {length for _, _, length, _ in dali.values()}
+        assert full in lengths and min(lengths) < full, lengths
 
 
 def test_dali_log_mel_matches_torchaudio(ravdess_shards):
