@@ -2,6 +2,14 @@
 
 import typer
 
+from avdali.cli import bench, shard, synth
+from avdali.cli import cv as cv_cmd
+from avdali.cli import demo as demo_cmd
+from avdali.cli import eval as eval_cmd
+from avdali.cli import inspect as inspect_cmd
+from avdali.cli import predict as predict_cmd
+from avdali.cli import train as train_cmd
+
 app = typer.Typer(
     name="avdali",
     help="High-throughput data loading and training for audio-visual emotion recognition (RAVDESS, MELD).",
@@ -10,25 +18,16 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 
-# Registration: one line per command module (each module defines `app` or a command function).
-from avdali.cli import synth  # noqa: E402
+# In the order of the workflow (what `avdali --help` lists): data → training → use → the all-in-one runs → benchmarks.
 app.add_typer(synth.app, name="synth")
-from avdali.cli import train as train_cmd  # noqa: E402
-app.command(name="train")(train_cmd.train)
-from avdali.cli import shard  # noqa: E402
 app.add_typer(shard.app, name="shard")
-from avdali.cli import inspect as inspect_cmd  # noqa: E402
 app.command(name="inspect")(inspect_cmd.inspect)
-from avdali.cli import bench  # noqa: E402
-app.add_typer(bench.app, name="bench")
-from avdali.cli import eval as eval_cmd  # noqa: E402
+app.command(name="train")(train_cmd.train)
 app.command(name="eval")(eval_cmd.eval_checkpoint)
-from avdali.cli import predict as predict_cmd  # noqa: E402
 app.command(name="predict")(predict_cmd.predict)
-from avdali.cli import demo as demo_cmd  # noqa: E402
-app.command(name="demo")(demo_cmd.demo)
-from avdali.cli import cv as cv_cmd  # noqa: E402
 app.command(name="cv")(cv_cmd.cv)
+app.command(name="demo")(demo_cmd.demo)
+app.add_typer(bench.app, name="bench")
 
 
 def main() -> None:
