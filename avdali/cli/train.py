@@ -11,7 +11,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from avdali.cli.common import user_errors
 from avdali.errors import AvdaliError
-from avdali.train.distributed import check_local_ranks, resolve_device
 
 
 @user_errors
@@ -76,6 +75,8 @@ def _ranks(gpus: int | None, procs: int | None, device: str | None) -> tuple[int
             raise AvdaliError("--gpus starts GPU ranks; use --procs N for CPU ranks")
         if gpus < 1:
             _bad_count("--gpus", gpus)
+        from avdali.train.distributed import check_local_ranks
+
         check_local_ranks(gpus, "cuda")
         return gpus, "cuda"
     if procs is not None:
@@ -85,6 +86,8 @@ def _ranks(gpus: int | None, procs: int | None, device: str | None) -> tuple[int
             raise AvdaliError("--procs starts CPU ranks; use --gpus N for GPU ranks")
         return procs, "cpu"
     if device is not None:
+        from avdali.train.distributed import resolve_device
+
         resolve_device(device)  # --device cuda without CUDA fails here, before anything is loaded
     return 1, device
 
