@@ -72,14 +72,12 @@ def main() -> int:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     sets = [f'data.shards="{args.shards}"', 'data.loader="torch"', "data.num_threads=8",
-            'model.backbone_weights="none"', *args.overrides]  # fmt: skip
+            'model.backbone_weights="none"', *(['train.device="cpu"'] if args.cpu else []), *args.overrides]  # fmt: skip
     set_flags = [flag for value in sets for flag in ("--set", value)]
     run_dir = args.run_dir or args.out / "run"
     avdali = [sys.executable, "-m", "avdali"]
     summary = {}
     launch = ["--device", "cpu", "--procs", "2"] if args.cpu else ["--gpus", "1"]
-    if args.cpu:
-        set_flags += ["--set", 'train.device="cpu"']
     summary["train"] = run_step("train", [*avdali, "train", "--config", CONFIG, *launch, "--run-dir", str(run_dir),
                                           *set_flags, "--set", f"train.epochs={args.epochs}"], 240, args.out)
     summary["tensorboard_tags"] = tensorboard_tags(run_dir)

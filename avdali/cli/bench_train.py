@@ -123,10 +123,10 @@ def variants_for(device: str, loaders: list[str], amp: str, compile: bool | str)
 
 def measure_variant(config: Path, overrides: list[str], variant: Variant, warmup: int, steps: int) -> VariantFigures:
     """One short training run of ``variant`` (in a temporary run folder); its per-step figures summed."""
+    import torch
+
     from avdali.train.config import load_config
     from avdali.train.loop import run_training
-
-    import torch
 
     torch._dynamo.reset()  # each variant compiles afresh, as its own training run would (no shared recompile budget)
     recorder = StepRecorder(warmup, steps)

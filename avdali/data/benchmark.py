@@ -116,23 +116,15 @@ def _read(tar: str, offset: int, size: int) -> bytes:
         return f.read(size)
 
 
-def frame_count(data: bytes) -> int:
-    """Frames of a webm, counted from its container packets (what meta.i32 says)."""
-    import io
-
-    import av
-
-    with av.open(io.BytesIO(data)) as c:
-        return max(1, sum(1 for packet in c.demux(video=0) if packet.size))  # the last packet is an empty flush marker
-
-
 def bench_pyav_decode(cfg: DataConfig, shardset: ShardSet, count: int, warmup: int, processes: int) -> Throughput:
     """PyAV decoding the same frames as the training loaders (only up to the last needed one, RGB for the needed
     ones), one process per core."""
     import multiprocessing as mp
 
+    from avdali.packing.manifest import count_webm_frames
+
     clips = [(f.tar, off, size) for f in shardset.files for off, size in zip(f.video_offsets, f.video_sizes)]
-    counts = [frame_count(_read(*clip)) for clip in clips]
+    counts = [max(1, count_webm_frames(_read(*clip))) for clip in clips]  # what meta.i32 holds; before timing
     total = (count + warmup) * cfg.batch_size
     stream = [(*clips[k % len(clips)], counts[k % len(clips)], cfg.frames, k if cfg.augment else None) for k in range(total)]
     with mp.get_context("forkserver").Pool(processes) as pool:

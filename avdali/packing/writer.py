@@ -248,9 +248,9 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def tar_bytes(samples: Iterable[Mapping]) -> bytes:
     """The tar of the given samples (dicts from ``encode_sample``) with fixed member metadata."""
-    buffer = io.BytesIO()
     import webdataset as wds  # here, not at the top: it imports torch, which `avdali --help` need not load
 
+    buffer = io.BytesIO()
     with wds.TarWriter(buffer, user="", group="", mtime=0, format=tarfile.USTAR_FORMAT, encoder=False) as writer:
         for sample in samples:
             writer.write(dict(sample))
