@@ -8,8 +8,11 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-MELD_CSV_DIR = REPO.parent / "shared" / "datasets" / "meld"
-"""The real MELD label CSVs (shared/ lies beside the clone, in CI too)."""
+MELD_CSV_DIR = next(
+    (p / "shared" / "datasets" / "meld" for p in REPO.parents if (p / "shared" / "datasets" / "meld" / "train_sent_emo.csv").exists()),
+    REPO.parent / "shared" / "datasets" / "meld",
+)
+"""The real MELD label CSVs (shared/ lies beside the clone in CI, or further up above a worktree)."""
 
 # One actor from each of the 5 folds (DATASETS.md), so every fold has shards.
 TINY_ACTORS = (2, 3, 10, 8, 1)

@@ -160,9 +160,10 @@ def test_root_one_or_two_levels_up(tmp_path):
     assert len(result.records) == 8 and result.skipped == []
 
 
-def test_actor_folder_too_deep_is_not_found(tmp_path):
-    touch(tmp_path / "a" / "b" / "c" / "Actor_01" / "01-01-01-01-01-01-01.mp4")
-    with pytest.raises(AvdaliError, match="no Actor_XX folders found"):
+def test_actor_folder_six_levels_down_is_found_seven_is_not(tmp_path):
+    touch(tmp_path / "deep" / "a" / "b" / "c" / "d" / "e" / "Actor_01" / "01-01-01-01-01-01-01.mp4")
+    assert [r.key for r in scan_ravdess(tmp_path / "deep").records] == ["01-01-01-01-01-01-01"]
+    with pytest.raises(AvdaliError, match=r"no Actor_XX folders found \(looked 6 levels down, 7 folders\)"):
         scan_ravdess(tmp_path)
 
 
@@ -226,7 +227,7 @@ def test_ravdess_layout_errors(tmp_path):
     with pytest.raises(AvdaliError, match="not a folder"):
         scan_ravdess(tmp_path / "file")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(AvdaliError, match=r"no Actor_XX folders found; expected the RAVDESS layout Actor_01/01-01-01-01-01-01-01\.mp4"):
+    with pytest.raises(AvdaliError, match=r"no Actor_XX folders found \(looked 6 levels down, 1 folders\); expected the RAVDESS layout Actor_01/01-01-01-01-01-01-01\.mp4"):
         scan_ravdess(tmp_path / "empty")
 
     audio_only = tmp_path / "audio_only"
@@ -318,8 +319,8 @@ def test_join_real_rows_in_every_encoding(tmp_path, meld_csv_dir, encoding):
         touch(base / "dev" / "dev_splits_complete" / f"dia{row['Dialogue_ID']}_utt{row['Utterance_ID']}.mp4")
     touch(base / "test" / "output_repeated_splits_test" / "dia0_utt1.mp4")
 
-    result = scan_meld(tmp_path)
-    assert sorted(reasons(result)) == ["train_sent_emo.csv"]  # only the missing train CSV
+    result = scan_meld(tmp_path, splits=["dev", "test"])
+    assert result.skipped == [] and result.splits == ["dev", "test"]
     assert [r.split for r in result.records] == ["dev"] * 3 + ["test"]
     by_row = {(r.split, str(r.meta["csv_row"])): r for r in result.records}
     for (split, sr), rec in by_row.items():
@@ -363,9 +364,9 @@ def test_csvs_at_root_with_clips_in_meld_raw(tmp_path, meld_csv_dir):
     _write_csv(tmp_path / "train_sent_emo.csv", _pick(_raw_lines(meld_csv_dir, "train"), [1, 2]))
     touch(tmp_path / "MELD.Raw" / "train_splits" / "dia0_utt0.mp4")
     touch(tmp_path / "MELD.Raw" / "train_splits" / "dia0_utt1.mp4")
-    result = scan_meld(tmp_path)
+    result = scan_meld(tmp_path, splits=["train"])
     assert [r.key for r in result.records] == ["train_dia0_utt0", "train_dia0_utt1"]
-    assert {s.source for s in result.skipped} == {"dev_sent_emo.csv", "test_sent_emo.csv"}
+    assert result.skipped == []
 
 
 def test_meld_skip_kinds(tmp_path, meld_csv_dir):
@@ -387,13 +388,10 @@ def test_meld_skip_kinds(tmp_path, meld_csv_dir):
     test_clips = tmp_path / "output_repeated_splits_test"
     touch(test_clips / "dia0_utt0.mp4", b"")
     touch(test_clips / "final_videos_testdia101_utt0.mp4")
-    (tmp_path / "MELD.Raw").mkdir()
-    touch(tmp_path / "MELD.Raw" / "train.tar.gz")
 
-    result = scan_meld(tmp_path)
+    result = scan_meld(tmp_path, splits=["test", "dev"])
     assert [r.key for r in result.records] == ["dev_dia0_utt0"]
     got = reasons(result)
-    assert got["train_sent_emo.csv"] == "label CSV not found; split train skipped"
     assert got["dev_sent_emo.csv:3"].startswith("unknown MELD emotion 'bored'")
     assert got["dev_sent_emo.csv:4"] == "Dialogue_ID 'x' is not a non-negative integer"
     assert got["dev_sent_emo.csv:5"] == "expected 11 fields, got 10"
@@ -402,40 +400,54 @@ def test_meld_skip_kinds(tmp_path, meld_csv_dir):
     assert got["output_repeated_splits_test/dia0_utt0.mp4"] == "empty file"
     assert got["test_sent_emo.csv:3"] == "no clip for row (dia0_utt1.mp4 not in output_repeated_splits_test)"
     assert got["output_repeated_splits_test/final_videos_testdia101_utt0.mp4"].startswith("unlabeled clip")
-    assert len(got) == len(result.skipped) == 9
+    assert len(got) == len(result.skipped) == 8
     assert all("\n" not in s.reason for s in result.skipped)
 
 
-def test_missing_clip_folder_skips_split_with_hint(tmp_path, meld_csv_dir):
+def test_labels_without_clips_and_clips_without_labels_are_errors_naming_both(tmp_path, meld_csv_dir):
     base = tmp_path / "MELD.Raw"
     for split in ("train", "dev"):
         _write_csv(base / f"{split}_sent_emo.csv", _pick(_raw_lines(meld_csv_dir, split), [1]))
     touch(base / "train.tar.gz")
     touch(base / "dev" / "dev_splits_complete" / "dia0_utt0.mp4")
-    result = scan_meld(tmp_path)
-    assert [r.key for r in result.records] == ["dev_dia0_utt0"]
-    got = reasons(result)
-    assert "clip folder not found" in got["train"] and "unpacked" in got["train"]
+    touch(base / "test" / "output_repeated_splits_test" / "dia0_utt0.mp4")
+    with pytest.raises(AvdaliError) as e:
+        scan_meld(tmp_path)
+    message = str(e.value)
+    assert "\n" not in message
+    assert f"split train: labels in {base}/train_sent_emo.csv but no clip folder train_splits/" in message
+    assert f"{base}/train.tar.gz is still packed: unpack it" in message
+    assert (
+        f"split test: clips in {base}/test/output_repeated_splits_test but no test_sent_emo.csv inside it, "
+        f"beside it ({base}/test) or one level up"
+    ) in message
+    assert message.endswith("to pack only dev on purpose, pass --splits dev")
+    # asking for the split that is whole packs it; the others are not even looked at
+    assert [r.key for r in scan_meld(tmp_path, splits=["dev"]).records] == ["dev_dia0_utt0"]
+    with pytest.raises(AvdaliError, match="split test: clips in"):
+        scan_meld(tmp_path, splits=["dev", "test"])
+    with pytest.raises(AvdaliError, match=r"--splits: unknown MELD split val; expected some of train,dev,test"):
+        scan_meld(tmp_path, splits=["dev", "val"])
 
 
 def test_meld_layout_errors(tmp_path, meld_csv_dir):
     with pytest.raises(AvdaliError, match="MELD root not found"):
         scan_meld(tmp_path / "nope")
-    with pytest.raises(AvdaliError, match=r"no MELD split .*expected the MELD layout MELD\.Raw/\{train,dev,test\}_sent_emo\.csv"):
+    with pytest.raises(AvdaliError, match=r"no MELD split found \(looked 6 levels down, 1 folders\); expected the clip folders train_splits"):
         scan_meld(tmp_path)
 
     bad_header = tmp_path / "bad_header"
     _write_csv(bad_header / "dev_sent_emo.csv", ["Sr No.,Utterance,Speaker", "1,hi,Ross"])
     (bad_header / "dev_splits_complete").mkdir()
     with pytest.raises(AvdaliError, match=r"dev_sent_emo\.csv: CSV header lacks column\(s\) Emotion"):
-        scan_meld(bad_header)
+        scan_meld(bad_header, splits=["dev"])
 
     undecodable = tmp_path / "undecodable"
     lines = _pick(_raw_lines(meld_csv_dir, "dev"), [1])
     (undecodable / "dev_splits_complete").mkdir(parents=True)
     (undecodable / "dev_sent_emo.csv").write_bytes("\r\n".join(lines).encode("utf-8") + b"\x81\r\n")
     with pytest.raises(AvdaliError, match="not UTF-8 or cp1252"):
-        scan_meld(undecodable)
+        scan_meld(undecodable, splits=["dev"])
 
 
 def test_parse_timestamp():

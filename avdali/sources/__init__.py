@@ -19,10 +19,11 @@ DATASETS = ("ravdess", "meld")
 __all__ = ["DATASETS", "ClipRecord", "Scan", "Skipped", "scan", "scan_meld", "scan_ravdess"]
 
 
-def scan(dataset: str, root: Path, include_song: bool = False) -> Scan:
-    """Scan a raw ``dataset`` tree at ``root`` (``include_song`` applies to RAVDESS only)."""
+def scan(dataset: str, root: Path, include_song: bool = False, splits=None) -> Scan:
+    """Scan a raw ``dataset`` tree at ``root`` (``include_song`` applies to RAVDESS only); ``splits`` (None: all)
+    picks MELD splits (``train``, ``dev``, ``test``) or RAVDESS folds (``fold1`` … ``fold5``)."""
     if dataset == "ravdess":
-        return scan_ravdess(Path(root), include_song=include_song)
+        return scan_ravdess(Path(root), include_song=include_song, splits=splits)
     if dataset == "meld":
-        return scan_meld(Path(root))
+        return scan_meld(Path(root), splits=splits)
     raise AvdaliError(f"unknown dataset {dataset!r}; expected one of {', '.join(DATASETS)}")

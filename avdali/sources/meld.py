@@ -1,22 +1,31 @@
 """MELD reader: join the ``{split}_sent_emo.csv`` rows to their ``dia{D}_utt{U}.mp4`` clips.
 
-Accepted layouts, looked up under ``root/MELD.Raw/`` and under ``root/`` (CSVs and clip folders
-independently, so CSVs beside a ``MELD.Raw`` folder work too):
+Accepted layouts, found without flags wherever SRC sits in them (``find_split_files``):
 
-- CSVs: ``{train,dev,test}_sent_emo.csv``;
-- clip folders: ``train/train_splits``, ``dev/dev_splits_complete``, ``test/output_repeated_splits_test``
-  (the inner archives unpacked into folders named after them), or the same folders directly.
+- the Kaggle mirror (zaber666/meld-dataset): ``MELD-RAW/MELD.Raw/train/train_sent_emo.csv`` +
+  ``train/train_splits/``, ``dev_sent_emo.csv`` + ``dev/dev_splits_complete/``, ``test_sent_emo.csv`` +
+  ``test/output_repeated_splits_test/``, with SRC the dataset folder, ``MELD-RAW`` or ``MELD.Raw``;
+- the official release, the inner archives unpacked in place (``MELD.Raw/train_splits/``), into folders
+  named after them (``MELD.Raw/train/train_splits/``, macOS) or beside ``MELD.Raw``; macOS unpacking also
+  puts a split's CSV inside its clip folder.
 
-The CSVs come UTF-8 (with or without BOM) from the MELD repository and cp1252 inside the release
-archive; both are read. Every row and clip that cannot become a sample is reported in
-``Scan.skipped`` with a one-line reason; a split with no CSV or no clip folder is skipped as a whole.
+A clip folder is found by its name (``CLIP_DIR_NAMES``) up to ``MAX_DEPTH`` levels below SRC; its CSV is
+looked for inside it, beside it, one level further up, then anywhere the walk saw one. The CSVs come UTF-8
+(with or without BOM) from the MELD repository and cp1252 inside the release archive; both are read.
+
+A split with clips but no CSV, a CSV but no clips, or neither (while another split is there) is an
+``AvdaliError`` naming what was found and where the rest was looked for: a split is never dropped
+silently. ``splits`` packs a subset on purpose. Every row and clip that cannot become a sample is
+reported in ``Scan.skipped`` with a one-line reason.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import os
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from avdali.errors import AvdaliError
@@ -26,15 +35,18 @@ from avdali.sources.records import ClipRecord, Scan, Skipped
 SPLITS = ("train", "dev", "test")
 """MELD's splits, in the order they are scanned."""
 
-CLIP_DIRS = {
-    "train": ("train/train_splits", "train_splits"),
-    "dev": ("dev/dev_splits_complete", "dev_splits_complete"),
-    "test": ("test/output_repeated_splits_test", "output_repeated_splits_test"),
-}
-"""Split → clip folder locations tried under each base folder, first match wins."""
+CLIP_DIR_NAMES = {"train": "train_splits", "dev": "dev_splits_complete", "test": "output_repeated_splits_test"}
+"""Split → the name of its clip folder (what the release's inner archive unpacks to)."""
 
-BASES = ("MELD.Raw", ".")
-"""Folders under the root that may hold the CSVs and clip folders: the release's ``MELD.Raw`` first."""
+MAX_DEPTH = 6
+"""How deep below SRC clip folders and CSVs are looked for: the Kaggle dataset folder holds them 4 levels down
+(``MELD-RAW/MELD.Raw/train/train_splits``), and SRC may be a folder or two above it (``/kaggle/input``)."""
+
+MAX_FOLDERS = 20_000
+"""Folders the search visits at most, so a wrong SRC (a home folder) fails fast instead of walking a disk."""
+
+_IGNORED_DIRS = ("__MACOSX",)
+"""macOS zip leftovers: they mirror the real folder names but hold ``._*`` resource forks."""
 
 COLUMNS = (
     "Sr No.",
@@ -54,9 +66,8 @@ COLUMNS = (
 _INT_COLUMNS = ("Sr No.", "Dialogue_ID", "Utterance_ID", "Season", "Episode")
 _TIME = re.compile(r"^(\d+):(\d{1,2}):(\d{1,2})[,.](\d{1,3})$")
 _EXPECTED = (
-    "expected the MELD layout MELD.Raw/{train,dev,test}_sent_emo.csv with clip folders "
-    "MELD.Raw/train/train_splits, MELD.Raw/dev/dev_splits_complete, MELD.Raw/test/output_repeated_splits_test "
-    "(or the same without MELD.Raw/, or train_splits/ … directly under the root)"
+    "expected the clip folders train_splits, dev_splits_complete, output_repeated_splits_test and "
+    "{train,dev,test}_sent_emo.csv (MELD.Raw/ of the release unpacked, or the Kaggle mirror's MELD-RAW/MELD.Raw/)"
 )
 
 
@@ -132,40 +143,144 @@ def parse_timestamp(value: str) -> float | None:
     return int(h) * 3600 + int(mnt) * 60 + int(s) + int(ms.ljust(3, "0")) / 1000
 
 
-def scan_meld(root: Path) -> Scan:
+@dataclass
+class MeldTree:
+    """What the search under SRC found: clip folders and label CSVs per split, and packed archives."""
+
+    clip_dirs: dict[str, list[Path]] = field(default_factory=dict)
+    """Split → folders named like its clip folder, shallowest first."""
+    csvs: dict[str, list[Path]] = field(default_factory=dict)
+    """Split → ``{split}_sent_emo.csv`` files seen by the walk, shallowest first."""
+    archives: list[Path] = field(default_factory=list)
+    """``*.tar.gz`` / ``*.zip`` files seen (a hint when nothing is unpacked)."""
+    folders: int = 0
+    """Folders visited."""
+
+
+def find_meld_tree(root: Path) -> MeldTree:
+    """Walk at most ``MAX_DEPTH`` levels (and ``MAX_FOLDERS`` folders) below ``root``, in sorted order.
+
+    Clip folders are not entered (they hold thousands of clips and nothing else the walk needs)."""
+    tree = MeldTree({s: [] for s in SPLITS}, {s: [] for s in SPLITS})
+    by_name = {name: split for split, name in CLIP_DIR_NAMES.items()}
+    csv_split = {csv_name(split): split for split in SPLITS}
+    for dirpath, dirnames, filenames in os.walk(root):
+        here = Path(dirpath)
+        tree.folders += 1
+        depth = len(here.relative_to(root).parts)
+        for name in sorted(filenames):
+            if name in csv_split:
+                tree.csvs[csv_split[name]].append(here / name)
+            elif name.endswith((".tar.gz", ".zip")) and not name.startswith("."):
+                tree.archives.append(here / name)
+        keep = []
+        for d in sorted(dirnames):
+            if d.startswith(".") or d in _IGNORED_DIRS:
+                continue
+            if d in by_name:
+                tree.clip_dirs[by_name[d]].append(here / d)
+                continue
+            keep.append(d)
+        dirnames[:] = keep if depth < MAX_DEPTH and tree.folders < MAX_FOLDERS else []
+    if root.name in by_name:  # SRC is a clip folder itself
+        tree.clip_dirs[by_name[root.name]].insert(0, root)
+    for found in (*tree.clip_dirs.values(), *tree.csvs.values()):
+        found.sort(key=lambda p: (len(p.parts), str(p)))
+    return tree
+
+
+def _csv_for(split: str, clip_dir: Path, root: Path, tree: MeldTree) -> Path | None:
+    """The split's CSV: inside its clip folder (macOS), beside it (in place), one level up (Kaggle's dev/test
+    CSVs beside ``dev/``), else the shallowest one the walk saw (archives unpacked beside ``MELD.Raw``)."""
+    name = csv_name(split)
+    for folder in (clip_dir, clip_dir.parent, clip_dir.parent.parent):
+        if (folder / name).is_file() and (folder == root or root in folder.parents):
+            return folder / name
+    return tree.csvs[split][0] if tree.csvs[split] else None
+
+
+def _shown(path: Path, root: Path) -> str:
+    return str(path) if path == root else f"{root}/{path.relative_to(root).as_posix()}"
+
+
+def find_split_files(root: Path, splits: tuple[str, ...]) -> tuple[dict[str, tuple[Path, Path]], MeldTree]:
+    """Split → (label CSV, clip folder) for each of ``splits``; ``AvdaliError`` naming both paths when a split
+    has one and not the other, or neither while another split is there."""
+    tree = find_meld_tree(root)
+    found: dict[str, tuple[Path, Path]] = {}
+    problems: list[str] = []
+    missing: list[str] = []
+    for split in splits:
+        clip_dirs = tree.clip_dirs[split]
+        csv_path = _csv_for(split, clip_dirs[0], root, tree) if clip_dirs else (tree.csvs[split] or [None])[0]
+        if clip_dirs and csv_path is not None:
+            found[split] = (csv_path, clip_dirs[0])
+        elif clip_dirs:
+            d = clip_dirs[0]
+            problems.append(
+                f"split {split}: clips in {_shown(d, root)} but no {csv_name(split)} inside it, beside it "
+                f"({_shown(d.parent, root)}) or one level up, nor anywhere within {MAX_DEPTH} levels below {root}"
+            )
+        elif csv_path is not None:
+            archive = next((a for a in tree.archives if a.name.startswith(f"{split}.")), None)
+            hint = f"; {_shown(archive, root)} is still packed: unpack it" if archive else ""
+            problems.append(
+                f"split {split}: labels in {_shown(csv_path, root)} but no clip folder {CLIP_DIR_NAMES[split]}/ "
+                f"within {MAX_DEPTH} levels below {root}{hint}"
+            )
+        else:
+            missing.append(split)
+    if not found and not problems:
+        archives = ", ".join(_shown(a, root) for a in tree.archives[:3])
+        hint = f"; archives still packed: {archives} (unpack them, see README \"Real data\")" if archives else ""
+        raise AvdaliError(
+            f"{root}: no MELD split found (looked {MAX_DEPTH} levels down, {tree.folders} folders); {_EXPECTED}{hint}"
+        )
+    for split in missing:
+        problems.append(
+            f"split {split}: neither {CLIP_DIR_NAMES[split]}/ nor {csv_name(split)} within {MAX_DEPTH} levels below {root}"
+        )
+    if problems:
+        others = [s for s in splits if s in found]
+        subset = f"; to pack only {','.join(others)} on purpose, pass --splits {','.join(others)}" if others else ""
+        raise AvdaliError("; ".join(problems) + subset)
+    return found, tree
+
+
+def check_splits(splits, valid: tuple[str, ...], dataset: str) -> tuple[str, ...]:
+    """``splits`` (None: all of ``valid``) as a tuple in ``valid``'s order; ``AvdaliError`` on unknown names."""
+    if splits is None:
+        return valid
+    asked = [s.strip() for s in splits if s.strip()]
+    unknown = [s for s in asked if s not in valid]
+    if unknown or not asked:
+        raise AvdaliError(f"--splits: unknown {dataset} split {', '.join(unknown) or '(none given)'}; expected some of {','.join(valid)}")
+    return tuple(s for s in valid if s in asked)
+
+
+def scan_meld(root: Path, splits=None) -> Scan:
     """Records for every CSV row whose clip exists, under ``root``; records sorted by (split, key).
 
-    Raises ``AvdaliError`` when the root is missing or no split has both its CSV and its clip folder.
+    ``splits`` (default all three) are the splits to read; each must have both its CSV and its clip folder.
+    Raises ``AvdaliError`` when the root is missing, or a split lacks its CSV or its clips (``find_split_files``).
     """
     root = Path(root)
     if not root.exists():
         raise AvdaliError(f"{root}: MELD root not found")
     if not root.is_dir():
         raise AvdaliError(f"{root}: MELD root is not a folder")
+    wanted = check_splits(splits, SPLITS, "MELD")
+    found, _ = find_split_files(root, wanted)
 
     records: list[ClipRecord] = []
     skipped: list[Skipped] = []
-    usable_splits = 0
-    for split in SPLITS:
-        csv_path = _first_existing(root, [f"{base}/{csv_name(split)}" for base in BASES], want_dir=False)
-        clip_dir = _first_existing(root, [f"{base}/{d}" for base in BASES for d in CLIP_DIRS[split]], want_dir=True)
-        if csv_path is None:
-            skipped.append(Skipped(csv_name(split), f"label CSV not found; split {split} skipped"))
-            continue
-        if clip_dir is None:
-            hint = " (is the archive unpacked?)" if any((root / b / f"{split}.tar.gz").exists() for b in BASES) else ""
-            tried = ", ".join(CLIP_DIRS[split])
-            skipped.append(Skipped(split, f"clip folder not found ({tried}){hint}; split {split} skipped"))
-            continue
-        usable_splits += 1
+    for split in wanted:
+        csv_path, clip_dir = found[split]
         split_records, split_skipped = _scan_split(root, split, csv_path, clip_dir)
         records += split_records
         skipped += split_skipped
-
-    if usable_splits == 0:
-        raise AvdaliError(f"{root}: no MELD split with both its label CSV and its clip folder; {_EXPECTED}")
     records.sort(key=lambda r: (r.split, r.key))
-    return Scan(records, skipped)
+    return Scan(records, skipped, splits=list(wanted))
 
 
 def _scan_split(root: Path, split: str, csv_path: Path, clip_dir: Path) -> tuple[list[ClipRecord], list[Skipped]]:
@@ -233,11 +348,3 @@ def _parse_int(row: dict[str, str], column: str) -> int:
     if not value.isascii() or not value.isdigit():
         raise ValueError(f"{column} {row[column]!r} is not a non-negative integer")
     return int(value)
-
-
-def _first_existing(root: Path, candidates: list[str], *, want_dir: bool) -> Path | None:
-    for rel in candidates:
-        path = root / rel
-        if path.is_dir() if want_dir else path.is_file():
-            return path
-    return None

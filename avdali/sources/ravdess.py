@@ -7,9 +7,13 @@ sound) and ``03-…`` wavs are audio-only, so neither is ever a candidate (DATAS
 
 Accepted layouts (``Actor_XX`` folders are searched up to ``MAX_DEPTH`` levels below the root):
 
-- the release as unpacked: ``root/Actor_XX/*.mp4`` plus ``root/Audio_Speech_Actors_01-24/Actor_XX/*.wav``;
-- flat mirrors: ``root/Actor_XX/`` holding the mp4s and wavs side by side;
-- one level up: ``root/RAVDESS/Actor_XX/…`` or ``root/Video_Speech_Actor_XX/Actor_XX/…``.
+- the Zenodo zips unpacked into one folder: ``root/Actor_XX/*.mp4`` plus
+  ``root/Audio_Speech_Actors_01-24/Actor_XX/*.wav``, or the wavs beside the mp4s;
+- one folder per zip, which is also the Kaggle mirror (orvile/ravdess-dataset):
+  ``root/Video_Speech_Actor_XX/Actor_XX/``, ``Video_Song_Actor_XX/Actor_XX/``,
+  ``Audio_Speech_Actors_01-24/Actor_XX/``, ``Audio_Song_Actors_01-24/Actor_XX/``;
+- any of these mounted deeper: ``root/RAVDESS dataset/Video_Speech_Actor_XX/…``,
+  ``/kaggle/input`` → ``datasets/orvile/ravdess-dataset/Video_Speech_Actor_XX/…``.
 
 A file found twice (two copies of the tree under the root) is skipped the second time.
 """
@@ -37,10 +41,18 @@ ACTOR_FOLDS: dict[int, tuple[int, ...]] = {
 STATEMENTS = {1: "Kids are talking by the door", 2: "Dogs are sitting by the door"}
 """Statement code SS → the sentence spoken or sung."""
 
-MAX_DEPTH = 3
-"""How deep below the root ``Actor_XX`` folders are looked for (root/a/b/Actor_XX at most): deep
-enough for ``Video_Speech_Actor_XX/Actor_XX`` under a parent folder, shallow enough that a wrong
-root such as a home folder is not walked whole."""
+MAX_DEPTH = 6
+"""How deep below the root ``Actor_XX`` folders are looked for (root/a/b/c/d/e/Actor_XX at most): deep
+enough for ``datasets/orvile/ravdess-dataset/Video_Speech_Actor_XX/Actor_XX`` below ``/kaggle/input``."""
+
+MAX_FOLDERS = 20_000
+"""Folders the search visits at most, so a wrong root (a home folder) fails fast instead of walking a disk."""
+
+SPLITS = tuple(f"fold{k}" for k in ACTOR_FOLDS)
+"""RAVDESS' splits: the actor folds."""
+
+_IGNORED_DIRS = ("__MACOSX",)
+"""macOS zip leftovers: they mirror the real folder names but hold ``._*`` resource forks."""
 
 AV_MODALITY = 1
 SPEECH, SONG = 1, 2
@@ -50,7 +62,7 @@ _NAME = re.compile(r"^(\d{2})-(\d{2})-(\d{2})-(\d{2})-(\d{2})-(\d{2})-(\d{2})(\.
 _ACTOR_DIR = re.compile(r"^Actor_(\d{2})$")
 _EXPECTED = (
     "expected the RAVDESS layout Actor_01/01-01-01-01-01-01-01.mp4 … Actor_24/… "
-    "(the Video_Speech_Actor_XX.zip files unpacked) under the root or one or two folders below it"
+    "(the Video_Speech_Actor_XX.zip files unpacked, or the Kaggle mirror's Video_Speech_Actor_XX/Actor_XX/)"
 )
 
 
@@ -115,23 +127,31 @@ def parse_ravdess_name(name: str) -> RavdessName:
     return RavdessName(mm, vv, ee, ii, ss, rr, aa, ext)
 
 
-def scan_ravdess(root: Path, *, include_song: bool = False) -> Scan:
+def scan_ravdess(root: Path, *, include_song: bool = False, splits=None) -> Scan:
     """Records for every full audio-video speech clip (and song clip with ``include_song``) under ``root``.
 
-    Split is ``fold{k}`` from ``ACTOR_FOLDS``; records are sorted by (split, key). Raises
-    ``AvdaliError`` when the root is missing or holds no ``Actor_XX`` folder with audio-video mp4s.
+    Split is ``fold{k}`` from ``ACTOR_FOLDS``; records are sorted by (split, key). ``splits`` keeps only those
+    folds (they are then planned even when no actor of theirs is there, so the packer reports them empty).
+    Raises ``AvdaliError`` when the root is missing or holds no ``Actor_XX`` folder with audio-video mp4s.
     """
+    from avdali.sources.meld import check_splits
+
+    wanted = check_splits(splits, SPLITS, "RAVDESS") if splits is not None else None
     root = Path(root)
     if not root.exists():
         raise AvdaliError(f"{root}: RAVDESS root not found")
     if not root.is_dir():
         raise AvdaliError(f"{root}: RAVDESS root is not a folder")
 
-    actor_dirs = _find_actor_dirs(root)
+    actor_dirs, folders, archives = _find_actor_dirs(root)
     if not actor_dirs:
         if _ACTOR_DIR.match(root.name):
             raise AvdaliError(f"{root}: is one actor's folder; pass the folder that holds all Actor_XX folders")
-        raise AvdaliError(f"{root}: no Actor_XX folders found; {_EXPECTED}")
+        shown = ", ".join(a.relative_to(root).as_posix() for a in archives[:3])
+        hint = f"; zip files still packed: {shown}{' …' if len(archives) > 3 else ''} (unzip them, see README \"Real data\")" if archives else ""
+        raise AvdaliError(
+            f"{root}: no Actor_XX folders found (looked {MAX_DEPTH} levels down, {folders} folders); {_EXPECTED}{hint}"
+        )
 
     records: list[ClipRecord] = []
     skipped: list[Skipped] = []
@@ -140,6 +160,8 @@ def scan_ravdess(root: Path, *, include_song: bool = False) -> Scan:
     songs_left_out = 0
     for actor_dir in actor_dirs:
         folder_actor = int(_ACTOR_DIR.match(actor_dir.name).group(1))
+        if wanted is not None and 1 <= folder_actor <= 24 and f"fold{actor_fold(folder_actor)}" not in wanted:
+            continue  # a fold left out on purpose: neither a record nor a skip
         for path in sorted(p for p in actor_dir.iterdir() if p.is_file() and not p.name.startswith(".")):
             source = path.relative_to(root).as_posix()
             try:
@@ -177,7 +199,7 @@ def scan_ravdess(root: Path, *, include_song: bool = False) -> Scan:
             f"{root}: only song clips (01-02-*.mp4) found; pass include_song (--include-song) to use them"
         )
     records.sort(key=lambda r: (r.split, r.key))
-    return Scan(records, skipped)
+    return Scan(records, skipped, splits=sorted(set(wanted or ()) | {r.split for r in records}))
 
 
 def _record(key: str, path: Path, name: RavdessName) -> ClipRecord:
@@ -205,17 +227,22 @@ def _record(key: str, path: Path, name: RavdessName) -> ClipRecord:
     )
 
 
-def _find_actor_dirs(root: Path) -> list[Path]:
-    """``Actor_XX`` folders at most ``MAX_DEPTH`` levels below root, in sorted walk order."""
+def _find_actor_dirs(root: Path) -> tuple[list[Path], int, list[Path]]:
+    """``Actor_XX`` folders at most ``MAX_DEPTH`` levels below root, in sorted walk order; the number of
+    folders visited; the zip files seen (archives not unpacked yet)."""
     found: list[Path] = []
-    for dirpath, dirnames, _ in os.walk(root):
+    archives: list[Path] = []
+    folders = 0
+    for dirpath, dirnames, filenames in os.walk(root):
         here = Path(dirpath)
+        folders += 1
         depth = len(here.relative_to(root).parts)
         dirnames.sort()
+        archives += [here / f for f in sorted(filenames) if f.lower().endswith(".zip") and not f.startswith(".")]
         if _ACTOR_DIR.match(here.name) and depth > 0:
             found.append(here)
             dirnames.clear()  # clips lie directly in Actor_XX; nothing to look for below
-        elif depth >= MAX_DEPTH:
+        elif depth >= MAX_DEPTH or folders >= MAX_FOLDERS:
             dirnames.clear()
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-    return found
+        dirnames[:] = [d for d in dirnames if not d.startswith(".") and d not in _IGNORED_DIRS]
+    return found, folders, archives

@@ -44,3 +44,6 @@ class Scan:
 
     records: list[ClipRecord]
     skipped: list[Skipped]
+    splits: list[str] = field(default_factory=list)
+    """Every split the reader looked at and found (or was asked for), also those left with no record, so the
+    packer reports an empty split instead of leaving it out; the records' splits are always included."""
