@@ -472,7 +472,7 @@ def test_meld_known_bad_files_are_all_recorded(tmp_path, meld_csv_dir):
     from avdali.synth.meld import make_meld
 
     src = tmp_path / "raw"
-    summary = make_meld(src, csv_dir=meld_csv_dir, limit=2, size=(256, 144), max_seconds=1.5, faults=True, seed=3)
+    summary = make_meld(src, csv_dir=meld_csv_dir, limit=3, size=(256, 144), max_seconds=1.5, faults=True, seed=3)  # 3: two train faults leave one good clip
     assert {f.kind for f in summary.faults} >= {"missing", "truncated", "empty", "no_audio", "unlabelled"}
     pack("meld", src, tmp_path / "out", PackOptions(shard_size=2, workers=2))
     manifest = read_manifest(tmp_path / "out")

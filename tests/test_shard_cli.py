@@ -37,6 +37,32 @@ def test_shard_bad_tree_lists_skips_and_summary(tmp_path):
     assert read_manifest(tmp_path / "out").samples == 1
 
 
+def test_split_with_0_samples_is_a_problem_and_exit_1_and_splits_leaves_it_out(tmp_path):
+    src = tmp_path / "raw"
+    make_bad_ravdess(src)  # Actor_01 (fold5): one good clip
+    good = (src / "Actor_01" / "01-01-01-01-01-01-01.mp4").read_bytes()
+    (src / "Actor_02").mkdir()  # Actor_02 (fold1): only a truncated clip
+    (src / "Actor_02" / "01-01-03-01-01-01-02.mp4").write_bytes(good[: len(good) // 3])
+    out = tmp_path / "out"
+    result, text = invoke("shard", "ravdess", str(src), str(out), "--workers", "1")
+    assert result.exit_code == 1, result.output
+    assert "fold1 │ 0 ✗ nothing packed" in text and "problem: split fold1 has 0 samples" in text
+    assert "error: split fold1: 0 samples packed" in text and "--splits" in text
+    assert "note: no actor of fold2, fold3, fold4 in SRC" in text
+    manifest = read_manifest(out)
+    assert manifest.complete and manifest.splits["fold1"].samples == 0 and manifest.splits["fold5"].samples == 1
+
+    result, text = invoke("shard", "ravdess", str(src), str(tmp_path / "fold5"), "--workers", "1", "--splits", "fold5")
+    assert result.exit_code == 0, result.output
+    assert list(read_manifest(tmp_path / "fold5").splits) == ["fold5"] and "note:" not in text
+    assert "problem" not in text
+    # a different subset in the same OUT is another run: refused, not mixed
+    result, text = invoke("shard", "ravdess", str(src), str(tmp_path / "fold5"), "--workers", "1", "--splits", "fold1,fold5")
+    assert result.exit_code == 1 and "packed with other options (splits ['fold5'] → ['fold1', 'fold5'])" in text
+    result, text = invoke("shard", "ravdess", str(src), str(tmp_path / "x"), "--splits", "fold9")
+    assert result.exit_code == 1 and "--splits: unknown RAVDESS split fold9; expected some of fold1,fold2" in text
+
+
 def test_strict_fails_after_packing(tmp_path):
     src = tmp_path / "raw"
     make_bad_ravdess(src)

@@ -31,6 +31,13 @@ StrictOpt = Annotated[bool, typer.Option("--strict", help="Fail when any source 
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an earlier run in OUT instead of resuming it.")]
 
 
+def parse_splits(text: str | None) -> tuple[str, ...] | None:
+    """``"train,dev"`` → ("train", "dev"); None → None (every split). The reader checks the names."""
+    if text is None:
+        return None
+    return tuple(s.strip() for s in text.split(",") if s.strip()) or ("",)
+
+
 class ClipsPerSecond(ProgressColumn):
     """Throughput of the running task in clips/s (rich's own speed estimate)."""
 
@@ -74,9 +81,21 @@ def print_summary(result: PackResult) -> None:
     table.add_column("samples", justify="right")
     table.add_column("shards", justify="right")
     for split, totals in manifest.splits.items():
-        table.add_row(split, str(totals.samples), str(totals.shards))
+        if totals.samples == 0:  # a split that packed nothing is the one thing a user must not miss
+            table.add_row(f"[bold red]{split}[/]", "[bold red]0 ✗ nothing packed[/]", str(totals.shards))
+        else:
+            table.add_row(split, str(totals.samples), str(totals.shards))
     table.add_row("[bold]all[/]", f"[bold]{manifest.samples}[/]", f"[bold]{len(manifest.shards)}[/]")
     console.print(table)
+    empty = [split for split, totals in manifest.splits.items() if totals.samples == 0]
+    if empty:
+        console.print(f"[bold red]problem:[/] split {', '.join(empty)} has 0 samples", highlight=False, soft_wrap=True)
+    missing_folds = _missing_ravdess_folds(manifest)
+    if missing_folds:
+        console.print(
+            f"[yellow]note:[/] no actor of {', '.join(missing_folds)} in SRC (the 5-fold protocol needs all 24 actors)",
+            highlight=False, soft_wrap=True,
+        )
     reasons = Counter(skip_reason_kind(s["reason"]) for s in manifest.skipped)
     if reasons:
         console.print(f"skipped {len(manifest.skipped)} sources (all listed in manifest.json):", highlight=False, soft_wrap=True)
@@ -98,6 +117,15 @@ def print_summary(result: PackResult) -> None:
             highlight=False,
         soft_wrap=True,
         )
+
+
+def _missing_ravdess_folds(manifest) -> list[str]:
+    """RAVDESS folds neither packed nor asked for: a tree with only some actors (fine for a try, not for the protocol)."""
+    if manifest.dataset != "ravdess" or manifest.options.get("splits"):
+        return []
+    from avdali.sources.ravdess import SPLITS
+
+    return [fold for fold in SPLITS if fold not in manifest.splits]
 
 
 def run_shard(dataset: str, src: Path, out: Path, options: PackOptions, overwrite: bool) -> None:
@@ -132,7 +160,7 @@ def run_shard(dataset: str, src: Path, out: Path, options: PackOptions, overwrit
 @app.command("ravdess")
 @user_errors
 def ravdess(
-    src: Annotated[Path, typer.Argument(help="RAVDESS root (Actor_01 … folders of mp4).")],
+    src: Annotated[Path, typer.Argument(help="RAVDESS folder as downloaded (Actor_XX folders somewhere below it).")],
     out: Annotated[Path, typer.Argument(help="Output folder.")] = Path("shards/ravdess"),
     size: SizeOpt = 128,
     fps: FpsOpt = 15.0,
@@ -140,13 +168,19 @@ def ravdess(
     shard_size: ShardSizeOpt = 64,
     workers: WorkersOpt = 0,
     include_song: Annotated[bool, typer.Option("--include-song", help="Also pack the song recordings.")] = False,
+    splits: Annotated[
+        str | None, typer.Option("--splits", help="Pack only these actor folds, e.g. fold1,fold2 (default: every fold found).")
+    ] = None,
     strict: StrictOpt = False,
     overwrite: OverwriteOpt = False,
 ) -> None:
-    """Pack RAVDESS (audio-video speech clips, actor folds fold1…fold5) into shards. Re-running resumes."""
+    """Pack RAVDESS (audio-video speech clips, actor folds fold1…fold5) into shards. Re-running resumes.
+
+    SRC may be the folder the zips were unpacked into (one folder per zip or all in one), the Kaggle mirror's
+    folder, or a folder up to a few levels above either (/kaggle/input)."""
     options = PackOptions(
         size=size, fps=fps, max_seconds=max_seconds, shard_size=shard_size, workers=workers,
-        include_song=include_song, strict=strict,
+        include_song=include_song, strict=strict, splits=parse_splits(splits),
     )
     run_shard("ravdess", src, out, options, overwrite)
 
@@ -154,16 +188,25 @@ def ravdess(
 @app.command("meld")
 @user_errors
 def meld(
-    src: Annotated[Path, typer.Argument(help="MELD root (the *_sent_emo.csv files and the clip folders).")],
+    src: Annotated[Path, typer.Argument(help="MELD folder as downloaded (the *_sent_emo.csv files and clip folders below it).")],
     out: Annotated[Path, typer.Argument(help="Output folder.")] = Path("shards/meld"),
     size: SizeOpt = 128,
     fps: FpsOpt = 15.0,
     max_seconds: MaxSecondsOpt = 10.0,
     shard_size: ShardSizeOpt = 64,
     workers: WorkersOpt = 0,
+    splits: Annotated[
+        str | None, typer.Option("--splits", help="Pack only these splits, e.g. train,dev (default: all three, each must be there).")
+    ] = None,
     strict: StrictOpt = False,
     overwrite: OverwriteOpt = False,
 ) -> None:
-    """Pack MELD (train/dev/test) into shards; unlabeled, missing and broken clips are skipped and listed. Re-running resumes."""
-    options = PackOptions(size=size, fps=fps, max_seconds=max_seconds, shard_size=shard_size, workers=workers, strict=strict)
+    """Pack MELD (train/dev/test) into shards; unlabeled, missing and broken clips are skipped and listed. Re-running resumes.
+
+    SRC may be the Kaggle dataset folder, its MELD-RAW or MELD.Raw, or the release's MELD.Raw with the inner
+    archives unpacked (in place, beside it, or macOS-style into folders named after them)."""
+    options = PackOptions(
+        size=size, fps=fps, max_seconds=max_seconds, shard_size=shard_size, workers=workers, strict=strict,
+        splits=parse_splits(splits),
+    )
     run_shard("meld", src, out, options, overwrite)

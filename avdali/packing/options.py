@@ -34,8 +34,15 @@ class PackOptions:
     """RAVDESS: also pack the song recordings (vocal channel 02)."""
     strict: bool = False
     """Fail (non-zero exit) on any skipped source instead of only when nothing could be packed."""
+    splits: tuple[str, ...] | None = None
+    """Pack only these splits (MELD ``train``/``dev``/``test``, RAVDESS ``fold1``…``fold5``); None packs all."""
 
     def __post_init__(self):
+        if self.splits is not None:
+            if isinstance(self.splits, str) or not all(isinstance(s, str) for s in self.splits):
+                raise AvdaliError(f"--splits must be a list of split names, got {self.splits!r}")
+            # a tuple (hashable, and the same value whether it came from the CLI or a manifest's JSON list)
+            object.__setattr__(self, "splits", tuple(self.splits))
         if self.size > MAX_SIZE:
             raise AvdaliError(f"--size must be ≤ {MAX_SIZE}, got {self.size}")
         if self.size < 128:
@@ -60,4 +67,6 @@ class PackOptions:
         d = asdict(self)
         for k in ("workers", "strict"):
             d.pop(k)
+        if d["splits"] is not None:
+            d["splits"] = list(d["splits"])  # what the manifest's JSON reads back, so a resume compares equal
         return d

@@ -387,7 +387,7 @@ def pack(
     from avdali.sources import scan as scan_dataset
 
     src, out = Path(src), Path(out)
-    scan = scan_dataset(dataset, src, include_song=options.include_song)
+    scan = scan_dataset(dataset, src, include_song=options.include_song, splits=options.splits)
     return pack_scan(scan, dataset, src, out, options, progress, overwrite=overwrite, transcode=transcode)
 
 
@@ -413,7 +413,8 @@ def pack_scan(
     _remove_tmp_files(out)
 
     groups = plan_groups(scan, options.shard_size)
-    splits = sorted({g.split for g in groups})
+    # the splits the reader found count even with no record left, so an empty split is reported, never dropped
+    splits = sorted(set(scan.splits) | {g.split for g in groups})
     old_entries = {s.name: s for s in previous.shards} if previous else {}
     entries: dict[str, ShardEntry] = {}
     empty_group_skips: list[dict] = []
@@ -491,6 +492,13 @@ def pack_scan(
     result.elapsed_s = time.perf_counter() - started
     if manifest.samples == 0:
         raise PackFailed(f"{src}: no clip could be packed ({len(manifest.skipped)} sources skipped)", result)
+    empty = [name for name, totals in manifest.splits.items() if totals.samples == 0]
+    if empty:
+        raise PackFailed(
+            f"split {', '.join(empty)}: 0 samples packed (every source skipped, see above and manifest.json); "
+            "fix the sources, or leave the split out on purpose with --splits",
+            result,
+        )
     if options.strict and manifest.skipped:
         first = manifest.skipped[0]
         raise PackFailed(
