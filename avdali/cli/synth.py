@@ -89,11 +89,15 @@ def ravdess(
     size: SizeOpt = "1280x720",
     trials: Annotated[int | None, typer.Option("--trials", help="Trials per actor (stratified over emotions); default all 60.")] = None,
     song: Annotated[bool, typer.Option("--song", help="Also write the song recordings (01-02/02-02 mp4, 03-02 wav).")] = False,
-    flat: Annotated[bool, typer.Option("--flat", help="Mirror layout: wavs beside the mp4s in Actor_XX.")] = False,
+    flat: Annotated[bool, typer.Option("--flat", help="Release layout with the wavs beside the mp4s in Actor_XX.")] = False,
+    layout: Annotated[
+        str, typer.Option("--layout", help="release: Zenodo's zips unpacked into OUT; kaggle: one folder per zip, as the Kaggle mirror.")
+    ] = "release",
     seed: SeedOpt = 0,
     workers: WorkersOpt = 1,
 ) -> None:
-    """RAVDESS-like tree: Actor_XX/01-…mp4 (AV), 02-…mp4 (video only), Audio_Speech_Actors_01-24/Actor_XX/03-…wav."""
+    """RAVDESS-like tree: Actor_XX/01-…mp4 (AV), 02-…mp4 (video only), Audio_Speech_Actors_01-24/Actor_XX/03-…wav
+    (--layout kaggle: Video_Speech_Actor_XX/Actor_XX/…)."""
     from avdali.synth.ravdess import make_ravdess
 
     actor_spec, frame_size = parse_actors(actors), parse_size(size)
@@ -101,7 +105,7 @@ def ravdess(
         "ravdess",
         lambda progress: make_ravdess(
             out, actors=actor_spec, size=frame_size, trials_per_actor=trials, song=song, flat=flat, seed=seed,
-            workers=workers, progress=progress,
+            workers=workers, progress=progress, layout=layout,
         ),  # fmt: skip
     )
     _report(summary)
@@ -120,10 +124,14 @@ def meld(
     max_seconds: Annotated[float, typer.Option("--max-seconds", help="Cap on a clip's length (CSV timings reach minutes).")] = 6.0,
     encoding: Annotated[str, typer.Option("--encoding", help="CSV encoding: utf-8 (repository) or cp1252 (release archive).")] = "utf-8",
     faults: Annotated[bool, typer.Option("--faults", help="Imitate the release's bad files: missing, empty, truncated, no-audio and unlabelled clips.")] = False,
+    layout: Annotated[
+        str, typer.Option("--layout", help="release: MELD.Raw/ with the inner archives unpacked; kaggle: MELD-RAW/MELD.Raw/ as the Kaggle mirror.")
+    ] = "release",
     seed: SeedOpt = 0,
     workers: WorkersOpt = 1,
 ) -> None:
-    """MELD-like tree driven by the real CSVs: MELD.Raw/{split}_sent_emo.csv + clips in the release's folders."""
+    """MELD-like tree driven by the real CSVs: MELD.Raw/{split}_sent_emo.csv + clips in the release's folders
+    (--layout kaggle: MELD-RAW/MELD.Raw/…, train's CSV in train/)."""
     from avdali.synth.meld import make_meld
 
     if csv_dir is None:
@@ -135,7 +143,7 @@ def meld(
         "meld",
         lambda progress: make_meld(
             out, csv_dir=csv_dir, limit=limit or None, size=frame_size, max_seconds=max_seconds, seed=seed,
-            encoding=encoding, faults=faults, workers=workers, progress=progress,
+            encoding=encoding, faults=faults, workers=workers, progress=progress, layout=layout,
         ),  # fmt: skip
     )
     _report(summary)

@@ -1,12 +1,16 @@
 """A MELD look-alike tree driven by the real label CSVs: real rows, ids, speakers and timings,
 synthetic clips.
 
-Layout (as ``MELD.Raw.tar.gz`` and its inner archives unpack)::
+Layout ``release`` (the default: ``MELD.Raw.tar.gz`` and its inner archives unpacked, each into a folder
+named after it)::
 
     OUT/MELD.Raw/{train,dev,test}_sent_emo.csv        subset of the real rows, CRLF, in ``encoding``
     OUT/MELD.Raw/train/train_splits/dia{D}_utt{U}.mp4
     OUT/MELD.Raw/dev/dev_splits_complete/…
     OUT/MELD.Raw/test/output_repeated_splits_test/…
+
+Layout ``kaggle`` (the zaber666/meld-dataset mirror): the same under ``OUT/MELD-RAW/MELD.Raw/``, except that
+the train CSV lies in ``train/`` beside ``train_splits/``. The clips' bytes do not depend on the layout.
 
 ``faults=True`` imitates the release's known bad files (DATASETS.md) and records them in the
 summary and in ``OUT/avdali_synth.json``.
@@ -37,6 +41,12 @@ CLIP_DIRS = {
 }
 """Where each split's clips live under ``MELD.Raw`` (the inner archives' folder names)."""
 CSV_NAME = "{split}_sent_emo.csv"
+LAYOUTS = ("release", "kaggle")
+"""``release``: the official archives unpacked; ``kaggle``: the Kaggle mirror's tree."""
+MELD_ROOT = {"release": "MELD.Raw", "kaggle": "MELD-RAW/MELD.Raw"}
+"""Layout → the folder under OUT that holds the CSVs and the split folders."""
+CSV_DIR = {"release": {}, "kaggle": {"train": "train"}}
+"""Layout → split → folder under the MELD root holding its CSV, when not the root itself."""
 FPS = Fraction(24000, 1001)
 MIN_SECONDS = 1.0
 """Shortest clip written: a handful of CSV rows last a few milliseconds (or zero)."""
@@ -172,8 +182,13 @@ def speaker_identity(speaker: str, seed: int, cache: dict[str, Identity]) -> Ide
     return cache[speaker]
 
 
+def csv_path(out: Path, split: str, layout: str = "release") -> Path:
+    """Where a layout puts a split's label CSV."""
+    return Path(out) / MELD_ROOT[layout] / CSV_DIR[layout].get(split, "") / CSV_NAME.format(split=split)
+
+
 def _clip_job(
-    *, out: Path, split: str, clip: str, emotion: str, speaker: str, seconds: float, max_seconds: float,
+    *, out: Path, layout: str, split: str, clip: str, emotion: str, speaker: str, seconds: float, max_seconds: float,
     size: tuple[int, int], seed: int, identities: dict[str, Identity], fault: str | None,
 ) -> ClipJob:  # fmt: skip
     duration = min(max(seconds, MIN_SECONDS), max_seconds)
@@ -190,7 +205,7 @@ def _clip_job(
         fps=FPS,
         size=size,
         seed=(seed, "meld", split, clip),
-        mp4_path=out / "MELD.Raw" / CLIP_DIRS[split] / f"{clip}.mp4",
+        mp4_path=out / MELD_ROOT[layout] / CLIP_DIRS[split] / f"{clip}.mp4",
         fault=fault,
     )
 
@@ -217,9 +232,12 @@ def plan_meld(
     max_seconds: float = 6.0,
     seed: int = 0,
     faults: bool = False,
+    layout: str = "release",
 ) -> tuple[dict[str, bytes], list[ClipJob], list[Fault]]:
     """Dry run: the CSV subsets (``{split: header+rows}`` as utf-8 bytes), the render jobs and the faults."""
     size = check_size(size)
+    if layout not in LAYOUTS:
+        raise AvdaliError(f"--layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
     if limit is not None and limit < 1:
         raise AvdaliError(f"--limit must be ≥ 1, got {limit}")
     if max_seconds < MIN_SECONDS:
@@ -238,7 +256,7 @@ def plan_meld(
         for row in selected[split]:
             kind = fault_of.get((split, row.clip))
             job = _clip_job(
-                out=out, split=split, clip=row.clip, emotion=row.emotion, speaker=row.speaker, seconds=row.seconds,
+                out=out, layout=layout, split=split, clip=row.clip, emotion=row.emotion, speaker=row.speaker, seconds=row.seconds,
                 max_seconds=max_seconds, size=size, seed=seed, identities=identities, fault=kind,
             )  # fmt: skip
             jobs.append(job)
@@ -248,7 +266,7 @@ def plan_meld(
         split, clip = EXTRA_CLIP
         rng = seeded_rng(seed, "meld-extra")
         job = _clip_job(
-            out=out, split=split, clip=clip, emotion=str(rng.choice(sorted(MELD_TO_UNIFIED))), speaker="Unknown",
+            out=out, layout=layout, split=split, clip=clip, emotion=str(rng.choice(sorted(MELD_TO_UNIFIED))), speaker="Unknown",
             seconds=float(rng.uniform(2, 4)), max_seconds=max_seconds, size=size, seed=seed, identities=identities,
             fault=None,
         )  # fmt: skip
@@ -270,6 +288,7 @@ def make_meld(
     faults: bool = False,
     workers: int = 1,
     progress: Progress | None = None,
+    layout: str = "release",
 ) -> SynthSummary:
     """Write a MELD-like tree under ``out``: ``limit`` stratified real rows per split (None: all), a
     clip per row lasting the row's EndTime-StartTime (at least 1 s, at most ``max_seconds``)."""
@@ -278,13 +297,14 @@ def make_meld(
         raise AvdaliError(f"--encoding must be one of {', '.join(ENCODINGS)}, got {encoding!r}")
     out = Path(out)
     tables, jobs, fault_list = plan_meld(
-        out, csv_dir=csv_dir, limit=limit, size=size, max_seconds=max_seconds, seed=seed, faults=faults
+        out, csv_dir=csv_dir, limit=limit, size=size, max_seconds=max_seconds, seed=seed, faults=faults, layout=layout
     )
-    meld_root = out / "MELD.Raw"
+    meld_root = out / MELD_ROOT[layout]
     meld_root.mkdir(parents=True, exist_ok=True)
     csv_files = []
     for split, data in tables.items():
-        path = meld_root / CSV_NAME.format(split=split)
+        path = csv_path(out, split, layout)
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data.decode("utf-8").encode(encoding))
         csv_files.append(path)
     for split in SPLITS:
@@ -297,6 +317,7 @@ def make_meld(
         "size": list(check_size(size)),
         "max_seconds": max_seconds,
         "encoding": encoding,
+        **({"layout": layout} if layout != "release" else {}),  # the default tree's bytes stay as they were
         "clips": len(jobs),
         "faults": [{"split": f.split, "clip": f.clip, "kind": f.kind, "path": str(f.path.relative_to(out))} for f in fault_list],
     }

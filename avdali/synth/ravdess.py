@@ -1,12 +1,17 @@
 """A RAVDESS look-alike tree: the real names and layout, synthetic faces and voices.
 
-Layout (as the official zips unpack):
+Layout ``release`` (the default: Zenodo's zips all unpacked into one folder):
 
 - ``OUT/Actor_XX/01-VV-EE-II-SS-RR-AA.mp4``  audio-video (H.264 + AAC 48 kHz stereo, 30 fps)
 - ``OUT/Actor_XX/02-VV-…mp4``                 the same video without an audio stream
 - ``OUT/Audio_Speech_Actors_01-24/Actor_XX/03-01-…wav`` (song: ``Audio_Song_Actors_01-24``), 16-bit 48 kHz
 
 ``flat=True`` puts the wavs beside the mp4s in ``OUT/Actor_XX`` (how several mirrors ship it).
+
+Layout ``kaggle`` (the orvile/ravdess-dataset mirror, and Zenodo's zips unpacked one folder per zip):
+``OUT/Video_Speech_Actor_XX/Actor_XX/{01,02}-01-…mp4``, ``OUT/Video_Song_Actor_XX/Actor_XX/{01,02}-02-…mp4``,
+``OUT/Audio_Speech_Actors_01-24/Actor_XX/03-01-…wav``, ``OUT/Audio_Song_Actors_01-24/Actor_XX/03-02-…wav``.
+The files' bytes do not depend on the layout.
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ SONG_EMOTIONS = (1, 2, 3, 4, 5, 6)
 NO_SONG_ACTORS = frozenset({18})
 FPS = Fraction(30)
 MIN_SECONDS, MAX_SECONDS = 2.94, 5.27
+LAYOUTS = ("release", "kaggle")
+"""``release``: Zenodo's zips unpacked into one folder; ``kaggle``: one folder per zip (the Kaggle mirror)."""
 
 
 @dataclass(frozen=True, order=True)
@@ -121,11 +128,23 @@ def plan_trials(
     return out
 
 
-def trial_paths(out: Path, trial: Trial, *, flat: bool) -> tuple[Path, Path, Path]:
+def check_layout(layout: str, flat: bool) -> None:
+    if layout not in LAYOUTS:
+        raise AvdaliError(f"--layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+    if flat and layout != "release":
+        raise AvdaliError("--flat is a variant of --layout release (wavs beside the mp4s), not of --layout kaggle")
+
+
+def trial_paths(out: Path, trial: Trial, *, flat: bool, layout: str = "release") -> tuple[Path, Path, Path]:
     """(audio-video mp4, video-only mp4, audio-only wav) of a trial."""
-    actor_dir = out / f"Actor_{trial.actor:02d}"
+    actor = f"Actor_{trial.actor:02d}"
+    if layout == "kaggle":  # each zip unpacked into a folder named after it
+        video_zip = f"Video_{'Speech' if trial.vocal == 1 else 'Song'}_{actor}"
+        actor_dir = out / video_zip / actor
+    else:
+        actor_dir = out / actor
     audio_root = "Audio_Speech_Actors_01-24" if trial.vocal == 1 else "Audio_Song_Actors_01-24"
-    wav_dir = actor_dir if flat else out / audio_root / actor_dir.name
+    wav_dir = actor_dir if flat else out / audio_root / actor
     return actor_dir / f"{trial.stem(1)}.mp4", actor_dir / f"{trial.stem(2)}.mp4", wav_dir / f"{trial.stem(3)}.wav"
 
 
@@ -138,9 +157,11 @@ def plan_ravdess(
     song: bool = False,
     flat: bool = False,
     seed: int = 0,
+    layout: str = "release",
 ) -> list[ClipJob]:
     """The render jobs of a tree (a dry run: names, durations, identities; nothing is written)."""
     size = check_size(size)
+    check_layout(layout, flat)
     identities = {}
     jobs = []
     for trial in plan_trials(actors=actors, trials_per_actor=trials_per_actor, song=song):
@@ -151,7 +172,7 @@ def plan_ravdess(
         duration = MIN_SECONDS + (MAX_SECONDS - MIN_SECONDS) * rng.beta(2.0, 4.5)
         start = rng.uniform(0.5, 1.0)
         end = max(start + 1.0, duration - rng.uniform(0.35, 0.8))
-        mp4, video_only, wav = trial_paths(out, trial, flat=flat)
+        mp4, video_only, wav = trial_paths(out, trial, flat=flat, layout=layout)
         jobs.append(
             ClipJob(
                 name=trial.stem(1),
@@ -182,12 +203,16 @@ def make_ravdess(
     seed: int = 0,
     workers: int = 1,
     progress: Progress | None = None,
+    layout: str = "release",
 ) -> SynthSummary:
     """Write a RAVDESS-like tree under ``out``. ``actors=N`` means actors 1..N, a sequence picks actors;
-    ``trials_per_actor=k`` keeps k trials per actor (stratified over emotions, rotated across actors)."""
+    ``trials_per_actor=k`` keeps k trials per actor (stratified over emotions, rotated across actors);
+    ``layout`` is ``release`` or ``kaggle`` (see the module doc)."""
     check_workers(workers)
     out = Path(out)
-    jobs = plan_ravdess(out, actors=actors, size=size, trials_per_actor=trials_per_actor, song=song, flat=flat, seed=seed)
+    jobs = plan_ravdess(
+        out, actors=actors, size=size, trials_per_actor=trials_per_actor, song=song, flat=flat, seed=seed, layout=layout
+    )
     out.mkdir(parents=True, exist_ok=True)
     files, seconds = timed_render(jobs, workers=workers, progress=progress)
     return SynthSummary(root=out, dataset="ravdess", clips=len(jobs), files=files, seconds=seconds)
