@@ -482,3 +482,149 @@ def test_scans_the_synthetic_fixture_trees(ravdess_src, meld_src):
         assert skipped == [] and rows
         expected |= {f"{split}_dia{r['Dialogue_ID']}_utt{r['Utterance_ID']}" for r in rows}
     assert {r.key for r in meld.records} == expected
+
+
+# ---------------------------------------------------------------- the layouts users download (cheap trees)
+
+
+def _zenodo_per_zip(root: Path, actors=(1, 2)) -> set[str]:
+    """Each zip unpacked into a folder named after it: what Zenodo's "extract here" and the Kaggle mirror
+    orvile/ravdess-dataset hold. Returns the audio-video speech stems (the samples)."""
+    stems = set()
+    for a in actors:
+        for stem in _speech_trials(a):
+            touch(root / f"Video_Speech_Actor_{a:02d}" / f"Actor_{a:02d}" / f"{stem}.mp4")
+            touch(root / f"Video_Speech_Actor_{a:02d}" / f"Actor_{a:02d}" / f"02{stem[2:]}.mp4")
+            touch(root / "Audio_Speech_Actors_01-24" / f"Actor_{a:02d}" / f"03{stem[2:]}.wav")
+            stems.add(stem)
+        song = f"01-02-03-01-01-01-{a:02d}"
+        touch(root / f"Video_Song_Actor_{a:02d}" / f"Actor_{a:02d}" / f"{song}.mp4")
+        touch(root / "Audio_Song_Actors_01-24" / f"Actor_{a:02d}" / f"03{song[2:]}.wav")
+    return stems
+
+
+def _all_in_one(root: Path) -> set[str]:
+    _real_layout(root)
+    return {s for a in (1, 2) for s in _speech_trials(a)}
+
+
+@pytest.mark.parametrize(
+    "layout, mount",
+    [
+        ("all_in_one", "."),
+        ("per_zip", "."),  # Zenodo one folder per zip == the Kaggle mirror's tree
+        ("per_zip", "RAVDESS dataset"),  # mirror adrivg/ravdess-emotional-speech-video
+        ("per_zip", "kaggle/input/datasets/orvile/ravdess-dataset"),  # newer Kaggle mount, SRC=kaggle/input below
+        ("per_zip", "kaggle/input/ravdess-dataset"),  # the seed's Kaggle mount
+    ],
+)
+def test_ravdess_layouts_find_every_av_speech_clip(tmp_path, layout, mount):
+    dataset = tmp_path / mount
+    stems = (_all_in_one if layout == "all_in_one" else _zenodo_per_zip)(dataset)
+    touch(dataset / "__MACOSX" / "Actor_01" / "._01-01-01-01-01-01-01.mp4")  # zip leftovers: not a copy of the tree
+    src = tmp_path / "kaggle" / "input" if mount.startswith("kaggle/") else tmp_path
+    result = scan_ravdess(src)
+    assert {r.key for r in result.records} == stems and len(result.records) == len(stems)
+    assert result.skipped == []
+    assert result.splits == ["fold1", "fold5"]
+    if layout == "per_zip":
+        songs = {r.key for r in scan_ravdess(src, include_song=True).records} - stems
+        assert songs == {"01-02-03-01-01-01-01", "01-02-03-01-01-01-02"}
+
+
+def test_ravdess_splits_picks_folds_and_zips_still_packed_are_named(tmp_path):
+    _zenodo_per_zip(tmp_path / "data", actors=(1, 2, 3))  # folds 5, 1, 2
+    picked = scan_ravdess(tmp_path / "data", splits=["fold2", "fold4"])
+    assert {r.split for r in picked.records} == {"fold2"} and picked.skipped == []
+    assert picked.splits == ["fold2", "fold4"]  # asked for: the packer reports fold4 as empty
+    with pytest.raises(AvdaliError, match="--splits: unknown RAVDESS split train; expected some of fold1,fold2,fold3,fold4,fold5"):
+        scan_ravdess(tmp_path / "data", splits=["train"])
+
+    packed = tmp_path / "zips"
+    touch(packed / "Video_Speech_Actor_01.zip")
+    touch(packed / "Audio_Speech_Actors_01-24.zip")
+    with pytest.raises(AvdaliError) as e:
+        scan_ravdess(packed)
+    assert str(e.value) == (
+        f"{packed}: no Actor_XX folders found (looked 6 levels down, 1 folders); expected the RAVDESS layout "
+        "Actor_01/01-01-01-01-01-01-01.mp4 … Actor_24/… (the Video_Speech_Actor_XX.zip files unpacked, or the Kaggle "
+        "mirror's Video_Speech_Actor_XX/Actor_XX/); zip files still packed: Audio_Speech_Actors_01-24.zip, "
+        'Video_Speech_Actor_01.zip (unzip them, see README "Real data")'
+    )
+
+
+MELD_CLIP_DIRS = {"train": "train_splits", "dev": "dev_splits_complete", "test": "output_repeated_splits_test"}
+
+
+def _meld_split(csv_path: Path, clip_dir: Path, meld_csv_dir: Path, split: str, rows: int = 3) -> set[str]:
+    """The first ``rows`` real rows of a split as its CSV, a placeholder clip per row; returns their keys."""
+    lines = _raw_lines(meld_csv_dir, split)[: rows + 1]
+    _write_csv(csv_path, lines)
+    keys = set()
+    for fields in csv.reader(lines[1:]):
+        dia, utt = fields[MELD_COLUMNS.index("Dialogue_ID")], fields[MELD_COLUMNS.index("Utterance_ID")]
+        touch(clip_dir / f"dia{dia}_utt{utt}.mp4")
+        keys.add(f"{split}_dia{dia}_utt{utt}")
+    clip_dir.mkdir(parents=True, exist_ok=True)
+    return keys
+
+
+def _meld_kaggle(root: Path, csv_dir: Path) -> set[str]:
+    """zaber666/meld-dataset: MELD-RAW/MELD.Raw/, train's CSV inside train/, dev's and test's beside their folders."""
+    base = root / "MELD-RAW" / "MELD.Raw"
+    keys = _meld_split(base / "train" / "train_sent_emo.csv", base / "train" / "train_splits", csv_dir, "train")
+    for split in ("dev", "test"):
+        keys |= _meld_split(base / f"{split}_sent_emo.csv", base / split / MELD_CLIP_DIRS[split], csv_dir, split)
+    touch(root / "__MACOSX" / "MELD-RAW" / "MELD.Raw" / "train" / "train_splits" / "._dia0_utt0.mp4")
+    return keys
+
+
+def _meld_in_place(root: Path, csv_dir: Path) -> set[str]:
+    """Release: MELD.Raw.tar.gz unpacked, the inner archives unpacked in place (their folders in MELD.Raw/)."""
+    base = root / "MELD.Raw"
+    keys = set()
+    for split in ("train", "dev", "test"):
+        touch(base / f"{split}.tar.gz")
+        keys |= _meld_split(base / f"{split}_sent_emo.csv", base / MELD_CLIP_DIRS[split], csv_dir, split)
+    return keys
+
+
+def _meld_beside(root: Path, csv_dir: Path) -> set[str]:
+    """Release: the inner archives unpacked beside MELD.Raw/ (which keeps the CSVs)."""
+    keys = set()
+    for split in ("train", "dev", "test"):
+        touch(root / "MELD.Raw" / f"{split}.tar.gz")
+        keys |= _meld_split(root / "MELD.Raw" / f"{split}_sent_emo.csv", root / MELD_CLIP_DIRS[split], csv_dir, split)
+    return keys
+
+
+def _meld_macos(root: Path, csv_dir: Path) -> set[str]:
+    """Release unpacked on macOS: each archive into a folder named after it, the CSV inside the clip folder."""
+    base = root / "MELD.Raw"
+    keys = set()
+    for split in ("train", "dev", "test"):
+        clips = base / split / MELD_CLIP_DIRS[split]
+        keys |= _meld_split(clips / f"{split}_sent_emo.csv", clips, csv_dir, split)
+    return keys
+
+
+@pytest.mark.parametrize(
+    "layout, src",
+    [
+        (_meld_kaggle, "."),  # the dataset folder (/kaggle/input/meld-dataset)
+        (_meld_kaggle, "MELD-RAW"),
+        (_meld_kaggle, "MELD-RAW/MELD.Raw"),  # the seed notebook's root
+        (_meld_kaggle, "../.."),  # /kaggle/input itself, the dataset two levels down
+        (_meld_in_place, "."),
+        (_meld_in_place, "MELD.Raw"),
+        (_meld_beside, "."),
+        (_meld_macos, "."),
+        (_meld_macos, "MELD.Raw"),
+    ],
+)
+def test_meld_layouts_find_every_split(tmp_path, meld_csv_dir, layout, src):
+    dataset = tmp_path / "input" / "meld-dataset" if src == "../.." else tmp_path
+    keys = layout(dataset, meld_csv_dir)
+    result = scan_meld(tmp_path if src == "../.." else tmp_path / src)
+    assert {r.key for r in result.records} == keys and len(keys) == 9
+    assert result.skipped == [] and result.splits == ["train", "dev", "test"]
