@@ -155,3 +155,28 @@ def test_bench_shard_reports_figures(tmp_path):
     assert figures["clips_per_s"] > 0 and figures["bytes_per_clip"]["webm"] > 0 and figures["bytes_per_clip"]["flac"] > 0
     assert set(figures["time_split_s_per_clip"]) == {"face_detection", "verify_decode_back", "decode_crop_encode"}
     assert "clips/s per core" in text
+
+
+def test_kaggle_trees_pack_every_clip_of_every_split_from_where_kaggle_mounts_them(tmp_path, meld_csv_dir):
+    """synth --layout kaggle → shard with SRC as a user passes it: MELD's dataset folder, and /kaggle/input
+    for RAVDESS mounted at /kaggle/input/datasets/orvile/ravdess-dataset."""
+    meld = tmp_path / "kaggle" / "input" / "meld-dataset"
+    result, text = invoke("synth", "meld", str(meld), "--csv-dir", str(meld_csv_dir), "--layout", "kaggle",
+                          "--limit", "2", "--size", "160x96", "--max-seconds", "1")
+    assert result.exit_code == 0, result.output
+    result, text = invoke("shard", "meld", str(meld), str(tmp_path / "meld"), "--workers", "1")
+    assert result.exit_code == 0, result.output
+    manifest = read_manifest(tmp_path / "meld")
+    assert {split: totals.samples for split, totals in manifest.splits.items()} == {"dev": 2, "test": 2, "train": 2}
+    assert manifest.skipped == [] and "problem" not in text
+
+    ravdess = tmp_path / "kaggle" / "input" / "datasets" / "orvile" / "ravdess-dataset"
+    result, text = invoke("synth", "ravdess", str(ravdess), "--layout", "kaggle", "--actors", "2,3", "--trials", "1",
+                          "--size", "160x96")
+    assert result.exit_code == 0, result.output
+    result, text = invoke("shard", "ravdess", str(tmp_path / "kaggle" / "input"), str(tmp_path / "ravdess"), "--workers", "1")
+    assert result.exit_code == 0, result.output
+    manifest = read_manifest(tmp_path / "ravdess")
+    assert {split: totals.samples for split, totals in manifest.splits.items()} == {"fold1": 1, "fold2": 1}
+    assert manifest.skipped == []
+    assert all(k.startswith("01-01-") for s in manifest.shards for k in s.keys)

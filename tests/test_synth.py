@@ -108,6 +108,23 @@ def test_plan_paths_real_and_flat_layouts(tmp_path):
             assert job.emotion == RAVDESS_EMOTIONS[job.mp4_path.name[6:8]]
 
 
+def test_plan_paths_kaggle_layout_mirror_the_real_names(tmp_path):
+    jobs = plan_ravdess(tmp_path, actors=(3,), trials_per_actor=2, song=True, layout="kaggle")
+    paths = {p.relative_to(tmp_path).as_posix() for j in jobs for p in (j.mp4_path, j.video_only_path, j.wav_path)}
+    release = plan_ravdess(tmp_path, actors=(3,), trials_per_actor=2, song=True)
+    assert [(j.name, j.duration, j.seed) for j in jobs] == [(j.name, j.duration, j.seed) for j in release]
+    folders = {p.rsplit("/", 1)[0] for p in paths}
+    assert folders == {
+        "Video_Speech_Actor_03/Actor_03", "Video_Song_Actor_03/Actor_03",
+        "Audio_Speech_Actors_01-24/Actor_03", "Audio_Song_Actors_01-24/Actor_03",
+    }
+    assert all(p.split("/")[-1][3:5] == ("01" if "Speech" in p else "02") for p in paths)
+    with pytest.raises(AvdaliError, match="--flat is a variant of --layout release"):
+        plan_ravdess(tmp_path, layout="kaggle", flat=True)
+    with pytest.raises(AvdaliError, match="--layout must be one of release, kaggle, got 'zenodo'"):
+        plan_ravdess(tmp_path, layout="zenodo")
+
+
 def test_durations_over_the_full_plan_look_like_ravdess(tmp_path):
     durations = np.array([j.duration for j in plan_ravdess(tmp_path, actors=24)])
     assert durations.min() >= 2.94 and durations.max() <= 5.27
@@ -158,6 +175,22 @@ def test_ravdess_tree_formats(tmp_path):
         assert 2.94 <= meta.duration <= 5.27
         mp4 = next(tmp_path.glob(f"Actor_*/01{wav.stem[2:]}.mp4"))
         assert abs(probe(mp4)["video"][4] / 30 - meta.duration) <= 1 / 30
+
+
+def test_layout_moves_files_but_not_their_bytes(tmp_path, meld_csv_dir):
+    kwargs = dict(actors=(2,), size=(64, 64), trials_per_actor=1, seed=5)
+    release = tree_bytes(make_ravdess(tmp_path / "r", **kwargs).root)
+    kaggle = tree_bytes(make_ravdess(tmp_path / "k", layout="kaggle", **kwargs).root)
+    assert sorted(release.values()) == sorted(kaggle.values()) and len(kaggle) == 3
+    assert {k.replace("Video_Speech_Actor_02/", "") for k in kaggle} == set(release)
+
+    kwargs = dict(csv_dir=meld_csv_dir, limit=1, size=(64, 64), max_seconds=1.0, seed=5)
+    release = tree_bytes(make_meld(tmp_path / "mr", **kwargs).root)
+    kaggle = tree_bytes(make_meld(tmp_path / "mk", layout="kaggle", **kwargs).root)
+    assert release.pop("avdali_synth.json") != kaggle.pop("avdali_synth.json")  # it records the layout
+    moved = {k.replace("MELD-RAW/", "").replace("train/train_sent_emo.csv", "train_sent_emo.csv"): v for k, v in kaggle.items()}
+    assert moved == release and len(moved) == 6
+    assert "MELD-RAW/MELD.Raw/train/train_sent_emo.csv" in kaggle and "MELD-RAW/MELD.Raw/dev_sent_emo.csv" in kaggle
 
 
 def test_ravdess_is_deterministic_and_seed_dependent(tmp_path):
