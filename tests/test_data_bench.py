@@ -31,3 +31,43 @@ def test_bench_loader_rejects_unknown_loader_and_naive_without_src(ravdess_shard
     assert result.exit_code == 1 and "--src" in result.output
     result = runner.invoke(app, ["bench", "loader", str(ravdess_shards), "--crop-interp", "cubic"])
     assert result.exit_code == 1 and "crop_interp" in result.output and "nearest, linear" in result.output
+
+
+def test_naive_loader_reads_only_the_clips_the_manifest_packed(ravdess_src, tmp_path):
+    """A raw tree holding a truncated clip the packer skipped: the notebook-style loader must not open it."""
+    import av
+    import pytest
+
+    from avdali.data.config import DataConfig
+    from avdali.data.naive import NaiveClips, packed_records
+    from avdali.errors import AvdaliError
+    from avdali.packing.manifest import read_manifest
+    from avdali.packing.options import PackOptions
+    from avdali.packing.run import pack
+    from avdali.sources import scan
+
+    raw = tmp_path / "raw" / "Actor_02"
+    raw.mkdir(parents=True)
+    clips = sorted((ravdess_src / "Actor_02").glob("01-*.mp4"))[:3]
+    for clip in clips[:2]:
+        (raw / clip.name).write_bytes(clip.read_bytes())
+    truncated = raw / clips[2].name
+    truncated.write_bytes(clips[2].read_bytes()[:3000])
+    pack("ravdess", raw.parent, tmp_path / "shards", PackOptions(shard_size=4, workers=1))
+    manifest = read_manifest(tmp_path / "shards")
+    assert [s["source"] for s in manifest.skipped] == [f"Actor_02/{truncated.name}"]
+
+    cfg = DataConfig(shards=str(tmp_path / "shards"), batch_size=1, frames=2, crop=32, n_mels=16, num_threads=1)
+    records = packed_records("ravdess", raw.parent, None, manifest)
+    assert [r.key for r in records] == [c.stem for c in clips[:2]]
+    naive = NaiveClips(records, cfg)
+    assert [naive[i]["video"].shape for i in range(len(naive))] == [(2, 3, 32, 32)] * 2
+    # what the loader did before: every clip of the raw tree, the truncated one too
+    everything = NaiveClips(scan("ravdess", raw.parent).records, cfg)
+    with pytest.raises(av.error.FFmpegError):
+        [everything[i] for i in range(len(everything))]
+
+    with pytest.raises(AvdaliError, match="--dataset meld, but the shards hold ravdess"):
+        packed_records("meld", raw.parent, None, manifest)
+    with pytest.raises(AvdaliError, match="none of the 0 clips packed in the shards' splits"):
+        packed_records("ravdess", raw.parent, ["fold3"], manifest)

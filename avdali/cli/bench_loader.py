@@ -26,8 +26,10 @@ def loader(
     threads: Annotated[int, typer.Option(help="DALI threads / DataLoader workers (default: all cores).")] = 0,
     crop_interp: Annotated[str, typer.Option(help="Random resized crop resampling: linear | nearest.")] = "linear",
     splits: Annotated[Optional[str], typer.Option(help="Comma-separated splits (default: all).")] = None,
-    src: Annotated[Optional[Path], typer.Option(help="Raw dataset tree the shards came from (for naive).")] = None,
-    dataset: Annotated[str, typer.Option(help="Dataset of --src (for naive).")] = "ravdess",
+    src: Annotated[
+        Optional[Path], typer.Option(help="Raw dataset tree the shards came from (for naive, which reads only the clips they packed).")
+    ] = None,
+    dataset: Annotated[Optional[str], typer.Option(help="Dataset of --src (for naive; default: the shards').")] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the figures to this JSON file.")] = None,
 ):
     """Measure loader throughput (training mode: shuffle + augmentation) and the VP9 decode ceiling."""

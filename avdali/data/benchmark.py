@@ -72,11 +72,13 @@ def bench_loader(cfg: DataConfig, splits: list[str], count: int, warmup: int) ->
     return time_batches(cfg.loader, _epochs(epoch), len, count, warmup, cfg.frames)
 
 
-def bench_naive(cfg: DataConfig, dataset: str, src: str, splits: list[str] | None, count: int, warmup: int) -> Throughput:
-    """The notebook-style loader over the raw tree."""
+def bench_naive(cfg: DataConfig, dataset: str | None, src: str, splits: list[str] | None, count: int, warmup: int) -> Throughput:
+    """The notebook-style loader over the raw tree's clips that the shards hold (``dataset`` None: the shards')."""
     from avdali.data.naive import naive_loader
+    from avdali.packing.manifest import read_manifest
 
-    loader = naive_loader(dataset, src, splits, cfg)
+    manifest = read_manifest(cfg.shards)
+    loader = naive_loader(dataset or manifest.dataset, src, splits, cfg, manifest)
     return time_batches("naive", _epochs(lambda e: loader), lambda b: len(b["label"]), count, warmup, cfg.frames)
 
 
@@ -142,7 +144,7 @@ def run_benchmark(
     count: int,
     warmup: int,
     src: str | None = None,
-    dataset: str = "ravdess",
+    dataset: str | None = None,
     progress: Callable[[str], None] = lambda name: None,
 ) -> dict:
     """Measure each loader and the decode ceiling; return the figures as a JSON-ready dict."""

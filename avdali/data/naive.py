@@ -3,6 +3,10 @@
 Per item it opens the raw mp4, decodes every frame to RGB, picks T evenly spaced frames, resizes them to
 the crop size, decodes and resamples the AAC track to 16 kHz and computes MFCCs, all inside DataLoader
 workers. It reads the raw tree, so it pays the full H.264 720p decode that packing pays only once.
+
+It reads only the clips the shards' manifest packed: the raw tree also holds files the packer skipped
+(truncated, corrupt, without audio), which the notebook's loader would crash on, and the comparison with the
+shard loaders must be over the same clips.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from avdali.data import sampling
 from avdali.data.config import DataConfig
+from avdali.errors import AvdaliError
+from avdali.packing.manifest import Manifest
 from avdali.sources import scan
 from avdali.sources.records import ClipRecord
 
@@ -55,15 +61,29 @@ class NaiveClips(Dataset):
         return dict(video=torch.from_numpy(video).permute(0, 3, 1, 2), audio=mfcc, label=record.label)
 
 
-def naive_loader(dataset: str, root: str | Path, splits: list[str] | None, cfg: DataConfig) -> DataLoader:
-    """DataLoader over the raw tree's clips of ``splits`` (all when None), ``cfg.num_threads`` workers."""
-    records = [r for r in scan(dataset, Path(root)).records if splits is None or r.split in splits]
-    if not records:
-        from avdali.errors import AvdaliError
+def packed_records(dataset: str, root: str | Path, splits: list[str] | None, manifest: Manifest) -> list[ClipRecord]:
+    """The raw tree's records of the clips ``manifest`` packed in ``splits`` (all when None), in scan order.
 
-        raise AvdaliError(f"{root}: no {dataset} clips found for splits {splits}")
+    ``AvdaliError`` when the tree is another dataset than the manifest's, or holds none of the packed clips."""
+    if dataset != manifest.dataset:
+        raise AvdaliError(f"--dataset {dataset}, but the shards hold {manifest.dataset}")
+    packed = {k for s in manifest.shards if splits is None or s.split in splits for k in s.keys}
+    # the same reader options as the pack, so every packed key has its record (songs, a --splits subset)
+    found = scan(dataset, Path(root), include_song=bool(manifest.options.get("include_song")),
+                 splits=manifest.options.get("splits")).records
+    records = [r for r in found if r.key in packed]
+    if not records:
+        raise AvdaliError(
+            f"{root}: none of the {len(packed)} clips packed in the shards' splits {splits or 'all'} is in this "
+            f"{dataset} tree; --src must be the raw tree the shards were packed from"
+        )
+    return records
+
+
+def naive_loader(dataset: str, root: str | Path, splits: list[str] | None, cfg: DataConfig, manifest: Manifest) -> DataLoader:
+    """DataLoader over the raw tree's clips that ``manifest`` packed in ``splits``, ``cfg.num_threads`` workers."""
     return DataLoader(
-        NaiveClips(records, cfg),
+        NaiveClips(packed_records(dataset, root, splits, manifest), cfg),
         batch_size=cfg.batch_size,
         shuffle=True,
         num_workers=cfg.num_threads,
