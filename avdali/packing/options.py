@@ -39,7 +39,7 @@ class PackOptions:
 
     def __post_init__(self):
         if self.splits is not None:
-            if isinstance(self.splits, str) or not all(isinstance(s, str) for s in self.splits):
+            if not isinstance(self.splits, (list, tuple)) or not all(isinstance(s, str) for s in self.splits):
                 raise AvdaliError(f"--splits must be a list of split names, got {self.splits!r}")
             # a tuple (hashable, and the same value whether it came from the CLI or a manifest's JSON list)
             object.__setattr__(self, "splits", tuple(self.splits))

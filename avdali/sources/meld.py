@@ -30,7 +30,7 @@ from pathlib import Path
 
 from avdali.errors import AvdaliError
 from avdali.labels import meld_unified_id
-from avdali.sources.records import ClipRecord, Scan, Skipped
+from avdali.sources.records import ClipRecord, Scan, Skipped, check_splits
 
 SPLITS = ("train", "dev", "test")
 """MELD's splits, in the order they are scanned."""
@@ -245,17 +245,6 @@ def find_split_files(root: Path, splits: tuple[str, ...]) -> tuple[dict[str, tup
         subset = f"; to pack only {','.join(others)} on purpose, pass --splits {','.join(others)}" if others else ""
         raise AvdaliError("; ".join(problems) + subset)
     return found, tree
-
-
-def check_splits(splits, valid: tuple[str, ...], dataset: str) -> tuple[str, ...]:
-    """``splits`` (None: all of ``valid``) as a tuple in ``valid``'s order; ``AvdaliError`` on unknown names."""
-    if splits is None:
-        return valid
-    asked = [s.strip() for s in splits if s.strip()]
-    unknown = [s for s in asked if s not in valid]
-    if unknown or not asked:
-        raise AvdaliError(f"--splits: unknown {dataset} split {', '.join(unknown) or '(none given)'}; expected some of {','.join(valid)}")
-    return tuple(s for s in valid if s in asked)
 
 
 def scan_meld(root: Path, splits=None) -> Scan:

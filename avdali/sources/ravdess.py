@@ -27,7 +27,7 @@ from pathlib import Path
 
 from avdali.errors import AvdaliError
 from avdali.labels import RAVDESS_EMOTIONS, native_ravdess_id, ravdess_unified_id
-from avdali.sources.records import ClipRecord, Scan, Skipped
+from avdali.sources.records import ClipRecord, Scan, Skipped, check_splits
 
 ACTOR_FOLDS: dict[int, tuple[int, ...]] = {
     1: (2, 5, 14, 15, 16),
@@ -134,8 +134,6 @@ def scan_ravdess(root: Path, *, include_song: bool = False, splits=None) -> Scan
     folds (they are then planned even when no actor of theirs is there, so the packer reports them empty).
     Raises ``AvdaliError`` when the root is missing or holds no ``Actor_XX`` folder with audio-video mp4s.
     """
-    from avdali.sources.meld import check_splits
-
     wanted = check_splits(splits, SPLITS, "RAVDESS") if splits is not None else None
     root = Path(root)
     if not root.exists():

@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from avdali.errors import AvdaliError
+
 
 @dataclass(frozen=True)
 class ClipRecord:
@@ -47,3 +49,14 @@ class Scan:
     splits: list[str] = field(default_factory=list)
     """Every split the reader looked at and found (or was asked for), also those left with no record, so the
     packer reports an empty split instead of leaving it out; the records' splits are always included."""
+
+
+def check_splits(splits, valid: tuple[str, ...], dataset: str) -> tuple[str, ...]:
+    """``splits`` (None: all of ``valid``) as a tuple in ``valid``'s order; ``AvdaliError`` on unknown names."""
+    if splits is None:
+        return valid
+    asked = [s.strip() for s in splits if s.strip()]
+    unknown = [s for s in asked if s not in valid]
+    if unknown or not asked:
+        raise AvdaliError(f"--splits: unknown {dataset} split {', '.join(unknown) or '(none given)'}; expected some of {','.join(valid)}")
+    return tuple(s for s in valid if s in asked)
