@@ -15,6 +15,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
+from avdali import native
 from avdali.data import sampling
 from avdali.data.config import DataConfig
 from avdali.data.shards import ShardSet, resolve
@@ -76,6 +77,7 @@ def bench_naive(cfg: DataConfig, dataset: str, src: str, splits: list[str] | Non
     """The notebook-style loader over the raw tree."""
     from avdali.data.naive import naive_loader
 
+    native.require(("pyav-h264", "torchaudio"))  # the raw clips' decoder and the MFCC, before the workers start
     loader = naive_loader(dataset, src, splits, cfg)
     return time_batches("naive", _epochs(lambda e: loader), lambda b: len(b["label"]), count, warmup, cfg.frames)
 
