@@ -69,10 +69,10 @@ def _guarded(name: str, required: bool, fn: Callable[[], Check]) -> Check:
 # --- Python and packages --------------------------------------------------------------------------------
 
 
-def check_python() -> Check:
-    version = sys.version_info[:2]
+def check_python(version_info: tuple = sys.version_info) -> Check:
+    version = tuple(version_info[:2])
     tested = ", ".join(f"{a}.{b}" for a, b in TESTED_PYTHONS)
-    text = f"{version[0]}.{version[1]}.{sys.version_info[2]} ({sys.executable})"
+    text = f"{version[0]}.{version[1]}.{version_info[2]} ({sys.executable})"
     if version < (3, 11):
         return Check("python", "fail", f"{text}: avdali needs ≥ 3.11", f"use Python {tested}")
     note = "" if version in TESTED_PYTHONS else f"; untested (tested: {tested})"
@@ -215,14 +215,14 @@ def check_nvdec() -> Check:
         ctypes.CDLL("libnvcuvid.so.1")
     except OSError as e:
         return Check("nvdec", "fail", f"libnvcuvid.so.1 does not load ({e})", NVDEC_FIX, required=False)
-    from avdali.data.dali import probe_mixed_video_decode
+    from avdali.data.dali import probe_video_decode
 
     frames = native.gradient_frames(8, 128)  # NVDEC's minimum VP9 frame is 128x128
     with tempfile.TemporaryDirectory(prefix="avdali-doctor-") as tmp:
         clip = Path(tmp) / "nvdec-probe.webm"
         clip.write_bytes(native.encode_video(frames, "libvpx-vp9", "webm"))
         try:
-            decoded = probe_mixed_video_decode(clip.read_bytes(), 0)
+            decoded = probe_video_decode(clip.read_bytes(), 0)
         except Exception as e:  # noqa: BLE001 - the failure is the finding
             return Check("nvdec", "fail", f"DALI mixed VP9 decode: {native.reason(e)}", NVDEC_FIX, required=False)
     if decoded.shape != frames.shape:

@@ -354,15 +354,16 @@ def probe_cpu_pipeline() -> None:
 
 
 @pipeline_def(enable_conditionals=False)
-def _probe_video_pipeline(*, encoded: np.ndarray):
+def _probe_video_pipeline(*, encoded: np.ndarray, device: str):
     data = fn.external_source(source=lambda: encoded, batch=False)
-    return fn.decoders.video(data, device="mixed")
+    return fn.decoders.video(data, device=device)
 
 
-def probe_mixed_video_decode(encoded: bytes, device_id: int = 0) -> np.ndarray:
-    """Decode one in-memory video with DALI's ``mixed`` (NVDEC) decoder on ``device_id``: frames F,H,W,C uint8."""
-    pipe = _probe_video_pipeline(encoded=np.frombuffer(encoded, dtype=np.uint8), batch_size=1, num_threads=1,
-                                 device_id=device_id, prefetch_queue_depth=1)
+def probe_video_decode(encoded: bytes, device_id: int | None = 0) -> np.ndarray:
+    """Decode one in-memory video with DALI: the ``mixed`` (NVDEC) decoder on ``device_id``, or the CPU decoder when
+    ``device_id`` is None. Frames F,H,W,C uint8."""
+    pipe = _probe_video_pipeline(encoded=np.frombuffer(encoded, dtype=np.uint8), device="cpu" if device_id is None else "mixed",
+                                 batch_size=1, num_threads=1, device_id=device_id, prefetch_queue_depth=1)
     pipe.build()
     (out,) = pipe.run()
-    return np.asarray(out.as_cpu().at(0))
+    return np.asarray((out if device_id is None else out.as_cpu()).at(0))
