@@ -10,7 +10,6 @@ module stays cheap and ``packing`` can use it without importing torch.
 
 from __future__ import annotations
 
-import functools
 import io
 from dataclasses import dataclass
 from importlib import metadata
@@ -34,6 +33,8 @@ class Part:
     """What the probe exercises, for the doctor's line."""
     probe: Callable[[], str]
     """Raises when the piece does not work; returns a short detail on success."""
+    alternative: str = ""
+    """What a user can do instead while it is broken (appended to the error)."""
 
 
 def _torchaudio() -> str:
@@ -137,7 +138,7 @@ PARTS: dict[str, Part] = {
     part.name: part
     for part in (
         Part("torchaudio", "torchaudio", "C extension", _torchaudio),
-        Part("dali", "nvidia-dali-cuda130", "backend", _dali),
+        Part("dali", "nvidia-dali-cuda130", "backend", _dali, 'or set data.loader = "torch"'),
         Part("pyav-vp9", "av", "VP9 encode/decode", _vp9),
         Part("pyav-h264", "av", "H.264 decode", _h264),
         Part("soundfile-flac", "soundfile", "FLAC", _flac),
@@ -168,19 +169,32 @@ def reason(error: BaseException) -> str:
     return text if len(text) <= 300 else text[:297] + "..."
 
 
-@functools.cache
+_WORKING: dict[str, str] = {}
+"""Probes that passed in this process (a failure is not remembered: it is reported, and the command stops)."""
+
+
 def check(name: str) -> tuple[bool, str]:
-    """Run ``name``'s probe once per process: (works, detail or reason)."""
+    """Run ``name``'s probe (once per process when it passes): (works, detail or reason)."""
+    if name in _WORKING:
+        return True, _WORKING[name]
     try:
-        return True, PARTS[name].probe()
+        detail = PARTS[name].probe()
     except Exception as e:  # noqa: BLE001 - any failure of a native call (ImportError, OSError, RuntimeError …) is the finding
         return False, reason(e)
+    _WORKING[name] = detail
+    return True, detail
+
+
+def forget() -> None:
+    """Probe again at the next ``check`` (tests that break a library on purpose)."""
+    _WORKING.clear()
 
 
 def failure_message(name: str, why: str) -> str:
     part = PARTS[name]
+    alternative = f" ({part.alternative})" if part.alternative else ""
     return (f"{part.package} {version_of(part.package)} cannot be used ({part.what}): {why} — "
-            f"run `avdali doctor`, then reinstall the tested versions (pip install -e .)")
+            f"run `avdali doctor`, then reinstall the tested versions (pip install -e .){alternative}")
 
 
 def require(names: Iterable[str]) -> None:

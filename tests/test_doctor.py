@@ -20,9 +20,9 @@ GPU_CHECKS = {"cuda", "dali-gpu", "nvdec"}
 
 @pytest.fixture(autouse=True)
 def fresh_probes():
-    native.check.cache_clear()
+    native.forget()
     yield
-    native.check.cache_clear()
+    native.forget()
 
 
 def doctor_json(tmp_path, *extra):

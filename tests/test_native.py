@@ -20,9 +20,9 @@ runner = CliRunner()
 @pytest.fixture(autouse=True)
 def fresh_probes():
     """Probes are cached per process: each test sees its own (possibly broken) libraries."""
-    native.check.cache_clear()
+    native.forget()
     yield
-    native.check.cache_clear()
+    native.forget()
 
 
 def test_torchaudio_melspectrogram_peaks_at_the_tone():
