@@ -7,6 +7,8 @@ SHARDS: a RAVDESS shard folder with all five folds (e.g. `avdali synth ravdess r
 --size 320x180 && avdali shard ravdess raw SHARDS`). OUT: where the logs and JSON results go.
 
 Steps (each with its own time limit, so one hang does not hide the rest; the summary says which passed):
+0. `avdali doctor --json`: what the machine offers (CUDA, DALI on the GPU, NVDEC) and what is broken; its report is
+   the summary's ``doctor`` entry (the steps run either way).
 1. `avdali train --config configs/ravdess.toml --gpus 1`: torch.distributed's elastic launcher, NCCL, DDP,
    bf16 autocast, torch.compile (inductor), channels_last, atomic checkpoints, TensorBoard; two short epochs.
 2. `avdali eval` of its best.pt on the test fold, on CUDA.
@@ -48,6 +50,18 @@ def run_step(name: str, command: list[str], limit_s: int, out: Path) -> dict:
     return {"rc": rc, "seconds": seconds}
 
 
+def doctor_report(avdali: list[str], out: Path) -> dict:
+    """``avdali doctor --json`` (written to OUT/doctor.json): rc, seconds and the parsed report."""
+    result = run_step("doctor", [*avdali, "doctor", "--json", "--output", str(out)], 180, out)
+    text = (out / "doctor.log").read_text(errors="replace")
+    try:
+        result["report"] = json.JSONDecoder().raw_decode(text[text.index("{"):])[0]  # warnings may follow
+    except ValueError as e:  # a crash before the JSON: the log says why
+        result["report"] = f"unreadable: {e}"
+    (out / "doctor.json").write_text(json.dumps(result["report"], indent=1))
+    return result
+
+
 def tensorboard_tags(run_dir: Path) -> list[str]:
     """Scalar tags of the run's TensorBoard events, read back with TensorBoard's own reader."""
     try:
@@ -76,7 +90,7 @@ def main() -> int:
     set_flags = [flag for value in sets for flag in ("--set", value)]
     run_dir = args.run_dir or args.out / "run"
     avdali = [sys.executable, "-m", "avdali"]
-    summary = {}
+    summary = {"doctor": doctor_report(avdali, args.out)}
     launch = ["--device", "cpu", "--procs", "2"] if args.cpu else ["--gpus", "1"]
     summary["train"] = run_step("train", [*avdali, "train", "--config", CONFIG, *launch, "--run-dir", str(run_dir),
                                           *set_flags, "--set", f"train.epochs={args.epochs}"], 240, args.out)

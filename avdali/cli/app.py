@@ -5,6 +5,7 @@ import typer
 from avdali.cli import bench, shard, synth
 from avdali.cli import cv as cv_cmd
 from avdali.cli import demo as demo_cmd
+from avdali.cli import doctor as doctor_cmd
 from avdali.cli import eval as eval_cmd
 from avdali.cli import inspect as inspect_cmd
 from avdali.cli import predict as predict_cmd
@@ -18,7 +19,9 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 
-# In the order of the workflow (what `avdali --help` lists): data → training → use → the all-in-one runs → benchmarks.
+# In the order of the workflow (what `avdali --help` lists): the machine check → data → training → use → the all-in-one
+# runs → benchmarks.
+app.command(name="doctor")(doctor_cmd.doctor)
 app.add_typer(synth.app, name="synth")
 app.add_typer(shard.app, name="shard")
 app.command(name="inspect")(inspect_cmd.inspect)

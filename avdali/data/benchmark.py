@@ -15,6 +15,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
+from avdali import native
 from avdali.data import sampling
 from avdali.data.config import DataConfig
 from avdali.data.shards import ShardSet, resolve
@@ -77,6 +78,7 @@ def bench_naive(cfg: DataConfig, dataset: str | None, src: str, splits: list[str
     from avdali.data.naive import naive_loader
     from avdali.packing.manifest import read_manifest
 
+    native.require(("pyav-h264", "torchaudio"))  # the raw clips' decoder and the MFCC, before the workers start
     manifest = read_manifest(cfg.shards)
     loader = naive_loader(dataset or manifest.dataset, src, splits, cfg, manifest)
     return time_batches("naive", _epochs(lambda e: loader), lambda b: len(b["label"]), count, warmup, cfg.frames)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Iterator, Protocol, Sequence
 
+from avdali import native
 from avdali.data.batch import Batch
 from avdali.data.config import DataConfig
 from avdali.data.integrity import rank_tars, verify_shards
@@ -56,6 +57,7 @@ def build_loader(
     With ``cfg.verify`` the tars this rank reads are checked against the manifest's SHA-256 first.
     """
     _check_device(device)
+    native.require(native.loader_parts(cfg.loader))  # in this process, before any worker or pipeline thread starts
     if not 0 <= rank < world_size:
         raise AvdaliError(f"rank {rank} is outside world size {world_size}")
     shardset = resolve(cfg.shards, list(splits))

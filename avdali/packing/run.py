@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from avdali import labels
+from avdali import labels, native
 from avdali.errors import AvdaliError
 from avdali.packing import format as fmt
 from avdali.packing.manifest import Manifest, ShardEntry, build_manifest, read_manifest, write_manifest
@@ -384,6 +384,7 @@ def pack(
     Raises ``AvdaliError`` for a bad ``src`` or a mismatching earlier run, ``PackFailed`` after writing
     the manifest when nothing could be packed or (``strict``) anything was skipped.
     """
+    native.require(native.PACK_PARTS)  # a library that does not load: one line here, not a worker traceback
     from avdali.sources import scan as scan_dataset
 
     src, out = Path(src), Path(out)

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
+from avdali import native
 from avdali.data.build import build_loader
 from avdali.errors import AvdaliError
 from avdali.labels import LABEL_SPACES
@@ -149,6 +150,7 @@ def resolve_config(cfg: RunConfig, *, resume: bool = False, now: datetime | None
 
 def run_training(cfg: RunConfig, *, resume: bool = False, nprocs: int = 1, reporter: Reporter | None = None) -> TrainResult:
     """Resolve ``cfg`` and train: in this process, on ``nprocs`` local ranks, or as one rank of a torchrun job."""
+    native.require(native.loader_parts(cfg.data.loader))  # before ranks and DataLoader workers start
     cfg = resolve_config(cfg, resume=resume)
     run_dir = Path(cfg.train.run_dir)
     if not resume and (run_dir / ckpt.LAST).exists():

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from avdali import native
 from avdali.data.single import clip_batch
 from avdali.errors import AvdaliError
 from avdali.packing.manifest import read_manifest
@@ -96,6 +97,7 @@ def predict_clip(loaded: LoadedModel, path: str | Path, options: PackOptions | N
 
     ``options``: pack options for the transcode (default: ``pack_options_for(loaded.config)``).
     """
+    native.require((*native.PACK_PARTS, *native.loader_parts("torch")))  # transcode + the torch loader's features
     path = Path(path)
     origin = "given"
     if options is None:
