@@ -3,13 +3,15 @@ in a temp folder. Sizes are chosen for a 2-core CPU machine."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-MELD_CSV_DIR = REPO.parent / "shared" / "datasets" / "meld"
-"""The real MELD label CSVs (shared/ lies beside the clone, in CI too)."""
+MELD_CSV_DIR = Path(os.environ.get("AVDALI_MELD_CSV_DIR") or REPO.parent / "shared" / "datasets" / "meld")
+"""The real MELD label CSVs (shared/ lies beside the clone, in CI too; AVDALI_MELD_CSV_DIR points elsewhere,
+e.g. from a git worktree)."""
 
 # One actor from each of the 5 folds (DATASETS.md), so every fold has shards.
 TINY_ACTORS = (2, 3, 10, 8, 1)
