@@ -38,7 +38,7 @@ def fake_table() -> CrossTable:
     columns = [CrossColumn(Path("s/ravdess"), "ravdess", "ravdess"), CrossColumn(Path("s/meld"), "meld", "meld")]
     rng = np.random.default_rng(0)
     cells = [[CrossCell(rows[i].trained_on == columns[j].dataset, ("fold1",) if j == 0 else ("test",),
-                        {**{k: float(rng.random()) for k in CELL_KEYS}, "num_samples": 10 + i + j})
+                        metrics={**{k: float(rng.random()) for k in CELL_KEYS}, "num_samples": 10 + i + j})
               for j in range(2)] for i in range(2)]
     return CrossTable(rows, columns, cells)
 
@@ -101,8 +101,16 @@ def test_plan_split_rule_and_in_domain(tmp_path, ravdess_shards, meld_shards):
         [("fold2",), ("test",)],  # in-domain: its held-out fold, like `avdali eval`
         [folds, ("test",)],  # a MELD model never saw any RAVDESS actor: every fold
     ]
-    _, table = plan_cross([on_meld], [ravdess_shards], {"ravdess": ("fold1",)}, device="cpu")
-    assert table.cells[0][0].splits == ("fold1",)
+    assert not any(c.seen_splits for row in table.cells for c in row)
+    # a chosen split applies to every row; an in-domain cell that then reads a training split says so
+    _, table = plan_cross([on_ravdess, on_meld], [ravdess_shards], {"ravdess": ("fold1", "fold2")}, device="cpu")
+    assert [row[0].splits for row in table.cells] == [("fold1", "fold2")] * 2
+    assert [row[0].seen_splits for row in table.cells] == [("fold1",), ()]  # fold 2's run trains on folds 1, 4, 5
+    for row in table.cells:
+        row[0].metrics = {k: 0.0 for k in CELL_KEYS}
+    text = markdown(table)
+    assert "| rav/best.pt (ravdess) | 0.000*† |" in text and "| meld/best.pt (meld) | 0.000 |" in text
+    assert "`†` reads splits the checkpoint was trained or validated on" in text
 
 
 def test_plan_reads_the_dataset_from_the_config_when_shards_moved(tmp_path, ravdess_shards, meld_shards):
@@ -162,3 +170,6 @@ def test_cross_cells_equal_avdali_eval(tmp_path, ravdess_shards, meld_shards):
             for key in CELL_KEYS:
                 assert cell[key] == pytest.approx(expected["metrics"][key], rel=1e-6), (i, j, key)
     assert doc["cells"][0][0]["splits"] == ["fold3", "fold4"] and doc["cells"][0][1]["splits"] == ["test"]
+    assert doc["cells"][0][0]["seen_splits"] == ["fold4"]  # fold 3's run validates on fold 4
+    assert [c["seen_splits"] for c in doc["cells"][1]] == [[], []]
+    assert "†" in (out / "cross.md").read_text()

@@ -9,7 +9,8 @@ Which splits a cell reads (the rule, also in README):
   held-out test split (``data.test_splits`` when the shards hold them, else RAVDESS ``fold{data.fold}``, MELD ``test``);
 - out-of-domain: RAVDESS all folds (the model never saw any of its actors, so every clip is held out),
   any other dataset its test split (MELD ``test``, the split the literature reports);
-- ``--split DATASET=SPLIT[+SPLIT…]`` replaces the rule for every cell of that dataset's columns.
+- ``--split DATASET=SPLIT[+SPLIT…]`` replaces the rule for every cell of that dataset's columns. An in-domain cell
+  that then reads splits the checkpoint was trained or validated on says so (``seen_splits``, ``†``).
 
 Everything is checked before the first evaluation (checkpoints load, manifests read, label spaces fit, splits
 exist), so bad input costs one line and no waiting.
@@ -28,6 +29,7 @@ import numpy as np
 from avdali.errors import AvdaliError
 from avdali.packing.manifest import Manifest, read_manifest
 from avdali.train.inference import LoadedModel, check_label_space, default_eval_splits, evaluate_checkpoint, load_model
+from avdali.train.protocol import ravdess_fold_splits
 from avdali.train.report import _atomic_write, write_json
 
 TABLE_METRICS = (("acc", "accuracy"), ("ua", "UA"), ("weighted_f1", "weighted F1"), ("macro_f1", "macro F1"))
@@ -36,6 +38,8 @@ CELL_KEYS = ("acc", "ua", "weighted_f1", "macro_f1", "loss", "num_samples")
 """Scalars kept per cell in the JSON."""
 IN_DOMAIN_MARK = "*"
 """Appended to in-domain values in the Markdown table."""
+SEEN_MARK = "†"
+"""Appended to values of cells that read clips the checkpoint was trained or validated on."""
 SCHEMA = "avdali.cross/1"
 """The JSON's ``schema`` value; bumped when its layout changes."""
 
@@ -76,6 +80,8 @@ class CrossCell:
     """The checkpoint was trained on this dataset (its held-out split is read unless ``--split`` says otherwise)."""
     splits: tuple[str, ...]
     """The splits read (together, as one set)."""
+    seen_splits: tuple[str, ...] = ()
+    """Those of ``splits`` the checkpoint was trained or validated on (only an in-domain ``--split`` can cause it)."""
     metrics: dict[str, float] = field(default_factory=dict)
     """``CELL_KEYS`` of ``evaluate``'s dict (empty until evaluated)."""
     seconds: float = 0.0
@@ -114,6 +120,7 @@ class CrossTable:
             "cells": [
                 [
                     {"checkpoint": i, "shards": j, "in_domain": cell.in_domain, "splits": list(cell.splits),
+                     "seen_splits": list(cell.seen_splits),
                      **{k: _number(cell.metrics[k]) for k in CELL_KEYS}, "seconds": round(cell.seconds, 3)}
                     for j, cell in enumerate(row)
                 ]
@@ -156,6 +163,18 @@ def training_dataset(loaded: LoadedModel) -> str:
         f"{loaded.path}: cannot tell which dataset it was trained on (its data.dataset is empty and its "
         f"data.shards {data.shards} has no readable manifest)"
     )
+
+
+def seen_splits(loaded: LoadedModel, trained_on: str) -> tuple[str, ...]:
+    """Splits of its own dataset the checkpoint was trained or validated on (explicit, else the dataset's protocol)."""
+    data = loaded.config.data
+    if trained_on == "ravdess":
+        train, val, _ = ravdess_fold_splits(data.fold)
+    elif trained_on == "meld":
+        train, val = ("train",), ("dev",)
+    else:
+        train, val = (), ()
+    return tuple(data.train_splits or train) + tuple(data.val_splits or val)
 
 
 def cell_splits(loaded: LoadedModel, trained_on: str, manifest: Manifest, shards: Path, chosen: tuple[str, ...] | None) -> tuple[str, ...]:
@@ -210,7 +229,10 @@ def plan_cross(
         line = []
         for s, manifest in zip(shards, manifests):
             check_label_space(model, manifest, s)
-            line.append(CrossCell(trained_on == manifest.dataset, cell_splits(model, trained_on, manifest, s, splits.get(manifest.dataset))))
+            read = cell_splits(model, trained_on, manifest, s, splits.get(manifest.dataset))
+            in_domain = trained_on == manifest.dataset
+            seen = tuple(x for x in read if x in seen_splits(model, trained_on)) if in_domain else ()
+            line.append(CrossCell(in_domain, read, seen))
         cells.append(line)
     return models, CrossTable(rows, columns, cells, device=models[0].device.type)
 
@@ -252,16 +274,22 @@ def markdown(table: CrossTable) -> str:
         lines = [f"**{title}**", "", header, rule]
         for name, row in zip(names, table.cells):
             lines.append(f"| {name} | " + " | ".join(
-                f"{cell.metrics[key]:.3f}{IN_DOMAIN_MARK if cell.in_domain else ''}" for cell in row) + " |")
+                f"{cell.metrics[key]:.3f}{_marks(cell)}" for cell in row) + " |")
         parts.append("\n".join(lines))
     lines = ["**clips (splits)**", "", header, rule]
     for name, row in zip(names, table.cells):
         lines.append(f"| {name} | " + " | ".join(
             f"{int(cell.metrics['num_samples'])} ({'+'.join(cell.splits)})" for cell in row) + " |")
     parts.append("\n".join(lines))
-    note = (f"{IN_DOMAIN_MARK} in-domain: the checkpoint's own dataset, read on its held-out test split. "
-            "UA = unweighted accuracy (mean per-class recall).")
+    note = (f"`{IN_DOMAIN_MARK}` in-domain: the checkpoint was trained on this dataset (by default read on its held-out "
+            "test split). UA = unweighted accuracy (mean per-class recall).")
+    if any(cell.seen_splits for row in table.cells for cell in row):
+        note += f" `{SEEN_MARK}` reads splits the checkpoint was trained or validated on (chosen with --split)."
     return "\n\n".join(parts) + "\n\n" + note + "\n"
+
+
+def _marks(cell: CrossCell) -> str:
+    return (IN_DOMAIN_MARK if cell.in_domain else "") + (SEEN_MARK if cell.seen_splits else "")
 
 
 def heatmap_figure(table: CrossTable):
@@ -282,12 +310,16 @@ def heatmap_figure(table: CrossTable):
         ax.set_yticks(range(n), row_names, fontsize=7)
         for i in range(n):
             for j in range(m):
-                mark = IN_DOMAIN_MARK if in_domain[i, j] else ""
+                mark = _marks(table.cells[i][j])
                 ax.text(j, i, f"{values[i, j]:.3f}{mark}", ha="center", va="center", fontsize=9,
                         color="black" if values[i, j] > 0.6 else "white")
                 if in_domain[i, j]:
-                    ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2.5))
-    fig.suptitle("checkpoints (rows) × datasets (columns); framed, * = in-domain", fontsize=9)
+                    # inset so that the frame is not half clipped at the axes' edge
+                    ax.add_patch(Rectangle((j - 0.46, i - 0.46), 0.92, 0.92, fill=False, edgecolor="red", linewidth=3))
+    title = f"checkpoints (rows) × datasets (columns); framed, {IN_DOMAIN_MARK} = in-domain"
+    if any(cell.seen_splits for row in table.cells for cell in row):
+        title += f"; {SEEN_MARK} = reads splits it was trained or validated on"
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return fig
 
