@@ -173,3 +173,36 @@ def test_cross_cells_equal_avdali_eval(tmp_path, ravdess_shards, meld_shards):
     assert doc["cells"][0][0]["seen_splits"] == ["fold4"]  # fold 3's run validates on fold 4
     assert [c["seen_splits"] for c in doc["cells"][1]] == [[], []]
     assert "†" in (out / "cross.md").read_text()
+
+
+# --- avdali demo --cross -------------------------------------------------------------------------------------------
+
+
+def test_demo_cross_without_meld_csvs_is_one_line(tmp_path, monkeypatch):
+    import avdali.cli.demo
+
+    monkeypatch.setattr(avdali.cli.demo, "find_meld_csv_dir", lambda starts: None)
+    result = run("demo", "--cross", "--quick", "--out", tmp_path / "demo")
+    assert result.exit_code == 1 and "--cross needs the real MELD CSVs" in result.output
+    assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "demo").exists()
+
+
+@pytest.mark.slow  # ~1.5 min on 2 quiet cores: the quick RAVDESS demo and a quick MELD run, 1 epoch each, then 4 cells
+def test_quick_cross_demo_end_to_end(tmp_path, meld_csv_dir):
+    out = tmp_path / "demo"
+    result = run("demo", "--cross", "--quick", "--out", out, "--meld-csv", meld_csv_dir, "--set", "train.epochs=1",
+                 "--json", tmp_path / "r.json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "r.json").read_text())
+    assert [s["name"] for s in summary["stages"]] == ["meld synth", "meld shard", "meld train", "cross"]
+    meld_ckpt = Path(summary["meld"]["best_checkpoint"])
+    assert meld_ckpt.is_file() and meld_ckpt.parent.parent == out / "meld" / "runs"
+    doc = json.loads((out / "cross" / "cross.json").read_text())
+    assert [c["path"] for c in doc["checkpoints"]] == [summary["ravdess"]["best_checkpoint"], str(meld_ckpt)]
+    assert [c["trained_on"] for c in doc["checkpoints"]] == ["ravdess", "meld"]
+    assert [s["dataset"] for s in doc["shards"]] == ["ravdess", "meld"]
+    assert [[c["in_domain"] for c in row] for row in doc["cells"]] == [[True, False], [False, True]]
+    assert doc["cells"][0][0]["splits"] == ["fold1"] and doc["cells"][1][0]["num_samples"] == 120  # all 5 actors × 24
+    assert doc["cells"][1][1]["ua"] == pytest.approx(summary["meld"]["test"]["ua"], rel=1e-5)  # = the run's own test
+    assert (out / "cross" / "cross.png").read_bytes().startswith(PNG_MAGIC)
+    assert "cross-dataset table" in result.output and "**macro F1**" in result.output
