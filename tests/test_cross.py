@@ -145,7 +145,7 @@ def test_cli_bad_input_is_one_line(tmp_path, ravdess_shards, meld_shards):
 # --- end to end against `avdali eval` ----------------------------------------------------------------------------
 
 
-@pytest.mark.slow  # ~40 s on 2 shared cores: 4 cells, then 4 `avdali eval` references
+@pytest.mark.slow  # 83 s on 2 cores at load ≈ 6: 4 cells, then 4 `avdali eval` references
 def test_cross_cells_equal_avdali_eval(tmp_path, ravdess_shards, meld_shards):
     on_ravdess = make_checkpoint(tmp_path / "rav" / "best.pt", ravdess_shards, "data.fold=3", seed=0)
     on_meld = make_checkpoint(tmp_path / "meld" / "best.pt", meld_shards, seed=1)
@@ -187,7 +187,7 @@ def test_demo_cross_without_meld_csvs_is_one_line(tmp_path, monkeypatch):
     assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "demo").exists()
 
 
-@pytest.mark.slow  # ~1.5 min on 2 quiet cores: the quick RAVDESS demo and a quick MELD run, 1 epoch each, then 4 cells
+@pytest.mark.slow  # 317 s on 2 cores at load ≈ 6 (3 min CPU): quick RAVDESS demo and quick MELD, 1 epoch each, 4 cells
 def test_quick_cross_demo_end_to_end(tmp_path, meld_csv_dir):
     out = tmp_path / "demo"
     result = run("demo", "--cross", "--quick", "--out", out, "--meld-csv", meld_csv_dir, "--set", "train.epochs=1",
