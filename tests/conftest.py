@@ -3,16 +3,17 @@ in a temp folder. Sizes are chosen for a 2-core CPU machine."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-MELD_CSV_DIR = next(
+MELD_CSV_DIR = Path(os.environ.get("AVDALI_MELD_CSV_DIR") or next(
     (p / "shared" / "datasets" / "meld" for p in REPO.parents if (p / "shared" / "datasets" / "meld" / "train_sent_emo.csv").exists()),
     REPO.parent / "shared" / "datasets" / "meld",
-)
-"""The real MELD label CSVs (shared/ lies beside the clone in CI, or further up above a worktree)."""
+))
+"""The real MELD label CSVs: AVDALI_MELD_CSV_DIR, else shared/ beside the clone (CI) or further up (a worktree)."""
 
 # One actor from each of the 5 folds (DATASETS.md), so every fold has shards.
 TINY_ACTORS = (2, 3, 10, 8, 1)

@@ -3,6 +3,7 @@
 import typer
 
 from avdali.cli import bench, shard, synth
+from avdali.cli import cross as cross_cmd
 from avdali.cli import cv as cv_cmd
 from avdali.cli import demo as demo_cmd
 from avdali.cli import doctor as doctor_cmd
@@ -28,6 +29,7 @@ app.command(name="inspect")(inspect_cmd.inspect)
 app.command(name="train")(train_cmd.train)
 app.command(name="eval")(eval_cmd.eval_checkpoint)
 app.command(name="predict")(predict_cmd.predict)
+app.command(name="cross")(cross_cmd.cross)
 app.command(name="cv")(cv_cmd.cv)
 app.command(name="demo")(demo_cmd.demo)
 app.add_typer(bench.app, name="bench")

@@ -127,7 +127,7 @@ class TrainResult:
 
 
 def resolve_config(cfg: RunConfig, *, resume: bool = False, now: datetime | None = None) -> RunConfig:
-    """Fill every "auto" (device, amp, compile, metric) and the run folder: the config that gets written down."""
+    """Fill every "auto" (device, amp, compile, metric), the dataset and the run folder: the config that gets written down."""
     device = resolve_device(cfg.train.device)
     plan = plan_splits(cfg.data.shards, cfg.data.fold, cfg.data.train_splits, cfg.data.val_splits, cfg.data.test_splits)
     train = cfg.train
@@ -145,7 +145,9 @@ def resolve_config(cfg: RunConfig, *, resume: bool = False, now: datetime | None
         metric=train.metric if train.metric != "auto" else default_metric(plan.dataset),
         run_dir=run_dir,
     )
-    return dataclasses.replace(cfg, train=train)
+    # Written down so that a checkpoint says which dataset it learned from after its shards move (`avdali cross`).
+    data = dataclasses.replace(cfg.data, dataset=cfg.data.dataset or plan.dataset)
+    return dataclasses.replace(cfg, data=data, train=train)
 
 
 def run_training(cfg: RunConfig, *, resume: bool = False, nprocs: int = 1, reporter: Reporter | None = None) -> TrainResult:
