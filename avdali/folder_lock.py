@@ -56,7 +56,7 @@ class Holder:
 
     def is_dead_here(self) -> bool:
         """True when the holder ran on this host and no process with its pid exists any more."""
-        if self.host != socket.gethostname():
+        if self.host != socket.gethostname() or self.pid <= 0:  # kill(0 or -1) would signal groups, not a pid
             return False
         try:
             os.kill(self.pid, 0)
