@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Protocol
 
 from avdali.errors import AvdaliError
+from avdali.folder_lock import hold_folder
 from avdali.packing.options import PackOptions
 from avdali.packing.run import PackEvent, PackResult
 
@@ -137,6 +138,9 @@ class DemoProgress(Protocol):
     def pack(self, event: PackEvent) -> None:
         """The packer's events."""
 
+    def message(self, text: str) -> None:
+        """A line to show (e.g. a stale folder lock taken over)."""
+
     def reporter(self):
         """The training Reporter (``avdali.train.loop.Reporter``), or None for none."""
 
@@ -148,6 +152,7 @@ class NullProgress:
     def stage_done(self, stage, detail): ...
     def synth(self, done, total): ...
     def pack(self, event): ...
+    def message(self, text): ...
     def reporter(self):
         return None
 
@@ -225,11 +230,18 @@ def test_actors(size: DemoSize, fold: int) -> tuple[int, ...]:
 def run_demo(
     out: Path, *, seed: int = 0, size: DemoSize = FULL, overrides: tuple[str, ...] = (), progress: DemoProgress | None = None
 ) -> DemoResult:
-    """The whole demo: synthesize (or reuse) → pack (or resume) → train a fresh run → test on held-out actors."""
+    """The whole demo: synthesize (or reuse) → pack (or resume) → train a fresh run → test on held-out actors.
+
+    Holds ``out``'s folder lock throughout (``avdali.folder_lock``): a second demo into the same folder stops at once.
+    """
+    progress = progress or NullProgress()
+    with hold_folder(out, "avdali demo", progress.message):
+        return _run_demo_locked(Path(out), seed, size, overrides, progress)
+
+
+def _run_demo_locked(out: Path, seed: int, size: DemoSize, overrides: tuple[str, ...], progress: DemoProgress) -> DemoResult:
     from avdali.train.loop import run_training
 
-    progress = progress or NullProgress()
-    out = Path(out)
     raw, shards = out / "raw", out / "shards"
     stages: list[StageTime] = []
 

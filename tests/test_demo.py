@@ -4,6 +4,7 @@ synth → shards → training → test on held-out actors, then a re-run that re
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from typer.testing import CliRunner
 from avdali import demo
 from avdali.cli.app import app
 from avdali.errors import AvdaliError
+from avdali.folder_lock import LOCK_NAME
 from avdali.sources.ravdess import actor_fold
 from avdali.train.config import load_config
 
@@ -87,8 +89,9 @@ def test_new_run_dir_never_reuses_a_folder(tmp_path):
 
 
 @pytest.mark.slow
-def test_quick_demo_end_to_end_then_rerun_reuses_data(tmp_path):
-    out = tmp_path / "demo"
+def test_quick_demo_end_to_end_then_rerun_reuses_data(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the default --out, output/demo, as a user runs it
+    out = Path("output") / "demo"
     result = runner.invoke(app, ["demo", "--quick", "--out", str(out), "--json", str(tmp_path / "r1.json")])
     assert result.exit_code == 0, result.output
     first = json.loads((tmp_path / "r1.json").read_text())
@@ -109,3 +112,35 @@ def test_quick_demo_end_to_end_then_rerun_reuses_data(tmp_path):
     assert [s["reused"] for s in second["stages"]] == [True, True, False]
     assert second["run_dir"] != first["run_dir"] and (Path(second["run_dir"]) / "best.pt").is_file()
     assert {p.name: p.read_bytes() for p in (out / "shards").glob("*.tar")} == shard_bytes
+    assert not list(out.rglob(LOCK_NAME))  # every folder lock went with its run
+
+    # What the Quickstart says to run next: predict finds the newest best.pt under output/ (the second run's)
+    clip, _ = quickstart_next_steps()
+    result = runner.invoke(app, ["predict", clip, "--device", "cpu", "--json"])
+    assert result.exit_code == 0, result.output
+    chosen = Path(second["run_dir"]) / "best.pt"
+    assert f"checkpoint: {chosen} (the newest best.pt under output/)" in result.stderr
+    assert json.loads(result.stdout)["checkpoint"] == str(chosen)
+
+
+def quickstart_next_steps() -> tuple[str, str]:
+    """The clip the README's Quickstart predicts on and the folder it points TensorBoard at."""
+    text = (REPO / "README.md").read_text()
+    quickstart = text[text.index("## Quickstart") : text.index("## What it does")]
+    clip = re.search(r"^avdali predict (\S+)", quickstart, re.M)
+    logdir = re.search(r"^tensorboard --logdir (\S+)", quickstart, re.M)
+    assert clip and logdir, "the Quickstart ends with the predict and tensorboard commands"
+    return clip.group(1), logdir.group(1)
+
+
+def test_quickstart_next_steps_name_what_the_demo_makes():
+    from avdali.synth.ravdess import plan_ravdess
+
+    clip, logdir = quickstart_next_steps()
+    for size in (demo.FULL, demo.QUICK):
+        raw = Path("output/demo/raw")
+        made = {str(j.mp4_path) for j in plan_ravdess(raw, actors=size.actors, size=size.source_size,
+                                                       trials_per_actor=size.trials_per_actor, seed=0)}
+        assert clip in made, (size.name, clip)
+    assert actor_fold(int(Path(clip).parent.name.split("_")[1])) == load_config(demo.DEMO_CONFIG).data.fold  # held out
+    assert logdir == str(demo.new_run_dir(Path("output/demo/runs")).parent)

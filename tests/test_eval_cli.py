@@ -149,6 +149,12 @@ def test_newest_checkpoint(tmp_path):
         (tmp_path / "output" / name / "best.pt").write_bytes(b"x")
         os.utime(tmp_path / "output" / name / "best.pt", (1000 + i, 1000 + i))
     assert newest_checkpoint(tmp_path / "output") == tmp_path / "output" / "a-run" / "best.pt"
+    # any depth: avdali demo's run folders are output/demo/runs/demo-<time>/
+    deep = tmp_path / "output" / "demo" / "runs" / "demo-20261129-230000" / "best.pt"
+    deep.parent.mkdir(parents=True)
+    deep.write_bytes(b"x")
+    os.utime(deep, (1002, 1002))
+    assert newest_checkpoint(tmp_path / "output") == deep
 
 
 # --- the CLI end to end -----------------------------------------------------------------------------------------

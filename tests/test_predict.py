@@ -97,14 +97,17 @@ def test_predict_cli_default_checkpoint_and_json(tmp_path, monkeypatch, ravdess_
     result = run("predict", av_clip)
     assert result.exit_code == 1 and "no checkpoint given" in result.output
 
-    # the newest output/*/best.pt is used; its shards are gone, so the packer's defaults apply
+    # the newest best.pt anywhere under output/ is used (here where `avdali demo` puts it, two levels deeper than
+    # `avdali train`'s); its shards are gone, so the packer's defaults apply
     make_checkpoint(tmp_path / "output" / "old" / "best.pt", ravdess_shards)
-    newest = make_checkpoint(tmp_path / "output" / "new" / "best.pt", tmp_path / "gone", "data.frames=3")
+    demo_best = Path("output") / "demo" / "runs" / "demo-20261129-230000" / "best.pt"
+    newest = make_checkpoint(tmp_path / demo_best, tmp_path / "gone", "data.frames=3")
     os.utime(tmp_path / "output" / "old" / "best.pt", (1, 1))
     result = run("predict", av_clip, "--json", "--device", "cpu")
     assert result.exit_code == 0, result.output
+    assert f"checkpoint: {demo_best} (the newest best.pt under output/)" in result.stderr
     out = json.loads(result.stdout)
-    assert out["checkpoint"] == str(Path("output") / "new" / "best.pt")
+    assert out["checkpoint"] == str(demo_best)
     assert Path(out["checkpoint"]).resolve() == newest.resolve()
     assert list(out["probabilities"]) == list(UNIFIED)
     assert sum(out["probabilities"].values()) == pytest.approx(1.0, abs=1e-6)

@@ -190,7 +190,7 @@ def test_unwritable_run_folder_is_one_line(tmp_path, monkeypatch):
     toml = tmp_path / "empty.toml"
     toml.write_text("")
     result = runner.invoke(app, [*fake_run_args(shards, run, "train.epochs=1"), "--config", str(toml)])
-    assert_one_error_line(result, "blocked", "cannot write the run folder")
+    assert_one_error_line(result, f"{run}: cannot write the folder (Not a directory)")
 
 
 def _sample(key: str, payload: bytes) -> dict:

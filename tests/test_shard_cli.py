@@ -140,6 +140,10 @@ def test_ctrl_c_and_sigkill_then_resume_gives_the_uninterrupted_bytes(ravdess_sr
     done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr
     assert f"{len(kept)} kept" in done.stdout
+    # the killed run's folder lock is recognised as stale and taken over, and the run says so (Ctrl-C released it)
+    took_over = [line for line in done.stderr.splitlines() if "took over the lock" in line]
+    assert len(took_over) == 1 and f"left by avdali shard (pid {proc.pid} on host " in took_over[0], done.stderr
+    assert took_over[0].endswith("which is no longer running")
     for name, st in kept.items():
         assert (os.stat(out / name).st_ino, os.stat(out / name).st_mtime_ns) == (st.st_ino, st.st_mtime_ns)
     assert folder_bytes(out) == folder_bytes(ravdess_shards)

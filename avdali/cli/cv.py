@@ -36,7 +36,8 @@ def cv(
         console.rule(f"[bold]fold {fold}", align="left")
         return RichReporter()
 
-    summary = run_cv(cfg, fold_list, out, reporter_for=announce)
+    summary = run_cv(cfg, fold_list, out, reporter_for=announce,
+                     on_message=lambda line: console.print(escape(line), highlight=False, soft_wrap=True))
     table = Table(title=f"cross-validation: {len(summary.folds)} folds · best.pt by val {summary.metric} · {escape(str(summary.parent))}")
     table.add_column("fold")
     table.add_column(f"val {summary.metric}", justify="right")

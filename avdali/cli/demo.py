@@ -39,8 +39,13 @@ class RichDemoProgress:
             self._update("packing clips", 0, event.clips_total)
         elif event.kind == "clip":
             self._update("packing clips", None, None, advance=1)
+        elif event.kind == "note":
+            self.message(event.text)
         elif event.kind == "skip" and event.skipped is not None:
             console.print(f"[yellow]skip[/] {escape(event.skipped.source)}: {escape(event.skipped.reason)}", highlight=False)
+
+    def message(self, text: str) -> None:
+        console.print(escape(text), highlight=False, soft_wrap=True)
 
     def reporter(self):
         from avdali.cli.train import RichReporter

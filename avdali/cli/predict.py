@@ -19,7 +19,7 @@ DEVICE_CHOICES = ("auto", "cpu", "cuda")
 @user_errors
 def predict(
     clip: Annotated[Path, typer.Argument(help="A video with an audio track (H.264/AAC mp4 like the datasets', or anything FFmpeg reads).", show_default=False)],
-    checkpoint: Annotated[Optional[Path], typer.Option("--checkpoint", "-k", help="Checkpoint to use (default: the newest output/*/best.pt).", show_default=False)] = None,
+    checkpoint: Annotated[Optional[Path], typer.Option("--checkpoint", "-k", help="Checkpoint to use (default: the newest best.pt anywhere under output/).", show_default=False)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout instead of a table.")] = False,
     device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda.")] = "auto",
 ) -> None:
@@ -30,7 +30,9 @@ def predict(
 
     if device not in DEVICE_CHOICES:
         raise AvdaliError(f"--device must be one of {', '.join(DEVICE_CHOICES)}, got {device!r}")
-    checkpoint = checkpoint or newest_checkpoint()
+    if checkpoint is None:
+        checkpoint = newest_checkpoint()
+        err_console.print(f"checkpoint: {escape(str(checkpoint))} (the newest best.pt under output/)", highlight=False, soft_wrap=True)
     with err_console.status(f"loading {checkpoint}"):
         loaded = load_model(checkpoint, device)
     with err_console.status(f"reading {clip}"):

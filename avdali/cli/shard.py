@@ -59,6 +59,8 @@ class _ProgressPrinter:
             kept = f", {event.shards_kept} kept from an earlier run" if event.shards_kept else ""
             self.progress.console.print(f"{event.shards_total} shards planned{kept}; {event.clips_total} clips to transcode")
             self.task = self.progress.add_task("transcoding", total=event.clips_total)
+        elif event.kind == "note":
+            self.progress.console.print(escape(event.text), highlight=False, soft_wrap=True)
         elif event.kind == "clip" and self.task is not None:
             self.progress.advance(self.task)
         elif event.kind == "skip" and event.skipped is not None:

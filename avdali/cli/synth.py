@@ -6,10 +6,12 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from avdali.cli.common import console, user_errors
 from avdali.errors import AvdaliError
+from avdali.folder_lock import hold_folder
 from avdali.synth.jobs import SynthSummary
 
 app = typer.Typer(
@@ -58,9 +60,11 @@ def find_meld_csv_dir(start_points: list[Path]) -> Path | None:
     return None
 
 
-def _run_with_progress(what: str, make) -> SynthSummary:
+def _run_with_progress(what: str, out: Path, make) -> SynthSummary:
+    """``make(progress)`` under ``out``'s folder lock (one writer per folder), with a progress bar."""
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=console, transient=False) as bar:
+    say = lambda line: console.print(escape(line), highlight=False, soft_wrap=True)  # noqa: E731
+    with hold_folder(out, "avdali synth", say), Progress(*columns, console=console, transient=False) as bar:
         tasks = []  # added on the first report, so a bad option fails before any bar is drawn
 
         def progress(done: int, total: int) -> None:
@@ -103,6 +107,7 @@ def ravdess(
     actor_spec, frame_size = parse_actors(actors), parse_size(size)
     summary = _run_with_progress(
         "ravdess",
+        out,
         lambda progress: make_ravdess(
             out, actors=actor_spec, size=frame_size, trials_per_actor=trials, song=song, flat=flat, seed=seed,
             workers=workers, progress=progress, layout=layout,
@@ -141,6 +146,7 @@ def meld(
     frame_size = parse_size(size)
     summary = _run_with_progress(
         "meld",
+        out,
         lambda progress: make_meld(
             out, csv_dir=csv_dir, limit=limit or None, size=frame_size, max_seconds=max_seconds, seed=seed,
             encoding=encoding, faults=faults, workers=workers, progress=progress, layout=layout,

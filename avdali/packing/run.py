@@ -28,6 +28,7 @@ from typing import Any, Callable, Iterator
 
 from avdali import labels, native
 from avdali.errors import AvdaliError
+from avdali.folder_lock import hold_folder
 from avdali.packing import format as fmt
 from avdali.packing.manifest import Manifest, ShardEntry, build_manifest, read_manifest, write_manifest
 from avdali.packing.options import PackOptions
@@ -48,7 +49,7 @@ class PackEvent:
 
     kind: str
     """``plan`` (once, before work), ``clip`` (a clip transcoded or failed), ``skip`` (a source not packed),
-    ``shard`` (a shard finished or kept)."""
+    ``shard`` (a shard finished or kept), ``note`` (a line to show, e.g. a stale folder lock taken over)."""
     clips_total: int = 0
     """``plan``: clips to transcode in this run (kept shards' clips excluded)."""
     shards_total: int = 0
@@ -63,6 +64,8 @@ class PackEvent:
     """``shard``: kept from an earlier run rather than written now."""
     samples: int = 0
     """``shard``: samples in it."""
+    text: str = ""
+    """``note``: the line."""
 
 
 ProgressFn = Callable[[PackEvent], None]
@@ -403,13 +406,18 @@ def pack_scan(
     overwrite: bool = False,
     transcode: TranscodeFn | None = None,
 ) -> PackResult:
-    """``pack`` after the scan: the records and reader skips are given."""
-    started = time.perf_counter()
+    """``pack`` after the scan: the records and reader skips are given. Holds ``out``'s folder lock
+    (``avdali.folder_lock``) while it writes: a second packer into the same ``out`` stops at once."""
     notify = progress or (lambda event: None)
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise AvdaliError(f"{out}: exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
+    with hold_folder(out, "avdali shard", lambda line: notify(PackEvent("note", text=line))):
+        return _pack_locked(scan, dataset, src, Path(out), options, notify, overwrite, transcode)
+
+
+def _pack_locked(
+    scan: Scan, dataset: str, src: Path, out: Path, options: PackOptions, notify: ProgressFn, overwrite: bool,
+    transcode: TranscodeFn | None,
+) -> PackResult:
+    started = time.perf_counter()
     previous = _previous_manifest(out, dataset, options, overwrite)
     _remove_tmp_files(out)
 

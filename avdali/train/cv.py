@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from avdali.errors import AvdaliError, ConfigError
+from avdali.folder_lock import hold_folder
 from avdali.train.config import RunConfig, config_to_toml
 from avdali.train.protocol import RAVDESS_FOLDS, plan_splits
 
@@ -123,17 +124,32 @@ def run_cv(
     nprocs: int = 1,
     reporter_for: Callable[[int], object] | None = None,
     on_fold: Callable[[FoldResult], None] | None = None,
+    on_message: Callable[[str], None] | None = None,
 ) -> CVSummary:
     """Train one run per fold in ``parent/fold{k}`` and return every fold's test metrics with their mean ± std.
 
-    ``reporter_for(fold)`` gives each run's training Reporter; ``on_fold`` is called after each finished fold.
+    ``reporter_for(fold)`` gives each run's training Reporter; ``on_fold`` is called after each finished fold;
+    ``on_message`` hears other lines worth showing (a stale folder lock taken over). ``parent``'s folder lock
+    (``avdali.folder_lock``) is held throughout: a second cv into the same folder stops at once.
     """
-    from avdali.train.loop import run_training
-
     if not folds:
         raise ConfigError("cv needs at least one fold")
     check_cv_config(cfg)
     parent = Path(parent) if parent is not None else default_parent(cfg)
+    with hold_folder(parent, "avdali cv", on_message):
+        return _run_cv_locked(cfg, folds, parent, nprocs, reporter_for, on_fold)
+
+
+def _run_cv_locked(
+    cfg: RunConfig,
+    folds: Sequence[int],
+    parent: Path,
+    nprocs: int,
+    reporter_for: Callable[[int], object] | None,
+    on_fold: Callable[[FoldResult], None] | None,
+) -> CVSummary:
+    from avdali.train.loop import run_training
+
     if (parent / CV_JSON).exists():
         raise AvdaliError(f"{parent} already holds a cross-validation ({CV_JSON}); choose another --out")
     parent.mkdir(parents=True, exist_ok=True)

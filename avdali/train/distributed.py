@@ -53,6 +53,11 @@ def under_launcher() -> bool:
     return "WORLD_SIZE" in os.environ and "RANK" in os.environ
 
 
+def launcher_rank() -> int:
+    """This process's global rank as the launcher set it (0 when no launcher started it)."""
+    return int(os.environ.get("RANK", 0))
+
+
 def resolve_device(device: str) -> str:
     """``auto`` → ``cuda`` when CUDA is available, else ``cpu``; ``cuda`` without CUDA is an AvdaliError."""
     if device == "auto":

@@ -116,11 +116,13 @@ def load_model(path: str | Path, device: str = "auto", *, label_space: str | Non
 
 
 def newest_checkpoint(root: str | Path = "output") -> Path:
-    """The most recently written ``root/*/best.pt`` (what ``avdali predict`` uses without ``--checkpoint``)."""
+    """The most recently written ``best.pt`` anywhere under ``root`` (what ``avdali predict`` uses without
+    ``--checkpoint``): ``output/<run>/best.pt`` of ``avdali train``, ``output/demo/runs/demo-<time>/best.pt`` of
+    ``avdali demo``, ``OUT/fold<k>/best.pt`` of ``avdali cv``."""
     root = Path(root)
-    found = [p for p in root.glob(f"*/{ckpt.BEST}") if p.is_file()] if root.is_dir() else []
+    found = [p for p in root.rglob(ckpt.BEST) if p.is_file()] if root.is_dir() else []
     if not found:
-        raise AvdaliError(f"no checkpoint given and no {root}/*/{ckpt.BEST} found; pass --checkpoint PATH")
+        raise AvdaliError(f"no checkpoint given and no {ckpt.BEST} found under {root}/; pass --checkpoint PATH")
     return max(found, key=lambda p: (p.stat().st_mtime, str(p)))
 
 

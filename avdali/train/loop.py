@@ -31,6 +31,7 @@ from torch.nn.parallel import DistributedDataParallel
 from avdali import native
 from avdali.data.build import build_loader
 from avdali.errors import AvdaliError
+from avdali.folder_lock import hold_folder
 from avdali.labels import LABEL_SPACES
 from avdali.models.avfusion import build_model
 from avdali.train import checkpoint as ckpt
@@ -46,6 +47,7 @@ from avdali.train.distributed import (
     cleanup_distributed,
     init_distributed,
     launch_local,
+    launcher_rank,
     resolve_device,
     under_launcher,
 )
@@ -151,10 +153,23 @@ def resolve_config(cfg: RunConfig, *, resume: bool = False, now: datetime | None
 
 
 def run_training(cfg: RunConfig, *, resume: bool = False, nprocs: int = 1, reporter: Reporter | None = None) -> TrainResult:
-    """Resolve ``cfg`` and train: in this process, on ``nprocs`` local ranks, or as one rank of a torchrun job."""
+    """Resolve ``cfg`` and train: in this process, on ``nprocs`` local ranks, or as one rank of a torchrun job.
+
+    The run folder's lock (``avdali.folder_lock``) is held once per run: by this process when it trains alone or
+    starts the local ranks, by rank 0 under torchrun. A second run into the same folder stops at once.
+    """
     native.require(native.loader_parts(cfg.data.loader))  # before ranks and DataLoader workers start
     cfg = resolve_config(cfg, resume=resume)
     run_dir = Path(cfg.train.run_dir)
+    if under_launcher() and launcher_rank() != 0:
+        return _run_training_locked(cfg, run_dir, resume, nprocs, reporter)
+    say = reporter.message if reporter is not None else None
+    with hold_folder(run_dir, "avdali train", say):
+        return _run_training_locked(cfg, run_dir, resume, nprocs, reporter)
+
+
+def _run_training_locked(cfg: RunConfig, run_dir: Path, resume: bool, nprocs: int, reporter: Reporter | None) -> TrainResult:
+    # checked under the lock: two runs could otherwise both see no last.pt and both start
     if not resume and (run_dir / ckpt.LAST).exists():
         raise AvdaliError(f"{run_dir} already holds a run ({ckpt.LAST}); pass --resume to continue it or choose another --run-dir")
     if resume and not (run_dir / ckpt.LAST).exists():
