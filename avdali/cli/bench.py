@@ -45,9 +45,10 @@ def clip_times_recorder(times: list[float]):
 def bench_shard(size: tuple[int, int], clips: int, workers: int, shard_size: int = 16) -> dict:
     """Synthesize ``clips`` RAVDESS-like H.264 clips of ``size`` at 30 fps, pack them with ``workers`` processes,
     and return the figures (clips/s overall and per core, bytes per clip, per-clip time split)."""
-    from avdali.packing.manifest import count_flac_samples, count_webm_frames, read_manifest
-    from avdali.packing.options import PackOptions
     from avdali.packing.run import pack
+    from avdali.shardformat.manifest import read_manifest
+    from avdali.shardformat.options import PackOptions
+    from avdali.shardformat.probe import count_flac_samples, count_webm_frames
     from avdali.synth.ravdess import make_ravdess
 
     import tarfile

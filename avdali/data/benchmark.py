@@ -121,7 +121,7 @@ def bench_pyav_decode(cfg: DataConfig, shardset: ShardSet, count: int, warmup: i
     ones), one process per core."""
     import multiprocessing as mp
 
-    from avdali.packing.manifest import count_webm_frames
+    from avdali.shardformat.probe import count_webm_frames
 
     clips = [(f.tar, off, size) for f in shardset.files for off, size in zip(f.video_offsets, f.video_sizes)]
     counts = [max(1, count_webm_frames(_read(*clip))) for clip in clips]  # what meta.i32 holds; before timing

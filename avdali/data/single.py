@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from avdali import shardformat as fmt
 from avdali.data.batch import Batch
 from avdali.data.config import DataConfig
-from avdali.data.shards import ShardSpan, ShardSet
+from avdali.data.shards import ShardSet, ShardSpan
 from avdali.data.torch_loader import ClipStream
-from avdali.packing import format as fmt
 
 KEY = "clip"
 """Sample key of the single clip (any name works; it only ties the sample to its index)."""

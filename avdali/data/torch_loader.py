@@ -35,6 +35,7 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from avdali import shardformat as fmt
 from avdali.data import sampling
 from avdali.data.batch import Batch
 from avdali.data.config import DataConfig
@@ -42,7 +43,6 @@ from avdali.data.integrity import changed_shards, read_failure
 from avdali.data.normalize import prepare_video
 from avdali.data.shards import ShardSet
 from avdali.errors import AvdaliError
-from avdali.packing import format as fmt
 
 START_METHOD = "forkserver"
 """Worker start method: fork is unsafe with audio/codec libraries that start threads (STYLE.md)."""
