@@ -25,6 +25,7 @@ from typing import Any, Literal, Sequence
 
 from avdali.data.config import DataConfig
 from avdali.errors import AvdaliError, ConfigError
+from avdali.files import atomic_write_text
 from avdali.labels import LABEL_SPACES
 from avdali.models.config import ModelConfig
 
@@ -351,11 +352,7 @@ def config_to_toml(cfg: RunConfig) -> str:
 
 def dump_config(cfg: RunConfig, path: str | Path) -> Path:
     """Write ``config_to_toml(cfg)`` to ``path`` (atomically, like checkpoints)."""
-    path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(config_to_toml(cfg))
-    tmp.replace(path)
-    return path
+    return atomic_write_text(path, config_to_toml(cfg))
 
 
 def _toml_value(value: Any) -> str:
