@@ -82,20 +82,13 @@ def bench_naive(cfg: DataConfig, dataset: str, src: str, splits: list[str] | Non
 
 def bench_dali_decode(cfg: DataConfig, shardset: ShardSet, count: int, warmup: int, threads: int) -> Throughput:
     """DALI's CPU video decoder alone on the frames the training loaders pick: reader → decoders.video."""
-    from nvidia.dali import fn, pipeline_def, types
+    from avdali.data.dali import decode_only_pipeline
 
-    from avdali.data.dali import frame_indices
-
-    @pipeline_def
-    def decode_only():
-        webm, meta = fn.readers.webdataset(
-            paths=[f.tar for f in shardset.files], index_paths=[f.idx for f in shardset.files],
-            ext=["webm", "meta.i32"], dtypes=[types.UINT8, types.INT32], missing_component_behavior="error",
-        )
-        return fn.decoders.video(webm, frames=frame_indices(meta[0], cfg.frames, jitter=cfg.augment))
-
-    pipe = decode_only(batch_size=cfg.batch_size, num_threads=threads, device_id=None, prefetch_queue_depth=cfg.prefetch,
-                       seed=1)
+    pipe = decode_only_pipeline(
+        paths=[f.tar for f in shardset.files], index_paths=[f.idx for f in shardset.files], frames=cfg.frames,
+        jitter=cfg.augment, batch_size=cfg.batch_size, num_threads=threads, device_id=None,
+        prefetch_queue_depth=cfg.prefetch, seed=1,
+    )
     pipe.build()
     runs = (pipe.run() for _ in itertools.count())
     return time_batches("ceiling-dali", runs, lambda out: len(out[0]), count, warmup, cfg.frames)
