@@ -172,9 +172,6 @@ class RunConfig:
 SECTIONS: dict[str, type] = {"data": DataSection, "model": ModelConfig, "optim": OptimConfig, "train": TrainConfig}
 """TOML section name → dataclass, in file order."""
 
-DERIVED_MODEL_KEYS = ("num_classes", "audio_features")
-"""``[model]`` keys train derives from ``[data]`` (label space size, feature bins)."""
-
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> RunConfig:
     """The one place of precedence: dataclass defaults < TOML file at ``path`` < ``overrides``.
