@@ -20,7 +20,6 @@ from avdali.errors import AvdaliError
 from avdali.files import atomic_write_bytes
 from avdali.shardformat.members import check_member_name
 from avdali.shardformat.options import MAX_FPS, MAX_SECONDS, PackOptions
-from avdali.sources.records import Skipped
 
 MAX_MANIFEST_BYTES = 256 << 20
 """Refuse larger manifests (MELD's full manifest is ~2 MB) rather than parse a crafted one."""
@@ -126,11 +125,12 @@ def build_manifest(
     options: dict,
     shards: Iterable[ShardEntry],
     splits: Iterable[str],
-    skipped: Iterable[Skipped | dict],
+    skipped: Iterable,
     complete: bool,
 ) -> Manifest:
     """Assemble a manifest and its totals from the shard entries (``splits`` names every planned split,
-    so a split whose clips were all skipped still shows up with zero samples)."""
+    so a split whose clips were all skipped still shows up with zero samples). ``skipped`` holds
+    ``sources.records.Skipped`` records or ``{source, reason}`` dicts."""
     shards = sorted(shards, key=lambda s: (s.split, s.name))
     split_totals = {name: SplitSummary() for name in sorted(set(splits) | {s.split for s in shards})}
     label_totals = dict.fromkeys(labels.UNIFIED, 0)
@@ -145,7 +145,7 @@ def build_manifest(
         for kind, n in shard.faces.items():
             face_totals[kind] = face_totals.get(kind, 0) + n
     skipped_rows = {
-        (s.source, s.reason) if isinstance(s, Skipped) else (s["source"], s["reason"]) for s in skipped
+        (s["source"], s["reason"]) if isinstance(s, dict) else (s.source, s.reason) for s in skipped
     }
     return Manifest(
         format_version=fmt.FORMAT_VERSION,
