@@ -3,7 +3,7 @@ their folder, and indexes or manifests whose numbers would make a reader seek or
 
 avdali never extracts a tar to disk: it reads members into memory (``tarfile.extractfile``, webdataset, DALI with
 the ``.idx`` offsets), and ``test_no_avdali_code_extracts_tars`` keeps it that way. Member names are still checked
-wherever a tar is read (``writer.iter_members``), so a crafted shard is refused by the loaders and reported by
+wherever a tar is read (``shardformat.members.iter_members``), so a crafted shard is refused by the loaders and reported by
 ``avdali inspect``. Covered elsewhere: a manifest naming ``../../etc/passwd``, declaring 10**12 samples or a negative
 size (``test_inspect.py::test_crafted_manifest_is_a_one_line_error``).
 """

@@ -78,7 +78,7 @@ def list_splits(shards: str | Path) -> dict[str, int]:
 
 def check_tar_matches_index(tar: Path, idx: Path, samples: int) -> None:
     """Read the tar's member headers (not its data) and require exactly the index the packer wrote: refuses links,
-    absolute or ``..`` names and members the index hides (``writer.iter_members``), at ~512 bytes read per member."""
+    absolute or ``..`` names and members the index hides (``shardformat.members.iter_members``), at ~512 bytes read per member."""
     try:
         actual = tar_index(tar, max_members=samples * len(SAMPLE_EXTS))
     except UnsafeMember as e:
