@@ -25,8 +25,8 @@ from typing import Protocol
 
 from avdali.errors import AvdaliError
 from avdali.folder_lock import hold_folder
-from avdali.packing.options import PackOptions
 from avdali.packing.run import PackEvent, PackResult
+from avdali.shardformat.options import PackOptions
 
 DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "demo.toml"
 """The demo's run config: the one source of truth (``configs/demo.toml`` is a copy a test keeps equal)."""

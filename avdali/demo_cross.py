@@ -22,7 +22,7 @@ from pathlib import Path
 
 from avdali.demo import SYNTH_MARKER, DemoProgress, DemoResult, DemoSize, NullProgress, StageTime, demo_config, new_run_dir, run_demo
 from avdali.errors import AvdaliError
-from avdali.packing.options import PackOptions
+from avdali.shardformat.options import PackOptions
 
 
 @dataclass(frozen=True)

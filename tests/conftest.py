@@ -47,8 +47,8 @@ def meld_src(tmp_path_factory, meld_csv_dir) -> Path:
 
 
 def _pack(dataset: str, src: Path, out: Path) -> Path:
-    from avdali.packing.options import PackOptions
     from avdali.packing.run import pack
+    from avdali.shardformat.options import PackOptions
 
     pack(dataset, src, out, PackOptions(size=128, fps=15, max_seconds=4.0, shard_size=4, workers=2))
     return out

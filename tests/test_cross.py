@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from avdali.cli.app import app
 from avdali.errors import AvdaliError
-from avdali.packing.manifest import read_manifest
+from avdali.shardformat.manifest import read_manifest
 from avdali.train.cross import (
     CELL_KEYS,
     SCHEMA,

@@ -41,8 +41,8 @@ def test_naive_loader_reads_only_the_clips_the_manifest_packed(ravdess_src, tmp_
     from avdali.data.config import DataConfig
     from avdali.data.naive import NaiveClips, packed_records
     from avdali.errors import AvdaliError
-    from avdali.packing.manifest import read_manifest
-    from avdali.packing.options import PackOptions
+    from avdali.shardformat.manifest import read_manifest
+    from avdali.shardformat.options import PackOptions
     from avdali.packing.run import pack
     from avdali.sources import scan
 

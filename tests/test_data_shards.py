@@ -7,9 +7,10 @@ import shutil
 
 import pytest
 
-from avdali.data.shards import list_splits, probe_frame_size, read_index, resolve
+from avdali.data.shards import list_splits, probe_frame_size, resolve
 from avdali.errors import AvdaliError
-from avdali.packing.manifest import read_manifest
+from avdali.shardformat.index import read_index
+from avdali.shardformat.manifest import read_manifest
 
 
 def test_list_splits_matches_manifest(ravdess_shards):

@@ -24,7 +24,7 @@ from avdali.data.build import build_loader
 from avdali.errors import AvdaliError
 from avdali.labels import NATIVE_RAVDESS, UNIFIED
 from avdali.models.avfusion import build_model
-from avdali.packing.manifest import read_manifest
+from avdali.shardformat.manifest import read_manifest
 from avdali.train.checkpoint import save_checkpoint
 from avdali.train.config import load_config
 from avdali.train.evaluate import classification_metrics

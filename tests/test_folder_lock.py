@@ -18,7 +18,7 @@ from conftest import tiny_run_toml
 from typer.testing import CliRunner
 
 from avdali.folder_lock import LOCK_NAME, FolderBusy, acquire, hold_folder
-from avdali.packing.manifest import read_manifest
+from avdali.shardformat.manifest import read_manifest
 
 HOST = socket.gethostname()
 
@@ -34,7 +34,7 @@ time.sleep(300)
 GATED_PACK = """
 import sys, time
 from pathlib import Path
-from avdali.packing.options import PackOptions
+from avdali.shardformat.options import PackOptions
 from avdali.packing.run import _real_transcode, pack
 
 gate = Path(sys.argv[3])

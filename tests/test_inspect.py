@@ -12,8 +12,10 @@ from typer.testing import CliRunner
 
 from avdali.cli.app import app
 from avdali.errors import AvdaliError
-from avdali.packing.manifest import inspect_shards, read_manifest, write_manifest
-from avdali.packing.writer import decode_meta_i32, dumps_json, encode_meta_i32, write_shard
+from avdali.packing.writer import dumps_json, write_shard
+from avdali.shardformat.inspect import inspect_shards
+from avdali.shardformat.manifest import read_manifest, write_manifest
+from avdali.shardformat.members import decode_meta_i32, encode_meta_i32
 
 runner = CliRunner()
 

@@ -17,12 +17,14 @@ import pytest
 import soundfile as sf
 
 from avdali import labels
+from avdali import shardformat as fmt
 from avdali.errors import AvdaliError
-from avdali.packing import format as fmt
-from avdali.packing.manifest import read_manifest
-from avdali.packing.options import PackOptions
 from avdali.packing.run import PackFailed, pack, pack_scan
-from avdali.packing.writer import decode_meta_i32, encode_meta_i32, tar_bytes, tar_index, write_shard
+from avdali.packing.writer import tar_bytes, write_shard
+from avdali.shardformat.index import tar_index
+from avdali.shardformat.manifest import read_manifest
+from avdali.shardformat.members import decode_meta_i32, encode_meta_i32
+from avdali.shardformat.options import PackOptions
 from avdali.sources.records import ClipRecord, Scan, Skipped
 
 EXTS = ["cls", "flac", "json", "meta.i32", "webm"]
@@ -121,7 +123,7 @@ def test_idx_equals_dali_index_creator(tmp_path):
     from wds2idx import IndexCreator
 
     shard = write_shard(tmp_path, "t-x-000000.tar", _samples(4))
-    assert shard.samples == 4 and shard.keys == ("k00", "k01", "k02", "k03")
+    assert shard.samples == 4 and shard.keys == ["k00", "k01", "k02", "k03"]
     assert shard.sha256 == hashlib.sha256((tmp_path / shard.name).read_bytes()).hexdigest()
     IndexCreator(str(tmp_path / shard.name), str(tmp_path / "ref.idx"), verbose=False).create_index()
     assert (tmp_path / shard.index_name).read_bytes() == (tmp_path / "ref.idx").read_bytes()

@@ -19,8 +19,8 @@ from avdali.data.single import clip_batch
 from avdali.errors import AvdaliError
 from avdali.labels import UNIFIED
 from avdali.models.avfusion import build_model
-from avdali.packing.manifest import read_manifest
-from avdali.packing.options import PackOptions
+from avdali.shardformat.manifest import read_manifest
+from avdali.shardformat.options import PackOptions
 from avdali.train.checkpoint import save_checkpoint
 from avdali.train.config import load_config
 from avdali.train.inference import load_model

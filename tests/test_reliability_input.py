@@ -28,10 +28,11 @@ from typer.testing import CliRunner
 
 from avdali import labels
 from avdali.cli.app import app
-from avdali.packing.manifest import read_manifest
-from avdali.packing.options import PackOptions
+from avdali.files import TMP_SUFFIX, file_sha256
 from avdali.packing.run import pack_scan
-from avdali.packing.writer import TMP_SUFFIX, file_sha256, tar_index
+from avdali.shardformat.index import tar_index
+from avdali.shardformat.manifest import read_manifest
+from avdali.shardformat.options import PackOptions
 from avdali.sources.records import ClipRecord, Scan
 from conftest import tiny_run_toml
 

@@ -33,14 +33,14 @@ from test_train_loop import TINY_MODEL, FakeLoader
 from test_train_loop import fake_shards as fake_manifest
 from typer.testing import CliRunner
 
+from avdali import files
 from avdali.cli.app import app
 from avdali.data.build import build_loader
 from avdali.data.config import DataConfig
 from avdali.errors import AvdaliError
 from avdali.packing import writer
-from avdali.packing.options import PackOptions
-from avdali.train import checkpoint as ckpt
-from avdali.train import loop
+from avdali.shardformat.options import PackOptions
+from avdali.train import checkpoint as ckpt, loop
 from conftest import tiny_run_toml
 
 runner = CliRunner()
@@ -124,7 +124,7 @@ def test_full_disk_while_saving_a_checkpoint_keeps_the_previous_one(tmp_path, mo
     ckpt.save_checkpoint(path, {"w": torch.ones(1000), "step": 6})
     before = sha256(path)
     disk = FullDisk(room=4096)
-    monkeypatch.setattr(ckpt, "open", disk, raising=False)
+    monkeypatch.setattr(files, "open", disk, raising=False)  # every atomic write opens its .tmp there
     with pytest.raises(AvdaliError) as caught:
         ckpt.save_checkpoint(path, {"w": torch.zeros(100_000), "step": 12})
     message = str(caught.value)
@@ -171,8 +171,8 @@ def test_full_disk_during_training_is_one_line_and_keeps_last_pt(tmp_path, monke
     before = sha256(run / "last.pt")
 
     # Resume for a second epoch on a disk that fills while last.pt is being rewritten.
-    disk = FullDisk(room=10_000, matches=lambda p: p.suffix == ".tmp")
-    monkeypatch.setattr(ckpt, "open", disk, raising=False)
+    disk = FullDisk(room=10_000, matches=lambda p: p.name == "last.pt.tmp")
+    monkeypatch.setattr(files, "open", disk, raising=False)
     result = runner.invoke(app, [*fake_run_args(shards, run, "train.epochs=2"), "--config", str(toml), "--resume"])
     assert_one_error_line(result, f"{run / 'last.pt'}: cannot write the checkpoint (No space left on device)")
     assert disk.failed  # the failure really came from the checkpoint write
@@ -202,16 +202,17 @@ def test_full_disk_while_writing_a_shard_keeps_the_previous_set(tmp_path, monkey
     out.mkdir()
     name = "ravdess-fold1-000000.tar"
     writer.write_shard(out, name, [_sample("a", b"x" * 5000), _sample("b", b"y" * 5000)])
-    writer.atomic_write_bytes(out / "manifest.json", b'{"previous": true}')
+    files.atomic_write_bytes(out / "manifest.json", b'{"previous": true}')
     before = {p.name: sha256(p) for p in out.iterdir()}
 
     disk = FullDisk(room=8000)
-    monkeypatch.setattr(writer, "open", disk, raising=False)
+    monkeypatch.setattr(writer, "open", disk, raising=False)  # the tar
+    monkeypatch.setattr(files, "open", disk, raising=False)  # its index and the manifest
     with pytest.raises(AvdaliError) as caught:
         writer.write_shard(out, name, [_sample("a", b"z" * 20_000)])
     assert str(caught.value).startswith(f"{out / name}: cannot write (No space left on device)")
     with pytest.raises(AvdaliError) as caught:
-        writer.atomic_write_bytes(out / "manifest.json", b"{" + b" " * 20_000 + b"}")
+        files.atomic_write_bytes(out / "manifest.json", b"{" + b" " * 20_000 + b"}")
     assert str(caught.value).startswith(f"{out / 'manifest.json'}: cannot write (No space left on device)")
 
     assert {p.name: sha256(p) for p in out.iterdir()} == before  # same files, same bytes, no partial .tmp

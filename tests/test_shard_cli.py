@@ -14,7 +14,7 @@ import pytest
 from test_pack import folder_bytes, make_bad_ravdess
 from typer.testing import CliRunner
 
-from avdali.packing.manifest import read_manifest
+from avdali.shardformat.manifest import read_manifest
 
 runner = CliRunner()
 

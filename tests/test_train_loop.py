@@ -12,9 +12,8 @@ import torch
 
 from avdali.data.batch import Batch
 from avdali.errors import AvdaliError
-from avdali.packing.manifest import ShardEntry, build_manifest, write_manifest
-from avdali.train import checkpoint as ckpt
-from avdali.train import loop
+from avdali.shardformat.manifest import ShardEntry, build_manifest, write_manifest
+from avdali.train import checkpoint as ckpt, loop
 from avdali.train.config import load_config
 from avdali.train.loop import TrainingStopped, lr_at, resolve_config, train
 

@@ -14,9 +14,9 @@ import pytest
 import soundfile as sf
 
 from avdali.packing import face as facemod
-from avdali.packing.format import AUDIO_RATE
-from avdali.packing.options import PackOptions
 from avdali.packing.transcode import DETECT_EVERY, ClipError, Transcoded, transcode_clip
+from avdali.shardformat import AUDIO_RATE
+from avdali.shardformat.options import PackOptions
 
 
 def draw_face(img: np.ndarray, cx: int, cy: int, half_width: int) -> None:

@@ -3,7 +3,7 @@ their folder, and indexes or manifests whose numbers would make a reader seek or
 
 avdali never extracts a tar to disk: it reads members into memory (``tarfile.extractfile``, webdataset, DALI with
 the ``.idx`` offsets), and ``test_no_avdali_code_extracts_tars`` keeps it that way. Member names are still checked
-wherever a tar is read (``writer.iter_members``), so a crafted shard is refused by the loaders and reported by
+wherever a tar is read (``shardformat.members.iter_members``), so a crafted shard is refused by the loaders and reported by
 ``avdali inspect``. Covered elsewhere: a manifest naming ``../../etc/passwd``, declaring 10**12 samples or a negative
 size (``test_inspect.py::test_crafted_manifest_is_a_one_line_error``).
 """
@@ -26,15 +26,18 @@ import torch
 from typer.testing import CliRunner
 
 from avdali import labels
+from avdali import shardformat as fmt
 from avdali.cli.app import app
 from avdali.data.build import build_loader
 from avdali.data.config import DataConfig
-from avdali.data.shards import read_index, resolve
+from avdali.data.shards import resolve
 from avdali.errors import AvdaliError
-from avdali.packing import format as fmt
-from avdali.packing.manifest import MAX_INDEX_BYTES, MAX_MANIFEST_BYTES, ShardEntry, build_manifest, inspect_shards, read_manifest, write_manifest
-from avdali.packing.options import PackOptions
-from avdali.packing.writer import dumps_json, encode_meta_i32, tar_index
+from avdali.packing.writer import dumps_json
+from avdali.shardformat.index import MAX_INDEX_BYTES, read_index, tar_index
+from avdali.shardformat.inspect import inspect_shards
+from avdali.shardformat.manifest import MAX_MANIFEST_BYTES, ShardEntry, build_manifest, read_manifest, write_manifest
+from avdali.shardformat.members import encode_meta_i32
+from avdali.shardformat.options import PackOptions
 from avdali.train.checkpoint import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
@@ -199,8 +202,8 @@ def crafted_folder(root: Path, tar_bytes: bytes, idx_text: str | None = None) ->
     if idx_text is None:
         idx_text = clean_index(root / "clean.tar")
     (root / fmt.index_name(SHARD)).write_text(idx_text)
-    entry = ShardEntry(SHARD, fmt.index_name(SHARD), "fold1", 1, [KEY], hashlib.sha256(tar_bytes).hexdigest(), len(tar_bytes),
-                       labels={labels.UNIFIED[LABEL]: 1}, faces={"detected": 1})  # fmt: skip
+    entry = ShardEntry(name=SHARD, index_name=fmt.index_name(SHARD), samples=1, keys=[KEY], sha256=hashlib.sha256(tar_bytes).hexdigest(),
+                       bytes=len(tar_bytes), split="fold1", labels={labels.UNIFIED[LABEL]: 1}, faces={"detected": 1})  # fmt: skip
     options = {**OPTIONS.content_options(), "workers": 1, "strict": False}
     write_manifest(root, build_manifest("ravdess", options, [entry], ["fold1"], [], complete=True))
     return root

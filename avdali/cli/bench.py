@@ -12,8 +12,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from avdali.cli.common import console, err_console, user_errors
-from avdali.errors import AvdaliError
+from avdali.cli.common import console, err_console, parse_size, user_errors
 
 app = typer.Typer(help="Throughput benchmarks (short runs; figures go into the README).", no_args_is_help=True)
 
@@ -21,15 +20,8 @@ RAVDESS_TRIALS_PER_ACTOR = 60
 """Speech trials per RAVDESS actor: a bench of N clips uses ceil(N / 60) actors."""
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    """``1280x720`` → (1280, 720)."""
-    try:
-        width, height = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise AvdaliError(f"--size must look like 1280x720, got {text!r}") from None
-    if width < 64 or height < 64:
-        raise AvdaliError(f"--size {text} is too small (at least 64x64)")
-    return width, height
+BENCH_MIN_SIDE = 64
+"""Smallest source frame side the packing bench accepts."""
 
 
 def clip_times_recorder(times: list[float]):
@@ -45,9 +37,10 @@ def clip_times_recorder(times: list[float]):
 def bench_shard(size: tuple[int, int], clips: int, workers: int, shard_size: int = 16) -> dict:
     """Synthesize ``clips`` RAVDESS-like H.264 clips of ``size`` at 30 fps, pack them with ``workers`` processes,
     and return the figures (clips/s overall and per core, bytes per clip, per-clip time split)."""
-    from avdali.packing.manifest import count_flac_samples, count_webm_frames, read_manifest
-    from avdali.packing.options import PackOptions
     from avdali.packing.run import pack
+    from avdali.shardformat.manifest import read_manifest
+    from avdali.shardformat.options import PackOptions
+    from avdali.shardformat.probe import count_flac_samples, count_webm_frames
     from avdali.synth.ravdess import make_ravdess
 
     import tarfile
@@ -122,7 +115,7 @@ def shard(
 ) -> None:
     """Pack N synthetic RAVDESS-like 30 fps H.264 clips and report clips/s (overall, per core), bytes per
     packed clip, and the per-clip time split (face detection, decode-back verify, decode+crop+encode)."""
-    figures = bench_shard(parse_size(size), clips, workers)
+    figures = bench_shard(parse_size(size, minimum=BENCH_MIN_SIDE), clips, workers)
     table = Table(title=f"bench shard: {clips} clips {size} H.264 → 128 px VP9 + FLAC", header_style="bold")
     table.add_column("figure")
     table.add_column("value", justify="right")

@@ -1,4 +1,4 @@
-"""What every command shares: one console, and turning AvdaliError into a one-line error + exit code."""
+"""What every command shares: one console, turning AvdaliError into a one-line error + exit code, option parsing."""
 
 from __future__ import annotations
 
@@ -35,3 +35,15 @@ def user_errors(fn):
             sys.exit(130)
 
     return wrapper
+
+
+def parse_size(text: str, minimum: int = 1) -> tuple[int, int]:
+    """``--size WIDTHxHEIGHT`` → (width, height). The rule: two whole numbers in decimal digits (no sign) joined by one
+    ``x`` or ``X``, spaces around each number allowed, both at least ``minimum``; anything else is a one-line error."""
+    parts = text.lower().split("x")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        raise AvdaliError(f"--size must look like 1280x720, got {text!r}")
+    width, height = int(parts[0]), int(parts[1])
+    if width < minimum or height < minimum:
+        raise AvdaliError(f"--size {text} is too small (at least {minimum}x{minimum})")
+    return width, height

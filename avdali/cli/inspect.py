@@ -11,7 +11,7 @@ from rich.table import Table
 
 from avdali import labels
 from avdali.cli.common import console, err_console, fail, user_errors
-from avdali.packing.manifest import inspect_shards
+from avdali.shardformat.inspect import inspect_shards
 
 
 def label_table(report) -> Table:

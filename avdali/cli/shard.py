@@ -14,8 +14,8 @@ from rich.table import Table
 from rich.text import Text
 
 from avdali.cli.common import console, err_console, fail, user_errors
-from avdali.packing.options import PackOptions
 from avdali.packing.run import PackEvent, PackFailed, PackResult, pack
+from avdali.shardformat.options import PackOptions
 
 app = typer.Typer(
     help="Pack a raw dataset into WebDataset tar shards (VP9 webm + 16 kHz FLAC + labels, DALI .idx, manifest.json).",

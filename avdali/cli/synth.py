@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from avdali.cli.common import console, user_errors
+from avdali.cli.common import console, parse_size, user_errors
 from avdali.errors import AvdaliError
 from avdali.folder_lock import hold_folder
 from avdali.synth.jobs import SynthSummary
@@ -25,14 +25,6 @@ OutArg = Annotated[Path, typer.Argument(help="Output folder (created).", show_de
 SizeOpt = Annotated[str, typer.Option("--size", help="Frame size WIDTHxHEIGHT (even sides).")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Same seed, same bytes.")]
 WorkersOpt = Annotated[int, typer.Option("--workers", "-j", help="Rendering processes.")]
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """``"1280x720"`` → (1280, 720)."""
-    parts = text.lower().split("x")
-    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
-        raise AvdaliError(f"--size must look like 1280x720, got {text!r}")
-    return int(parts[0]), int(parts[1])
 
 
 def parse_actors(text: str) -> int | list[int]:

@@ -76,7 +76,7 @@ def bench_loader(cfg: DataConfig, splits: list[str], count: int, warmup: int) ->
 def bench_naive(cfg: DataConfig, dataset: str | None, src: str, splits: list[str] | None, count: int, warmup: int) -> Throughput:
     """The notebook-style loader over the raw tree's clips that the shards hold (``dataset`` None: the shards')."""
     from avdali.data.naive import naive_loader
-    from avdali.packing.manifest import read_manifest
+    from avdali.shardformat.manifest import read_manifest
 
     native.require(("pyav-h264", "torchaudio"))  # the raw clips' decoder and the MFCC, before the workers start
     manifest = read_manifest(cfg.shards)
@@ -86,20 +86,13 @@ def bench_naive(cfg: DataConfig, dataset: str | None, src: str, splits: list[str
 
 def bench_dali_decode(cfg: DataConfig, shardset: ShardSet, count: int, warmup: int, threads: int) -> Throughput:
     """DALI's CPU video decoder alone on the frames the training loaders pick: reader → decoders.video."""
-    from nvidia.dali import fn, pipeline_def, types
+    from avdali.data.dali import decode_only_pipeline
 
-    from avdali.data.dali import frame_indices
-
-    @pipeline_def
-    def decode_only():
-        webm, meta = fn.readers.webdataset(
-            paths=[f.tar for f in shardset.files], index_paths=[f.idx for f in shardset.files],
-            ext=["webm", "meta.i32"], dtypes=[types.UINT8, types.INT32], missing_component_behavior="error",
-        )
-        return fn.decoders.video(webm, frames=frame_indices(meta[0], cfg.frames, jitter=cfg.augment))
-
-    pipe = decode_only(batch_size=cfg.batch_size, num_threads=threads, device_id=None, prefetch_queue_depth=cfg.prefetch,
-                       seed=1)
+    pipe = decode_only_pipeline(
+        paths=[f.tar for f in shardset.files], index_paths=[f.idx for f in shardset.files], frames=cfg.frames,
+        jitter=cfg.augment, batch_size=cfg.batch_size, num_threads=threads, device_id=None,
+        prefetch_queue_depth=cfg.prefetch, seed=1,
+    )
     pipe.build()
     runs = (pipe.run() for _ in itertools.count())
     return time_batches("ceiling-dali", runs, lambda out: len(out[0]), count, warmup, cfg.frames)
@@ -125,7 +118,7 @@ def bench_pyav_decode(cfg: DataConfig, shardset: ShardSet, count: int, warmup: i
     ones), one process per core."""
     import multiprocessing as mp
 
-    from avdali.packing.manifest import count_webm_frames
+    from avdali.shardformat.probe import count_webm_frames
 
     clips = [(f.tar, off, size) for f in shardset.files for off, size in zip(f.video_offsets, f.video_sizes)]
     counts = [max(1, count_webm_frames(_read(*clip))) for clip in clips]  # what meta.i32 holds; before timing

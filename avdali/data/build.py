@@ -63,17 +63,15 @@ def build_loader(
     shardset = resolve(cfg.shards, list(splits))
     if cfg.verify:
         verify_shards(shardset, rank_tars(shardset, rank, world_size))
-    frame_size = probe_frame_size(shardset)
     if cfg.loader == "dali":
         try:
             from avdali.data.dali import DaliLoader
         except ImportError as e:
             raise AvdaliError(f"NVIDIA DALI cannot be imported ({e}); install nvidia-dali or set data.loader = \"torch\"") from None
         return DaliLoader(
-            cfg, shardset, train=train, device=device, rank=rank, world_size=world_size, seed=seed, frame_size=frame_size
+            cfg, shardset, train=train, device=device, rank=rank, world_size=world_size, seed=seed,
+            frame_size=probe_frame_size(shardset),  # DALI's crop needs it before the first frame is decoded
         )
     from avdali.data.torch_loader import TorchLoader
 
-    return TorchLoader(
-        cfg, shardset, train=train, device=device, rank=rank, world_size=world_size, seed=seed, frame_size=frame_size
-    )
+    return TorchLoader(cfg, shardset, train=train, device=device, rank=rank, world_size=world_size, seed=seed)

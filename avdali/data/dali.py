@@ -21,6 +21,7 @@ from nvidia.dali import fn, pipeline_def, types
 from nvidia.dali import math as dmath
 from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
+from avdali import shardformat as fmt
 from avdali.data import sampling
 from avdali.data.batch import Batch
 from avdali.data.config import DataConfig
@@ -170,6 +171,17 @@ def av_pipeline(
 
     label = fn.cast(meta[1] if cfg.label_space == "unified" else meta[2], dtype=types.INT64)
     return video, feats, audio_len, label, info
+
+
+@pipeline_def
+def decode_only_pipeline(*, paths: list[str], index_paths: list[str], frames: int, jitter: bool):
+    """DALI's CPU video decoder alone on the frames the training loaders pick (reader → ``decoders.video``): the
+    decode ceiling ``avdali bench loader`` compares the loaders with."""
+    webm, meta = fn.readers.webdataset(
+        paths=paths, index_paths=index_paths,
+        ext=[fmt.VIDEO_EXT, fmt.NUMS_EXT], dtypes=[types.UINT8, types.INT32], missing_component_behavior="error",
+    )
+    return fn.decoders.video(webm, frames=frame_indices(meta[0], frames, jitter=jitter))
 
 
 def pipeline_seed(seed: int, rank: int, epoch: int) -> int:

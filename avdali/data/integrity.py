@@ -16,9 +16,9 @@ from typing import Iterable, Sequence
 from avdali.data import sampling
 from avdali.data.shards import ShardSet
 from avdali.errors import AvdaliError
-from avdali.packing.format import MANIFEST_NAME
-from avdali.packing.manifest import read_manifest
-from avdali.packing.writer import file_sha256
+from avdali.files import file_sha256
+from avdali.shardformat import MANIFEST_NAME
+from avdali.shardformat.manifest import read_manifest
 
 _digests: dict[tuple[str, int, int, int], str] = {}
 """SHA-256 per (path, inode, size, mtime_ns): train, val and test loaders of one run hash each tar once."""

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from avdali.data import sampling
 from avdali.data.config import DataConfig
 from avdali.errors import AvdaliError
-from avdali.packing.manifest import Manifest
+from avdali.shardformat.manifest import Manifest
 from avdali.sources import scan
 from avdali.sources.records import ClipRecord
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 SAMPLE_RATE = 16_000
-"""Audio rate of the shards (``avdali.packing.format.AUDIO_RATE``)."""
+"""Audio rate of the shards (``avdali.shardformat.AUDIO_RATE``)."""
 WINDOW = 400
 """STFT window: 25 ms at 16 kHz."""
 NFFT = 512

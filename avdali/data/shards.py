@@ -12,31 +12,38 @@ from pathlib import Path
 from typing import Sequence
 
 from avdali.errors import AvdaliError
-from avdali.packing.format import MANIFEST_NAME, VIDEO_EXT
-from avdali.packing.manifest import MAX_INDEX_BYTES, SAMPLE_EXTS, Manifest, read_manifest
-from avdali.packing.writer import UnsafeMember, check_member_name, split_member_name, tar_index
+from avdali.shardformat import MANIFEST_NAME
+from avdali.shardformat.index import index_error, read_index, tar_index
+from avdali.shardformat.manifest import Manifest, ShardEntry, read_manifest
+from avdali.shardformat.members import SAMPLE_EXTS, UnsafeMember
 
 
 @dataclass(frozen=True)
 class ShardSpan:
-    """One tar of a split and where its samples sit in the chosen splits."""
+    """Where one shard's samples sit: its files on disk, its first sample's index in the chosen splits and each
+    sample's webm inside the tar. What the shard is (name, keys, size, hash) is its manifest ``entry``."""
 
+    entry: ShardEntry
+    """The shard as the manifest records it (its ``.idx`` and tar were checked against it)."""
     tar: str
     """Path of the ``.tar``."""
     idx: str
     """Path of its DALI index (``.idx``)."""
     first: int
     """Index (in the chosen splits) of the tar's first sample."""
-    keys: tuple[str, ...]
-    """Sample keys in tar order."""
     video_offsets: tuple[int, ...]
     """Byte offset of each sample's webm member data (what DALI reports in ``source_info``)."""
     video_sizes: tuple[int, ...]
     """Byte size of each sample's webm."""
 
     @property
+    def keys(self) -> tuple[str, ...]:
+        """Sample keys in tar order."""
+        return tuple(self.entry.keys)
+
+    @property
     def count(self) -> int:
-        return len(self.keys)
+        return self.entry.samples
 
 
 @dataclass(frozen=True)
@@ -69,70 +76,9 @@ def list_splits(shards: str | Path) -> dict[str, int]:
     return {name: split.samples for name, split in _manifest(shards).splits.items()}
 
 
-def _index_error(idx_path: Path, what: str) -> AvdaliError:
-    return AvdaliError(f"{idx_path}: {what}; re-index with `avdali shard` (resume) or check the folder with `avdali inspect`")
-
-
-def read_index(
-    idx_path: Path, expected_samples: int | None = None, tar_size: int | None = None
-) -> tuple[tuple[str, ...], tuple[int, ...], tuple[int, ...]]:
-    """Keys, webm offsets and webm sizes of the samples listed in a DALI ``.idx`` (format ``v1.2 N`` + one line per sample).
-
-    Every number is checked before use, so a crafted index cannot make a reader seek or allocate past the tar:
-    the file is at most ``MAX_INDEX_BYTES``, the declared count must equal ``expected_samples`` (the manifest's)
-    before any line is parsed, and every member's ``offset + size`` must lie inside ``tar_size`` bytes; member names
-    must be ``{key}.{ext}`` in the tar's root (no paths, no ``..``)."""
-    idx_path = Path(idx_path)
-    try:
-        size = idx_path.stat().st_size
-        if size > MAX_INDEX_BYTES:
-            raise _index_error(idx_path, f"{size} bytes is larger than any shard index")
-        lines = idx_path.read_bytes().decode("utf-8").splitlines()
-    except OSError as e:
-        raise AvdaliError(f"{idx_path}: cannot read the shard index ({e.strerror})") from None
-    except UnicodeDecodeError:
-        raise AvdaliError(f"{idx_path}: not a DALI webdataset index (not text)") from None
-    header = lines[0].split() if lines else []
-    if len(header) != 2 or not header[0].startswith("v1.") or not header[1].isdigit():
-        raise AvdaliError(f"{idx_path}: not a DALI webdataset index (first line {lines[0][:80] if lines else ''!r})")
-    declared = int(header[1])
-    if expected_samples is not None and declared != expected_samples:
-        raise _index_error(idx_path, f"declares {declared} samples, the manifest lists {expected_samples}")
-    if declared != len(lines) - 1:
-        raise _index_error(idx_path, f"header says {declared} samples, found {len(lines) - 1} lines")
-    keys, offsets, sizes = [], [], []
-    for number, line in enumerate(lines[1:], start=2):
-        parts = line.split()
-        # v1.2: groups of (ext, offset, size, name)
-        if not parts or len(parts) % 4:
-            raise _index_error(idx_path, f"line {number} is not groups of 'ext offset size name'")
-        groups = {}
-        for i in range(0, len(parts), 4):
-            ext, offset, size_text, name = parts[i : i + 4]
-            if not (offset.isdigit() and size_text.isdigit()):
-                raise _index_error(idx_path, f"line {number}: offset {offset[:20]!r} / size {size_text[:20]!r} are not counts")
-            start, length = int(offset), int(size_text)
-            if tar_size is not None and start + length > tar_size:
-                raise _index_error(idx_path, f"line {number}: {name[:80]!r} at {start}+{length} lies past the end of the {tar_size}-byte tar")
-            why = check_member_name(name)
-            if why or name != f"{split_member_name(name)[0]}.{ext}":
-                raise _index_error(idx_path, f"line {number}: member name {name[:80]!r} {why or 'does not end in its ext'}")
-            groups[ext] = (split_member_name(name)[0], start, length)
-        bases = {base for base, _, _ in groups.values()}
-        if len(bases) != 1:
-            raise _index_error(idx_path, f"line {number} mixes samples {sorted(bases)[:3]}")
-        if VIDEO_EXT not in groups:
-            raise _index_error(idx_path, f"line {number}: a sample has no {VIDEO_EXT} component")
-        key, start, length = groups[VIDEO_EXT]
-        keys.append(key)
-        offsets.append(start)
-        sizes.append(length)
-    return tuple(keys), tuple(offsets), tuple(sizes)
-
-
 def check_tar_matches_index(tar: Path, idx: Path, samples: int) -> None:
     """Read the tar's member headers (not its data) and require exactly the index the packer wrote: refuses links,
-    absolute or ``..`` names and members the index hides (``writer.iter_members``), at ~512 bytes read per member."""
+    absolute or ``..`` names and members the index hides (``shardformat.members.iter_members``), at ~512 bytes read per member."""
     try:
         actual = tar_index(tar, max_members=samples * len(SAMPLE_EXTS))
     except UnsafeMember as e:
@@ -140,7 +86,7 @@ def check_tar_matches_index(tar: Path, idx: Path, samples: int) -> None:
     except (tarfile.TarError, ValueError, OSError) as e:
         raise AvdaliError(f"{tar}: unreadable tar ({e}); check the folder with `avdali inspect`") from None
     if actual.encode() != idx.read_bytes():
-        raise _index_error(idx, f"does not match {tar.name} (offsets, sizes or names differ)")
+        raise index_error(idx, f"does not match {tar.name} (offsets, sizes or names differ)")
 
 
 def resolve(shards: str | Path, splits: Sequence[str]) -> ShardSet:
@@ -177,8 +123,8 @@ def resolve(shards: str | Path, splits: Sequence[str]) -> ShardSet:
             if list(keys) != list(entry.keys):
                 raise AvdaliError(f"{idx}: its samples differ from the manifest's keys for {entry.name}; re-pack or re-index")
             check_tar_matches_index(tar, idx, entry.samples)
-            files.append(ShardSpan(str(tar), str(idx), first, keys, offsets, sizes))
-            first += len(keys)
+            files.append(ShardSpan(entry, str(tar), str(idx), first, offsets, sizes))
+            first += entry.samples
     if first == 0:
         raise AvdaliError(f"{path}: splits {', '.join(splits)} hold no samples")
     size = manifest.options.get("size")

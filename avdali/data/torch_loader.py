@@ -35,6 +35,7 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from avdali import shardformat as fmt
 from avdali.data import sampling
 from avdali.data.batch import Batch
 from avdali.data.config import DataConfig
@@ -42,7 +43,7 @@ from avdali.data.integrity import changed_shards, read_failure
 from avdali.data.normalize import prepare_video
 from avdali.data.shards import ShardSet
 from avdali.errors import AvdaliError
-from avdali.packing import format as fmt
+from avdali.shardformat.members import decode_meta_i32
 
 START_METHOD = "forkserver"
 """Worker start method: fork is unsafe with audio/codec libraries that start threads (STYLE.md)."""
@@ -157,11 +158,11 @@ def _seed(*parts: int) -> int:
 
 
 class ClipStream(IterableDataset):
-    """One rank's samples, split over the DataLoader workers by tar, decoded and batched in the workers."""
+    """One rank's samples, split over the DataLoader workers (every worker reads the rank's tars and decodes every
+    N-th sample), decoded and batched in the workers."""
 
-    def __init__(self, cfg: DataConfig, shardset: ShardSet, *, train: bool, rank: int, world_size: int, seed: int,
-                 frame_size: tuple[int, int], epoch):
-        self.cfg, self.train, self.rank, self.seed, self.frame_size = cfg, train, rank, seed, frame_size
+    def __init__(self, cfg: DataConfig, shardset: ShardSet, *, train: bool, rank: int, world_size: int, seed: int, epoch):
+        self.cfg, self.train, self.rank, self.seed = cfg, train, rank, seed
         self.epoch = epoch  # a shared multiprocessing Value: persistent workers see set_epoch
         lo, hi = sampling.rank_range(shardset.num_samples, rank, world_size)
         # tars overlapping [lo, hi) and, per (tar, key), the sample's global index
@@ -200,48 +201,59 @@ class ClipStream(IterableDataset):
 
     def decode(self, sample: dict, rng: np.random.Generator | None) -> dict:
         """One tar sample → tensors (video T,C,H,W, audio F,A, audio_len, label, index)."""
-        cfg = self.cfg
-        source = f"{sample['__url__']}:{sample['__key__']}"
-        frame_count, label = _check_meta(sample["meta.i32"], cfg, source)
-        frames = decode_frames(sample["webm"], sampling.frame_indices(frame_count, cfg.frames, rng), source)
-        video = torch.from_numpy(frames).permute(0, 3, 1, 2)  # T,C,H,W uint8, a view
-        video = self.crop(video, augment=rng is not None)
-        if cfg.video_dtype != "uint8":
-            video = prepare_video(video).to(getattr(torch, cfg.video_dtype))
-
-        try:
-            wav, rate = sf.read(io.BytesIO(sample["flac"]), dtype="float32", always_2d=True)
-        except Exception as e:  # noqa: BLE001 - libsndfile errors on corrupt data come as several types
-            raise AvdaliError(f"{source}: cannot decode the audio ({_describe(e)})") from None
-        if rate != sampling.SAMPLE_RATE:
-            raise AvdaliError(f"{source}: audio at {rate} Hz, the shards must hold {sampling.SAMPLE_RATE} Hz")
-        wav = wav.mean(axis=1) if wav.shape[1] > 1 else wav[:, 0]
-        window = sampling.window_samples(cfg.audio_seconds)
-        start = sampling.audio_start(len(wav), window, rng)
         if self._features is None:
-            self._features = AudioFeatures(cfg)
-        audio, audio_len = self._features(torch.from_numpy(np.ascontiguousarray(wav[start : start + window])))
-        return dict(video=video, audio=audio, audio_len=audio_len, label=label,
-                    index=self.index[(sample["__url__"], sample["__key__"])])
+            self._features = AudioFeatures(self.cfg)
+        source = f"{sample['__url__']}:{sample['__key__']}"
+        clip = decode_clip(sample[fmt.VIDEO_EXT], sample[fmt.AUDIO_EXT], sample[fmt.NUMS_EXT], self.cfg, rng, source,
+                           self._features)
+        return dict(clip, index=self.index[(sample["__url__"], sample["__key__"])])
 
-    def crop(self, video: torch.Tensor, augment: bool) -> torch.Tensor:
-        """Random resized crop + flip (one window per clip) in training; centre crop otherwise."""
-        from torchvision.transforms import v2
-        from torchvision.transforms.v2 import functional as F
 
-        size = [self.cfg.crop, self.cfg.crop]
-        if augment:
-            top, left, h, w = v2.RandomResizedCrop.get_params(video, list(RANDOM_SCALE), list(RANDOM_RATIO))
-            if self.cfg.crop_interp == "nearest":
-                video = nearest_resized_crop(video, top, left, h, w, self.cfg.crop)
-            else:  # uint8 channels-last bilinear has a vectorised kernel in torch
-                video = F.resized_crop(video, top, left, h, w, size, antialias=False)  # as DALI: mostly upscaling
-            return video.flip(-1) if torch.rand(()) < 0.5 else video
-        top, left, side = sampling.center_crop_box(video.shape[-2], video.shape[-1], self.cfg.crop)
-        video = video[..., top : top + side, left : left + side]
-        if side != self.cfg.crop:
-            video = F.resize(video, size, antialias=True)
-        return video.contiguous()
+def decode_clip(webm: bytes, flac: bytes, meta_i32: bytes, cfg: DataConfig, rng: np.random.Generator | None,
+                source: str, features: AudioFeatures | None = None) -> dict:
+    """One clip's members → tensors (video T,C,H,W, audio F,A, audio_len, label): the per-sample work of the torch
+    loader, also what ``avdali predict`` runs on a clip that is in no shard. ``rng`` (None: evaluation) picks frames,
+    the crop window and the audio window; ``source`` names the clip in errors; ``features`` may be reused across
+    calls (building the mel filter bank costs more than applying it)."""
+    frame_count, label = _check_meta(meta_i32, cfg, source)
+    frames = decode_frames(webm, sampling.frame_indices(frame_count, cfg.frames, rng), source)
+    video = torch.from_numpy(frames).permute(0, 3, 1, 2)  # T,C,H,W uint8, a view
+    video = crop_video(video, cfg, augment=rng is not None)
+    if cfg.video_dtype != "uint8":
+        video = prepare_video(video).to(getattr(torch, cfg.video_dtype))
+
+    try:
+        wav, rate = sf.read(io.BytesIO(flac), dtype="float32", always_2d=True)
+    except Exception as e:  # noqa: BLE001 - libsndfile errors on corrupt data come as several types
+        raise AvdaliError(f"{source}: cannot decode the audio ({_describe(e)})") from None
+    if rate != sampling.SAMPLE_RATE:
+        raise AvdaliError(f"{source}: audio at {rate} Hz, the shards must hold {sampling.SAMPLE_RATE} Hz")
+    wav = wav.mean(axis=1) if wav.shape[1] > 1 else wav[:, 0]
+    window = sampling.window_samples(cfg.audio_seconds)
+    start = sampling.audio_start(len(wav), window, rng)
+    features = features or AudioFeatures(cfg)
+    audio, audio_len = features(torch.from_numpy(np.ascontiguousarray(wav[start : start + window])))
+    return dict(video=video, audio=audio, audio_len=audio_len, label=label)
+
+
+def crop_video(video: torch.Tensor, cfg: DataConfig, augment: bool) -> torch.Tensor:
+    """Random resized crop + flip (one window per clip) in training; centre crop otherwise."""
+    from torchvision.transforms import v2
+    from torchvision.transforms.v2 import functional as F
+
+    size = [cfg.crop, cfg.crop]
+    if augment:
+        top, left, h, w = v2.RandomResizedCrop.get_params(video, list(RANDOM_SCALE), list(RANDOM_RATIO))
+        if cfg.crop_interp == "nearest":
+            video = nearest_resized_crop(video, top, left, h, w, cfg.crop)
+        else:  # uint8 channels-last bilinear has a vectorised kernel in torch
+            video = F.resized_crop(video, top, left, h, w, size, antialias=False)  # as DALI: mostly upscaling
+        return video.flip(-1) if torch.rand(()) < 0.5 else video
+    top, left, side = sampling.center_crop_box(video.shape[-2], video.shape[-1], cfg.crop)
+    video = video[..., top : top + side, left : left + side]
+    if side != cfg.crop:
+        video = F.resize(video, size, antialias=True)
+    return video.contiguous()
 
 
 def nearest_resized_crop(video: torch.Tensor, top: int, left: int, height: int, width: int, size: int) -> torch.Tensor:
@@ -261,9 +273,10 @@ MAX_FRAMES = 1_000_000
 def _check_meta(data: bytes, cfg: DataConfig, source: str) -> tuple[int, int]:
     """Frame count and label (of ``cfg.label_space``) from ``meta.i32``, refused unless plausible: a corrupt
     value would otherwise pick wild frame indices or fail later in the loss without naming the sample."""
-    if len(data) != 4 * len(fmt.META_FIELDS):
-        raise AvdaliError(f"{source}: meta.i32 has {len(data)} bytes, expected {4 * len(fmt.META_FIELDS)}")
-    meta = dict(zip(fmt.META_FIELDS, np.frombuffer(data, dtype="<i4").tolist()))
+    try:
+        meta = decode_meta_i32(data)
+    except ValueError as e:
+        raise AvdaliError(f"{source}: {e}") from None
     label = meta["label"] if cfg.label_space == "unified" else meta["native_label"]
     if not 1 <= meta["frames"] <= MAX_FRAMES:
         raise AvdaliError(f"{source}: meta.i32 says {meta['frames']} frames (corrupt shard?)")
@@ -356,14 +369,14 @@ class TorchLoader:
     """Batches from the DataLoader workers: ``len()`` batches per epoch on every rank."""
 
     def __init__(self, cfg: DataConfig, shardset: ShardSet, *, train: bool, device: str, rank: int, world_size: int,
-                 seed: int, frame_size: tuple[int, int]):
+                 seed: int):
         self.cfg, self.train, self.device, self.world_size = cfg, train, device, world_size
         self.num_samples = shardset.num_samples
         self.shardset = shardset
         ctx = mp.get_context(START_METHOD)
         self._epoch = ctx.Value("i", 0)
         self.dataset = ClipStream(cfg, shardset, train=train, rank=rank, world_size=world_size, seed=seed,
-                                  frame_size=frame_size, epoch=self._epoch)
+                                  epoch=self._epoch)
         self.workers = min(cfg.num_threads, max(len(self.dataset.index), 1))
         self.dataloader = DataLoader(
             self.dataset,

@@ -27,12 +27,14 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from avdali import labels, native
+from avdali import shardformat as fmt
 from avdali.errors import AvdaliError
+from avdali.files import TMP_SUFFIX, file_sha256
 from avdali.folder_lock import hold_folder
-from avdali.packing import format as fmt
-from avdali.packing.manifest import Manifest, ShardEntry, build_manifest, read_manifest, write_manifest
-from avdali.packing.options import PackOptions
-from avdali.packing.writer import TMP_SUFFIX, encode_sample, face_kind, file_sha256, tar_index, write_shard
+from avdali.packing.writer import encode_sample, face_kind, write_shard
+from avdali.shardformat.index import tar_index
+from avdali.shardformat.manifest import Manifest, ShardEntry, build_manifest, read_manifest, write_manifest
+from avdali.shardformat.options import PackOptions
 from avdali.sources.records import ClipRecord, Scan, Skipped
 
 TranscodeFn = Callable[[Path, PackOptions], Any]
@@ -314,7 +316,7 @@ def _keepable(group: _Group, entry: ShardEntry | None, out: Path) -> bool:
 
     if not idx.is_file() or idx.read_bytes() != expected_idx:
         # the tar is intact: its index can be rebuilt without transcoding anything
-        from avdali.packing.writer import atomic_write_bytes
+        from avdali.files import atomic_write_bytes
 
         atomic_write_bytes(idx, expected_idx)
     return True

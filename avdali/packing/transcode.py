@@ -25,8 +25,8 @@ import soundfile as sf
 
 from avdali.errors import AvdaliError
 from avdali.packing import face as facemod
-from avdali.packing.format import AUDIO_RATE
-from avdali.packing.options import PackOptions
+from avdali.shardformat import AUDIO_RATE
+from avdali.shardformat.options import PackOptions
 
 VIDEO_CODEC = "libvpx-vp9"
 GOP_FRAMES = 150

@@ -1,56 +1,34 @@
-"""Deterministic shard files: one sample's tar members, the tar itself and DALI's ``.idx`` beside it.
+"""Writing deterministic shard files: one sample's tar members, the tar itself and DALI's ``.idx`` beside it.
+
+What the members, the index and the manifest hold is ``avdali.shardformat``; this module only writes them.
 
 Determinism comes from three places (MEDIA.md): the webm muxer in bit-exact mode (transcode.py),
 FLAC from soundfile, and tar members with fixed metadata, which webdataset's ``TarWriter`` gives
 with ``mtime=0``, empty user/group names and the USTAR format (uid/gid default to 0).
 
-Every file is written under ``<name>.tmp`` and renamed with ``os.replace``, so a killed run leaves
-either the previous file or the finished one, never half of one.
+Every file is written under ``<name>.tmp`` and renamed with ``os.replace`` (``avdali.files``), so a killed run
+leaves either the previous file or the finished one, never half of one.
 
 No torch here (ARCHITECTURE.md).
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import json
 import os
-import struct
 import tarfile
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Iterable, Mapping
 
 from avdali import labels
-from avdali.errors import AvdaliError
-from avdali.packing import format as fmt
+from avdali import shardformat as fmt
+from avdali.files import atomic_write_bytes, remove_partial, tmp_path, write_error
+from avdali.shardformat.index import tar_index
+from avdali.shardformat.manifest import ShardFile
+from avdali.shardformat.members import encode_meta_i32
 from avdali.sources.records import ClipRecord
-
-TMP_SUFFIX = ".tmp"
-"""Suffix of files being written; a resumed run deletes any left behind."""
-
-INDEX_VERSION = "v1.2"
-"""First token of a DALI webdataset index (what ``wds2idx.IndexCreator`` writes)."""
-
-
-@dataclass(frozen=True)
-class ShardFile:
-    """A finished tar + idx pair on disk."""
-
-    name: str
-    """Tar file name (``ravdess-fold1-000000.tar``)."""
-    index_name: str
-    """DALI index file name beside the tar (``ravdess-fold1-000000.idx``)."""
-    samples: int
-    """Number of samples in the tar."""
-    keys: tuple[str, ...]
-    """Sample keys in tar order."""
-    sha256: str
-    """Hex SHA-256 of the tar bytes (resume and ``avdali inspect`` check it)."""
-    bytes: int
-    """Size of the tar in bytes."""
 
 
 def _json_default(value: Any) -> Any:
@@ -74,19 +52,6 @@ def native_id(record: ClipRecord) -> int:
     if record.dataset == "ravdess":
         return labels.native_ravdess_id(record.native_label)
     return record.label
-
-
-def encode_meta_i32(values: Mapping[str, int]) -> bytes:
-    """Little-endian int32 vector in ``format.META_FIELDS`` order."""
-    return struct.pack(f"<{len(fmt.META_FIELDS)}i", *(int(values[name]) for name in fmt.META_FIELDS))
-
-
-def decode_meta_i32(data: bytes) -> dict[str, int]:
-    """Inverse of ``encode_meta_i32``; ``ValueError`` when the length is not ``4 * len(META_FIELDS)``."""
-    expected = 4 * len(fmt.META_FIELDS)
-    if len(data) != expected:
-        raise ValueError(f"meta.i32 has {len(data)} bytes, expected {expected}")
-    return dict(zip(fmt.META_FIELDS, struct.unpack(f"<{len(fmt.META_FIELDS)}i", data)))
 
 
 def face_kind(clip: Any) -> str:
@@ -124,7 +89,7 @@ def sample_metadata(record: ClipRecord, clip: Any, source: str) -> dict:
 
 
 def encode_sample(record: ClipRecord, clip: Any, source: str) -> dict:
-    """All tar members of one sample (``format.py``), keyed by extension, plus webdataset's ``__key__``.
+    """All tar members of one sample (``avdali.shardformat``), keyed by extension, plus webdataset's ``__key__``.
 
     ``clip`` is a ``transcode.Transcoded``; ``source`` the clip's path relative to the dataset root.
     """
@@ -142,108 +107,6 @@ def encode_sample(record: ClipRecord, clip: Any, source: str) -> dict:
         fmt.NUMS_EXT: encode_meta_i32(meta_values),
         fmt.VIDEO_EXT: bytes(clip.webm),
     }
-
-
-def split_member_name(name: str) -> tuple[str, str]:
-    """``dir/key.meta.i32`` → (``dir/key``, ``meta.i32``): the extension starts at the first dot of the base name,
-    as webdataset and ``wds2idx`` split it."""
-    dot = name.find(".", name.rfind("/") + 1)
-    if dot < 0:
-        return name, ""
-    return name[:dot], name[dot + 1 :]
-
-
-class UnsafeMember(ValueError):
-    """A tar member avdali never writes and refuses to read: a link or device, an absolute path, a path with
-    folders or ``..``, a hidden or control-character name."""
-
-
-def check_member_name(name: str) -> str | None:
-    """Why ``name`` cannot be a member of one of our flat shards (``None`` when it is fine): shard members are
-    ``{key}.{ext}`` in the tar's root, so any ``/`` or ``\\`` (absolute paths, folders, ``..``), a leading dot,
-    or a control character is refused before the name is used anywhere."""
-    if not name or len(name) > 255:
-        return "is empty or longer than 255 characters"
-    if "/" in name or "\\" in name:
-        return "has a path (absolute, folders or '..'); shard members sit in the tar's root"
-    if name.startswith("."):
-        return "starts with a dot"
-    if any(ord(c) < 32 or ord(c) == 127 for c in name):
-        return "has a control character"
-    return None
-
-
-def iter_members(tar_path: Path, max_members: int | None = None) -> Iterator[tuple[tarfile.TarFile, tarfile.TarInfo]]:
-    """(open tar, member) for every member of ``tar_path``, in order, after checking it: a regular file with a safe
-    flat name (``check_member_name``) whose data lies inside the file. ``UnsafeMember`` for the first that is not
-    or when there are more than ``max_members`` (a crafted tar cannot make a reader collect unbounded lists);
-    ``ValueError`` for data past the end (a truncated tar)."""
-    size = Path(tar_path).stat().st_size
-    with tarfile.open(tar_path, "r:") as tar:
-        for n, member in enumerate(tar, start=1):
-            if not member.isreg():
-                kind = "a symlink" if member.issym() else "a hard link" if member.islnk() else "a folder" if member.isdir() else "not a regular file"
-                raise UnsafeMember(f"member {member.name!r} is {kind}; shards hold regular files only")
-            why = check_member_name(member.name)
-            if why:
-                raise UnsafeMember(f"member name {member.name!r} {why}")
-            if member.offset_data + member.size > size:
-                raise ValueError(f"truncated: member {member.name} claims {member.size} bytes past the end of the file")
-            if max_members is not None and n > max_members:
-                raise UnsafeMember(f"more than {max_members} members")
-            yield tar, member
-            tar.members = []  # TarFile keeps every member it has read; a reader needs only the current one
-
-
-def tar_index(tar_path: Path, max_members: int | None = None) -> str:
-    """The DALI index of a tar, byte for byte what ``wds2idx.IndexCreator`` writes, read with ``tarfile``
-    (no external ``tar``): ``v1.2 <samples>`` then per sample ``ext offset size name`` per member.
-    Members are checked first (``iter_members``: ``UnsafeMember`` for links, paths, sizes past the end)."""
-    samples: list[list[str]] = []
-    last_base = None
-    for _, member in iter_members(tar_path, max_members):
-        base, ext = split_member_name(member.name)
-        entry = f"{ext} {member.offset_data} {member.size} {member.name}"
-        if base != last_base:
-            samples.append([entry])
-            last_base = base
-        else:
-            samples[-1].append(entry)
-    if not samples:
-        raise ValueError(f"{tar_path}: no samples in tar")
-    return f"{INDEX_VERSION} {len(samples)}\n" + "".join(" ".join(s) + "\n" for s in samples)
-
-
-def file_sha256(path: Path) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def write_error(path: Path, error: OSError) -> AvdaliError:
-    """A failed write (disk full, read-only folder) as one line naming the file that was being written."""
-    return AvdaliError(f"{path}: cannot write ({error.strerror or error}); the file already there, if any, is unchanged")
-
-
-def _remove_partial(tmp: Path) -> None:
-    with contextlib.suppress(OSError):  # best effort: the write error is the one to report
-        tmp.unlink(missing_ok=True)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``path`` via ``path.tmp`` + ``os.replace``; a failed write removes the ``.tmp`` and raises ``write_error``."""
-    tmp = path.with_name(path.name + TMP_SUFFIX)
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except OSError as e:
-        raise write_error(path, e) from None
-    finally:
-        _remove_partial(tmp)
 
 
 def tar_bytes(samples: Iterable[Mapping]) -> bytes:
@@ -267,7 +130,7 @@ def write_shard(out_dir: Path, name: str, samples: list[Mapping]) -> ShardFile:
     out_dir = Path(out_dir)
     tar_path = out_dir / name
     idx_path = out_dir / fmt.index_name(name)
-    tmp_tar = tar_path.with_name(name + TMP_SUFFIX)
+    tmp_tar = tmp_path(tar_path)
     data = tar_bytes(samples)
     try:
         with open(tmp_tar, "wb") as f:
@@ -277,12 +140,12 @@ def write_shard(out_dir: Path, name: str, samples: list[Mapping]) -> ShardFile:
     except OSError as e:
         raise write_error(tar_path, e) from None
     finally:
-        _remove_partial(tmp_tar)  # gone after the rename; a failed write leaves nothing behind
+        remove_partial(tmp_tar)  # gone after the rename; a failed write leaves nothing behind
     return ShardFile(
         name=name,
         index_name=idx_path.name,
         samples=len(samples),
-        keys=tuple(s["__key__"] for s in samples),
+        keys=[s["__key__"] for s in samples],
         sha256=hashlib.sha256(data).hexdigest(),
         bytes=len(data),
     )

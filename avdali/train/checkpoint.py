@@ -7,8 +7,6 @@ schedule, step, epoch, best metric, the resolved config as a plain dict, and the
 
 from __future__ import annotations
 
-import contextlib
-import os
 import pickle
 import random
 import re
@@ -19,6 +17,7 @@ import numpy as np
 import torch
 
 from avdali.errors import AvdaliError
+from avdali.files import atomic_write
 
 LAST = "last.pt"
 BEST = "best.pt"
@@ -29,33 +28,9 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
 
     A failed write (disk full, read-only folder) removes the ``.tmp`` and raises an AvdaliError naming ``path``.
     """
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        # Through a Python file: torch.save(state, str) reports a full disk only as an opaque C++ RuntimeError
-        # ("unexpected pos …"); a file object's write raises the OSError (ENOSPC) that says what happened.
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-        os.replace(tmp, path)
-    except (OSError, RuntimeError) as e:
-        cause = _os_error(e)
-        if cause is None:
-            raise
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        raise AvdaliError(
-            f"{path}: cannot write the checkpoint ({cause.strerror or cause}); the previous {path.name}, if any, "
-            "is unchanged"
-        ) from None
-    return path
-
-
-def _os_error(error: BaseException | None) -> OSError | None:
-    """The OSError behind ``error``: torch.save's zip writer, closing after a failed write, raises a RuntimeError
-    of its own whose ``__context__`` is the OSError."""
-    while error is not None and not isinstance(error, OSError):
-        error = error.__cause__ or error.__context__
-    return error
+    # Through a Python file: torch.save(state, str) reports a full disk only as an opaque C++ RuntimeError
+    # ("unexpected pos …"); a file object's write raises the OSError (ENOSPC) that says what happened.
+    return atomic_write(path, lambda f: torch.save(state, f), what="the checkpoint")
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -25,6 +25,7 @@ from typing import Any, Literal, Sequence
 
 from avdali.data.config import DataConfig
 from avdali.errors import AvdaliError, ConfigError
+from avdali.files import atomic_write_text
 from avdali.labels import LABEL_SPACES
 from avdali.models.config import ModelConfig
 
@@ -170,9 +171,6 @@ class RunConfig:
 
 SECTIONS: dict[str, type] = {"data": DataSection, "model": ModelConfig, "optim": OptimConfig, "train": TrainConfig}
 """TOML section name → dataclass, in file order."""
-
-DERIVED_MODEL_KEYS = ("num_classes", "audio_features")
-"""``[model]`` keys train derives from ``[data]`` (label space size, feature bins)."""
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> RunConfig:
@@ -351,11 +349,7 @@ def config_to_toml(cfg: RunConfig) -> str:
 
 def dump_config(cfg: RunConfig, path: str | Path) -> Path:
     """Write ``config_to_toml(cfg)`` to ``path`` (atomically, like checkpoints)."""
-    path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(config_to_toml(cfg))
-    tmp.replace(path)
-    return path
+    return atomic_write_text(path, config_to_toml(cfg))
 
 
 def _toml_value(value: Any) -> str:

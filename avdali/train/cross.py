@@ -27,10 +27,10 @@ from typing import Sequence
 import numpy as np
 
 from avdali.errors import AvdaliError
-from avdali.packing.manifest import Manifest, read_manifest
+from avdali.shardformat.manifest import Manifest, read_manifest
 from avdali.train.inference import LoadedModel, check_label_space, default_eval_splits, evaluate_checkpoint, load_model
 from avdali.train.protocol import ravdess_fold_splits
-from avdali.train.report import _atomic_write, write_json
+from avdali.train.report import write_file, write_json
 
 TABLE_METRICS = (("acc", "accuracy"), ("ua", "UA"), ("weighted_f1", "weighted F1"), ("macro_f1", "macro F1"))
 """The table's metrics in order: key in ``evaluate``'s dict, title (UA = unweighted accuracy = mean per-class recall)."""
@@ -328,11 +328,11 @@ def write_outputs(table: CrossTable, out: Path) -> dict[str, Path]:
     """``out/cross.md``, ``out/cross.json``, ``out/cross.png`` (each written atomically)."""
     out = Path(out)
     paths = {"markdown": out / "cross.md", "json": out / "cross.json", "png": out / "cross.png"}
-    _atomic_write(paths["markdown"], markdown(table).encode())
+    write_file(paths["markdown"], markdown(table).encode())
     write_json(paths["json"], table.to_dict())
     buffer = io.BytesIO()
     heatmap_figure(table).savefig(buffer, format="png")
-    _atomic_write(paths["png"], buffer.getvalue())
+    write_file(paths["png"], buffer.getvalue())
     return paths
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from avdali.errors import AvdaliError, ConfigError
+from avdali.files import atomic_write_text
 from avdali.folder_lock import hold_folder
 from avdali.train.config import RunConfig, config_to_toml
 from avdali.train.protocol import RAVDESS_FOLDS, plan_splits
@@ -153,7 +154,7 @@ def _run_cv_locked(
     if (parent / CV_JSON).exists():
         raise AvdaliError(f"{parent} already holds a cross-validation ({CV_JSON}); choose another --out")
     parent.mkdir(parents=True, exist_ok=True)
-    (parent / "config.toml").write_text(config_to_toml(cfg))  # the shared config, before each fold's own fold/run_dir
+    atomic_write_text(parent / "config.toml", config_to_toml(cfg))  # the shared config, before each fold's own fold/run_dir
     summary: CVSummary | None = None
     for fold in folds:
         fold_cfg = dataclasses.replace(
@@ -176,8 +177,4 @@ def _run_cv_locked(
 
 def write_summary(summary: CVSummary) -> Path:
     """``parent/cv.json`` (atomically)."""
-    path = summary.parent / CV_JSON
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(summary.to_dict(), indent=2) + "\n")
-    tmp.replace(path)
-    return path
+    return atomic_write_text(summary.parent / CV_JSON, json.dumps(summary.to_dict(), indent=2) + "\n")

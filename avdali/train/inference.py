@@ -20,7 +20,7 @@ from avdali.data.build import build_loader
 from avdali.errors import AvdaliError, ConfigError
 from avdali.labels import LABEL_SPACES
 from avdali.models.avfusion import AVFusionModel, build_model
-from avdali.packing.manifest import Manifest, read_manifest
+from avdali.shardformat.manifest import Manifest, read_manifest
 from avdali.train import checkpoint as ckpt
 from avdali.train.config import RunConfig, config_from_dict
 from avdali.train.distributed import resolve_device

@@ -17,9 +17,9 @@ import torch
 from avdali import native
 from avdali.data.single import clip_batch
 from avdali.errors import AvdaliError
-from avdali.packing.manifest import read_manifest
-from avdali.packing.options import PackOptions
 from avdali.packing.transcode import ClipError, Transcoded, transcode_clip
+from avdali.shardformat.manifest import read_manifest
+from avdali.shardformat.options import PackOptions
 from avdali.train.config import RunConfig
 from avdali.train.inference import LoadedModel
 from avdali.train.inputs import model_video, to_device

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from avdali.errors import ConfigError
 from avdali.labels import UNIFIED
-from avdali.packing.format import MANIFEST_NAME
-from avdali.packing.manifest import Manifest, read_manifest
+from avdali.shardformat import MANIFEST_NAME
+from avdali.shardformat.manifest import Manifest, read_manifest
 
 RAVDESS_FOLDS = 5
 DEFAULT_METRIC = {"ravdess": "ua", "meld": "weighted_f1"}

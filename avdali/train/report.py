@@ -8,14 +8,13 @@ Plain functions of a confusion matrix (rows = true class, columns = predicted), 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from avdali.errors import AvdaliError
+from avdali.files import atomic_write_bytes, write_error
 from avdali.train.metrics_writer import confusion_figure
 
 SUMMARY_KEYS = ("acc", "ua", "weighted_f1", "macro_f1", "loss", "num_samples")
@@ -76,7 +75,7 @@ def write_json(path: str | Path, report: dict) -> Path:
     """Write ``report`` as indented JSON (atomically: ``*.tmp`` then rename); AvdaliError naming the file on failure."""
     path = Path(path)
     text = json.dumps(report, indent=1, allow_nan=True) + "\n"
-    return _atomic_write(path, text.encode())
+    return write_file(path, text.encode())
 
 
 def write_confusion_png(path: str | Path, confusion: np.ndarray, class_names: Sequence[str], title: str = "") -> Path:
@@ -90,18 +89,16 @@ def write_confusion_png(path: str | Path, confusion: np.ndarray, class_names: Se
         fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
-    return _atomic_write(path, buffer.getvalue())
+    return write_file(path, buffer.getvalue())
 
 
-def _atomic_write(path: Path, data: bytes) -> Path:
-    tmp = path.with_name(path.name + ".tmp")
+def write_file(path: Path, data: bytes) -> Path:
+    """``data`` into ``path`` atomically, making its folder first; AvdaliError naming the file on failure."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
     except OSError as e:
-        raise AvdaliError(f"{path}: cannot write ({e.strerror or e})") from None
-    return path
+        raise write_error(path, e) from None
+    return atomic_write_bytes(path, data)
 
 
 def _plain(value: Any) -> Any:

@@ -1,4 +1,16 @@
-"""The shard format: one place that names every component and the manifest version.
+"""The shard format: what ``avdali shard`` writes and every reader (loaders, ``inspect``, ``eval``, ``predict``) reads.
+
+The packer (``packing``) and the readers (``data``, ``train``) both import this package and never each other, so a
+change to the format is made here once. No torch here. The modules:
+
+- here: the names of shards, indexes and sample components, and the format version;
+- ``members``: tar member names, ``meta.i32`` encode/decode, safe member iteration (``iter_members``);
+- ``index``: the DALI ``.idx`` beside each tar, written and read;
+- ``manifest``: ``manifest.json``'s schema (``ShardFile``/``ShardEntry``/``Manifest``), written and read;
+- ``options``: the pack options, recorded in the manifest (they decide the bytes of a shard);
+- ``probe``: decode a webm/flac member to count what it holds; ``inspect``: check a folder against its manifest.
+
+Writing files atomically (``*.tmp`` + rename) and hashing them is ``avdali.files``, shared with checkpoints.
 
 A sample is one tar member per component, all named ``{key}.{ext}`` (webdataset convention,
 extension = everything after the first dot), written in sorted extension order:

@@ -1,0 +1,46 @@
+"""The package boundaries README's Development section promises, checked on what Python really loads."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from avdali.cli.common import parse_size
+from avdali.errors import AvdaliError
+
+
+def _loaded_after(imports: str) -> set[str]:
+    """Module names loaded by a fresh interpreter after ``imports`` (a fresh one: this one has loaded everything)."""
+    code = f"import sys\n{imports}\nprint('\\n'.join(sorted(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    return set(out.split())
+
+
+def test_readers_reach_the_format_without_packing_and_the_format_without_torch():
+    loaded = _loaded_after(
+        "import avdali.shardformat.inspect, avdali.shardformat.index, avdali.files\n"
+        "assert 'torch' not in sys.modules, 'shardformat loaded torch'\n"
+        "import avdali.data.build, avdali.data.torch_loader, avdali.data.single, avdali.data.integrity, "
+        "avdali.train.protocol, avdali.train.inference, avdali.train.evaluate"
+    )
+    assert "avdali.shardformat.manifest" in loaded  # the readers do read the format …
+    assert not {m for m in loaded if m.startswith("avdali.packing")}  # … through shardformat, not through packing
+
+
+@pytest.mark.parametrize("text, size", [("1280x720", (1280, 720)), (" 64 X 48 ", (64, 48))])
+def test_parse_size_reads_width_x_height(text, size):
+    assert parse_size(text) == size
+
+
+@pytest.mark.parametrize("text", ["-2x4", "1x", "axb", "12x12x3", "1.5x2"])
+def test_parse_size_refuses_anything_else_in_one_line(text):
+    with pytest.raises(AvdaliError, match=r"^--size must look like 1280x720, got "):
+        parse_size(text)
+
+
+def test_parse_size_minimum():
+    assert parse_size("64x64", minimum=64) == (64, 64)
+    with pytest.raises(AvdaliError, match=r"^--size 32x64 is too small \(at least 64x64\)$"):
+        parse_size("32x64", minimum=64)
