@@ -37,3 +37,25 @@ def test_steps_record_command_rc_figures_and_skip_past_the_budget(tmp_path):
 def test_machine_names_the_versions():
     info = _tool().machine(cpu=True)
     assert info["torch"] and info["python"] and info["mode"] == "cpu dry run" and "driver" in info
+
+
+def test_a_timed_out_step_takes_its_children_with_it(tmp_path):
+    import os
+    import time
+
+    tool = _tool()
+    pid_file = tmp_path / "child.pid"
+    code = ("import subprocess, sys, time; "
+            "c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+            f"open({str(pid_file)!r}, 'w').write(str(c.pid)); time.sleep(60)")
+    step = tool.Steps(tmp_path, budget_s=60, summary={}).run("tree", [sys.executable, "-c", code], 3)
+    assert step["rc"] == "timeout"
+    child = int(pid_file.read_text())
+    for _ in range(50):  # reaped by init once killed
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError(f"child {child} of the timed-out step still runs")

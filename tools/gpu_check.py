@@ -33,6 +33,7 @@ import argparse
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -67,9 +68,14 @@ class Steps:
         start = time.perf_counter()
         log = self.out / f"{name}.log"
         with log.open("w") as f:
+            # its own process group: on timeout the whole tree goes (torchrun's ranks, DataLoader workers), so no
+            # orphan keeps the GPU or the cores busy during the next step
+            process = subprocess.Popen(command, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
             try:
-                step["rc"] = subprocess.run(command, stdout=f, stderr=subprocess.STDOUT, timeout=step["limit_s"]).returncode
+                step["rc"] = process.wait(timeout=step["limit_s"])
             except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
                 step["rc"] = "timeout"
         step["seconds"] = round(time.perf_counter() - start, 1)
         tail = log.read_text(errors="replace").splitlines()[-12:]
@@ -201,7 +207,7 @@ def main() -> int:
     launch = ["--device", "cpu", "--procs", "2"] if args.cpu else ["--gpus", "1"]
     steps.run("train", [*avdali, "train", "--config", config, *launch, "--run-dir", str(run_dir), *set_flags,
                         "--set", "train.epochs=2", "--set", f'data.loader="{"dali" if dali else "torch"}"',
-                        "--set", 'data.decode="auto"'], 120)
+                        "--set", 'data.decode="auto"'], 240 if args.cpu else 120)
     figures = out / "eval.json"
     steps.run("eval", [*avdali, "eval", "--checkpoint", str(run_dir / "best.pt"), "--shards", str(shards), "--split",
                        "fold1", "--json", str(figures)], 45, figures)
