@@ -240,7 +240,7 @@ def train(
         )  # fmt: skip
     machine = figures["machine"]
     table = Table(
-        title=f"training throughput: batch {figures['batch_size']}, T={figures['frames']}, {figures['crop']}², "
+        title=f"training throughput: T={figures['frames']}, {figures['crop']}², "
         f"{steps} steps · {machine['device']}, {machine['cpus']} cpus, load {machine['load_average_1m']}"
     )
     for column in ("batch", "loader", "amp", "compile", "clips/s", "data wait", "step ms", "TFLOP/s", "MFU"):
