@@ -88,6 +88,54 @@ def decode_video(data: bytes, codec: str | None = None) -> np.ndarray:
         return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(stream)])
 
 
+NVDEC_MAX_ERROR = 12.0
+"""Mean error (levels of 255) above which an NVDEC decode counts as wrong: VP9 at its default quality is within a
+few levels of the gradient."""
+
+
+def probe_nvdec(device_id: int = 0) -> str:
+    """Decode a small VP9 clip with DALI's ``mixed`` decoder (NVDEC) on ``device_id`` and compare it with the frames
+    encoded; raises (naming what failed) when NVDEC cannot be used here, else returns a short detail."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libnvcuvid.so.1")
+    except OSError as e:
+        raise RuntimeError(f"libnvcuvid.so.1 does not load ({e})") from None
+    from avdali.data.dali import probe_video_decode  # DALI is imported in data/dali.py alone
+
+    frames = gradient_frames(8, 128)  # NVDEC's minimum VP9 frame is 128x128
+    try:
+        decoded = probe_video_decode(encode_video(frames, "libvpx-vp9", "webm"), device_id)
+    except Exception as e:  # noqa: BLE001 - any failure of the decoder is the finding
+        raise RuntimeError(f"DALI mixed VP9 decode: {reason(e)}") from None
+    if decoded.shape != frames.shape:
+        raise RuntimeError(f"DALI mixed decode gave {decoded.shape}, expected {frames.shape}")
+    error = float(abs(decoded.astype(float) - frames.astype(float)).mean())
+    if error > NVDEC_MAX_ERROR:
+        raise RuntimeError(f"DALI mixed decode differs from the clip by {error:.1f} levels on average")
+    return f"libnvcuvid loads; a {len(decoded)}-frame VP9 clip decodes on NVDEC (mean error {error:.1f})"
+
+
+_NVDEC_USABLE: dict[int, bool] = {}
+"""``nvdec_usable`` answers per device, once per process (the probe builds a DALI pipeline: ~1 s)."""
+
+
+def nvdec_usable(device_id: int = 0) -> bool:
+    """Whether NVDEC decodes VP9 through DALI on ``device_id`` (False without CUDA); probed once per process."""
+    if device_id not in _NVDEC_USABLE:
+        import torch
+
+        if not torch.cuda.is_available():
+            return False
+        try:
+            probe_nvdec(device_id)
+            _NVDEC_USABLE[device_id] = True
+        except Exception:  # noqa: BLE001 - unusable for whatever reason; `avdali doctor` names it
+            _NVDEC_USABLE[device_id] = False
+    return _NVDEC_USABLE[device_id]
+
+
 def _round_trip(codec: str, container: str, decoder: str) -> str:
     frames = gradient_frames(4, 64)
     decoded = decode_video(encode_video(frames, codec, container), decoder)

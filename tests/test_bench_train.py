@@ -36,6 +36,9 @@ def test_variants_cpu_uses_the_config_and_cuda_crosses_amp_and_compile():
     cuda = variants_for("cuda", ["dali", "torch"], "auto", "auto")
     assert len(cuda) == 8 and len(set(cuda)) == 8
     assert {(v.amp, v.compile) for v in cuda} == {("bf16", True), ("bf16", False), ("none", True), ("none", False)}
+    # --config-only: the config's precision and compile, auto resolved as training resolves it on CUDA
+    assert variants_for("cuda", ["dali"], "auto", "auto", grid=False) == [Variant("dali", "bf16", True)]
+    assert variants_for("cuda", ["torch"], "none", False, grid=False) == [Variant("torch", "none", False)]
 
 
 def test_unknown_loader_and_missing_shards_are_one_line_errors(tmp_path):
@@ -43,6 +46,8 @@ def test_unknown_loader_and_missing_shards_are_one_line_errors(tmp_path):
     assert result.exit_code == 1 and "--loaders: unknown naive" in result.output
     result = runner.invoke(app, ["bench", "train", str(tmp_path / "none")])
     assert result.exit_code == 1 and "no manifest.json" in result.output
+    result = runner.invoke(app, ["bench", "train", str(tmp_path), "--batch-sizes", "8,x"])
+    assert result.exit_code == 1 and "--batch-sizes: expected comma-separated integers" in result.output
 
 
 def test_both_loaders_run_and_write_json(tmp_path: Path, ravdess_shards):
@@ -50,7 +55,8 @@ def test_both_loaders_run_and_write_json(tmp_path: Path, ravdess_shards):
     config.write_text(tiny_run_toml("shards/none", batch_size=4, freeze_backbone=False, train='device = "cpu"'))
     out = tmp_path / "bench.json"
     result = runner.invoke(app, ["bench", "train", str(ravdess_shards), "--config", str(config), "--loaders", "dali,torch",
-                                 "--steps", "2", "--warmup", "1", "--json", str(out)])
+                                 "--steps", "2", "--warmup", "1", "--json", str(out),
+                                 "--batch-sizes", "4", "--peak-tflops", "0.5"])
     assert result.exit_code == 0, result.output
     figures = json.loads(out.read_text())
     assert [r["loader"] for r in figures["results"]] == ["dali", "torch"]
@@ -62,3 +68,7 @@ def test_both_loaders_run_and_write_json(tmp_path: Path, ravdess_shards):
         assert 0.0 <= r["data_wait_frac"] <= 1.0
         assert r["clips_per_s"] == pytest.approx(r["clips"] / r["seconds"], rel=1e-2)
         assert r["step_ms"] == pytest.approx(1000 * r["seconds"] / 2, rel=1e-2)
+        assert r["batch_size"] == 4 and r["gflop_per_clip"] > 0
+        assert r["achieved_tflops"] == pytest.approx(r["gflop_per_clip"] * r["clips_per_s"] / 1000, rel=2e-2)
+        assert r["mfu"] == pytest.approx(r["achieved_tflops"] / 0.5, rel=2e-2)
+    assert figures["peak_tflops"] == 0.5 and "FlopCounterMode" in figures["flops_counted_by"]

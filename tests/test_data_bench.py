@@ -20,6 +20,8 @@ def test_bench_loader_writes_figures(ravdess_shards, tmp_path):
     assert figures["results"]["dali"]["clips"] == 4  # 2 timed batches of 2
     assert figures["config"]["crop_interp"] == "nearest"
     assert figures["results"][figures["ceiling"]]["share_of_ceiling"] == 1.0
+    assert figures["device"] == "cpu" and figures["results"]["dali"]["cpu_cores"] > 0
+    assert "gpu_peak_allocated_mb" not in figures["results"]["dali"]
     assert "dali" in result.output
 
 
@@ -31,6 +33,52 @@ def test_bench_loader_rejects_unknown_loader_and_naive_without_src(ravdess_shard
     assert result.exit_code == 1 and "--src" in result.output
     result = runner.invoke(app, ["bench", "loader", str(ravdess_shards), "--crop-interp", "cubic"])
     assert result.exit_code == 1 and "crop_interp" in result.output and "nearest, linear" in result.output
+    result = runner.invoke(app, ["bench", "loader", str(ravdess_shards), "--loaders", "dali-gpu"])
+    assert result.exit_code == 1 and "unknown dali-gpu for --device cpu" in result.output
+
+
+def test_bench_loader_cuda_without_cuda_is_one_line(ravdess_shards):
+    import pytest
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("checks the error without CUDA")
+    result = CliRunner().invoke(app, ["bench", "loader", str(ravdess_shards), "--device", "cuda"])
+    assert result.exit_code == 1, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "no CUDA device" in lines[0] and "Traceback" not in result.output
+    result = CliRunner().invoke(app, ["bench", "loader", str(ravdess_shards), "--device", "cuda", "--loaders", "dali"])
+    assert result.exit_code == 1 and "unknown dali for --device cuda" in result.output
+
+
+def test_process_tree_cpu_counts_children():
+    """A busy child process's CPU time is counted (DataLoader workers are children), and this process's own."""
+    import subprocess
+    import sys
+    import time
+
+    from avdali.data.benchmark import process_tree_cpu_seconds
+
+    before = process_tree_cpu_seconds()
+    child = subprocess.Popen([sys.executable, "-c", "import time\nt=time.process_time()\nwhile time.process_time()-t<0.6: pass\ntime.sleep(30)"])
+    try:
+        deadline = time.time() + 20
+        while process_tree_cpu_seconds() - before < 0.5 and time.time() < deadline:
+            time.sleep(0.1)
+        assert process_tree_cpu_seconds() - before >= 0.5
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_cuda_loaders_cover_every_way_of_feeding_a_gpu():
+    from avdali.data.benchmark import CUDA_LOADERS
+    from avdali.data.config import DataConfig
+
+    assert CUDA_LOADERS["dali-gpu"] == ("dali", "cuda", "gpu") and CUDA_LOADERS["dali-hybrid"] == ("dali", "cuda", "cpu")
+    assert CUDA_LOADERS["dali-cpu"][1] == "cpu" and CUDA_LOADERS["torch"][0] == "torch"
+    for loader, _device, decode in CUDA_LOADERS.values():
+        DataConfig(loader=loader, decode=decode)  # valid settings
 
 
 def test_naive_loader_reads_only_the_clips_the_manifest_packed(ravdess_src, tmp_path):

@@ -134,21 +134,81 @@ def test_cuda_without_cuda_is_a_clear_error(ravdess_shards):
         build_loader(small(ravdess_shards), SPLITS, train=True, device="cuda")
 
 
-@pytest.mark.parametrize("train, features, video_dtype, crop_interp",
-                         [(True, "logmel", "uint8", "nearest"), (True, "logmel", "uint8", "linear"), (False, "mfcc", "float16", "nearest")])
-def test_gpu_pipeline_is_defined(ravdess_shards, train, features, video_dtype, crop_interp):
-    """Tracing the GPU variant checks every argument name of the mixed/gpu ops without needing a GPU."""
+def _graph_ops(*outputs) -> list[tuple[str, str]]:
+    """(schema name, device) of every operator upstream of traced ``outputs`` (DALI's private graph objects)."""
+    seen, stack = {}, list(outputs)
+    while stack:
+        op = stack.pop().source
+        if op is None or op.id in seen:
+            continue
+        seen[op.id] = (getattr(op._op, "schema_name", None) or type(op._op).__name__, op._op.device)
+        stack += list(op.inputs)
+    return list(seen.values())
+
+
+@pytest.mark.parametrize("train, features, video_dtype, crop_interp, decode",
+                         [(True, "logmel", "uint8", "nearest", "gpu"), (True, "logmel", "uint8", "linear", "cpu"),
+                          (False, "mfcc", "float16", "nearest", "gpu"), (False, "logmel", "uint8", "linear", "cpu")])
+def test_gpu_pipeline_is_defined(ravdess_shards, train, features, video_dtype, crop_interp, decode):
+    """Tracing the GPU variant checks every argument name of the mixed/gpu ops without needing a GPU, for both
+    places the video can be decoded (NVDEC, or the CPU threads with every later op on the GPU)."""
     from avdali.data.dali import DaliLoader
     from avdali.data.shards import resolve
 
     shardset = resolve(ravdess_shards, SPLITS)
-    cfg = small(ravdess_shards, features=features, video_dtype=video_dtype, crop_interp=crop_interp)
+    cfg = small(ravdess_shards, features=features, video_dtype=video_dtype, crop_interp=crop_interp, decode=decode)
     loader = DaliLoader(cfg, shardset, train=train, device="cuda", rank=0, world_size=1, seed=0, frame_size=(128, 128))
+    assert loader.decode == decode
     pipe = loader.make_pipeline(device_id=0)
     assert pipe.device_id == 0
     # the traced outputs: video and audio features must come out of GPU ops (a CPU op there would
     # silently move work back to the CPU); DALI keeps them in the private _graph_out
     assert [node.device for node in pipe._graph_out[:2]] == ["gpu", "gpu"]
+    ops = _graph_ops(*pipe._graph_out[:2])
+    assert [device for name, device in ops if name == "decoders__Video"] == ["mixed" if decode == "gpu" else "cpu"]
+    # hybrid: the decode (and the reader, audio decode, slicing) on the CPU, but every crop/resize/feature op on the GPU
+    later = [device for name, device in ops if name in ("RandomResizedCrop", "CropMirrorNormalize", "Resize", "Spectrogram",
+                                                         "MelFilterBank", "ToDecibels", "MFCC", "Normalize")]
+    assert later and set(later) == {"gpu"}
+
+
+def test_decode_rule_resolves_auto_from_the_nvdec_probe(monkeypatch):
+    from avdali.data.config import resolve_decode
+
+    asked = []
+
+    def probe(answer):
+        return lambda: asked.append(answer) or answer
+
+    assert resolve_decode("auto", probe(True)) == "gpu"
+    assert resolve_decode("auto", probe(False)) == "cpu"
+    assert resolve_decode("gpu", probe(False)) == "gpu" and resolve_decode("cpu", probe(True)) == "cpu"
+    assert asked == [True, False]  # the probe runs for auto only
+    with pytest.raises(AvdaliError, match="data.decode: 'nvdec' is not valid"):
+        DataConfig(decode="nvdec")
+
+
+@pytest.mark.parametrize("usable, expected", [(True, "gpu"), (False, "cpu")])
+def test_dali_loader_auto_decode_asks_native_probe(ravdess_shards, monkeypatch, usable, expected):
+    from avdali import native
+    from avdali.data.dali import DaliLoader
+    from avdali.data.shards import resolve
+
+    monkeypatch.setattr(native, "nvdec_usable", lambda device_id=0: usable)
+    shardset = resolve(ravdess_shards, SPLITS)
+    cfg = small(ravdess_shards, decode="auto")
+    loader = DaliLoader(cfg, shardset, train=True, device="cuda", rank=0, world_size=1, seed=0, frame_size=(128, 128))
+    assert loader.decode == expected
+    cpu = DaliLoader(cfg, shardset, train=True, device="cpu", rank=0, world_size=1, seed=0, frame_size=(128, 128))
+    assert cpu.decode == "cpu"  # the CPU pipeline never probes
+
+
+def test_nvdec_unusable_without_cuda():
+    from avdali import native
+
+    if torch.cuda.is_available():
+        pytest.skip("checks the answer without CUDA")
+    assert native.nvdec_usable() is False
 
 
 @pytest.mark.slow

@@ -350,3 +350,34 @@ def test_face_finder_tracks_the_same_person_then_falls_back():
     # The tracked face leaves: the whole frame is searched again.
     moved = finder(_grey_with_faces([(470, 170, 75)]))
     assert moved is not None and abs(moved[0] - 470) < 20
+
+
+def _keyframes(webm: bytes) -> list[int]:
+    """Indices of the packets PyAV reads as keyframes."""
+    with av.open(io.BytesIO(webm)) as c:
+        packets = [p for p in c.demux(c.streams.video[0]) if p.size]
+    return [i for i, p in enumerate(packets) if p.is_keyframe]
+
+
+def test_keyint_default_is_one_keyframe_per_clip_and_keyint_4_adds_keyframes(clips, good: Transcoded):
+    from dataclasses import replace
+
+    from avdali.packing.transcode import GOP_FRAMES
+
+    assert OPTS.keyint == 0 and _keyframes(good.webm) == [0]  # 15 frames, one keyframe: what --keyint 0 always gave
+    assert transcode_clip(clips["good"], replace(OPTS, keyint=GOP_FRAMES)).webm == good.webm  # 0 means that interval
+    four = transcode_clip(clips["good"], replace(OPTS, keyint=4))
+    assert _keyframes(four.webm) == [0, 4, 8, 12]
+    assert four.frames == good.frames and four.webm != good.webm
+
+
+def test_keyint_is_recorded_only_when_set_and_checked():
+    from avdali.errors import AvdaliError
+    from avdali.packing.run import _manifest_options
+
+    assert "keyint" not in PackOptions().content_options()  # manifests of default packs stay byte-identical
+    assert "keyint" not in _manifest_options(PackOptions())
+    assert PackOptions(keyint=4).content_options()["keyint"] == _manifest_options(PackOptions(keyint=4))["keyint"] == 4
+    for bad in (-1, 1001, 2.5, True):
+        with pytest.raises(AvdaliError, match="--keyint must be an integer"):
+            PackOptions(keyint=bad)

@@ -1,110 +1,221 @@
 #!/usr/bin/env python3
-"""Check avdali's CUDA paths on a GPU machine, end to end, through the CLI a user runs.
+"""Measure avdali on a GPU machine in one go (~8 minutes on one H200 with 16 cores) and write one JSON.
 
-    python tools/gpu_check.py SHARDS OUT [--set section.key=value ...]
+    PYTHONPATH=$PWD/.gpu/site:$PWD python3 tools/gpu_check.py --out OUT [--shards SHARDS] [--budget-s 480]
 
-SHARDS: a RAVDESS shard folder with all five folds (e.g. `avdali synth ravdess raw --actors 24 --trials 8
---size 320x180 && avdali shard ravdess raw SHARDS`). OUT: where the logs and JSON results go.
+Without ``--shards`` it first makes small synthetic RAVDESS shards in OUT/data (`avdali synth ravdess` 24 actors ×
+``--trials`` clips at 256x144, then `avdali shard ravdess` on every core: well under a minute on 16 cores). Steps,
+each a CLI command a user runs, each with its own time limit (and all within ``--budget-s``), so one hang does
+not hide the rest:
 
-Steps (each with its own time limit, so one hang does not hide the rest; the summary says which passed):
-0. `avdali doctor --json`: what the machine offers (CUDA, DALI on the GPU, NVDEC) and what is broken; its report is
-   the summary's ``doctor`` entry (the steps run either way).
-1. `avdali train --config configs/ravdess.toml --gpus 1`: torch.distributed's elastic launcher, NCCL, DDP,
-   bf16 autocast, torch.compile (inductor), channels_last, atomic checkpoints, TensorBoard; two short epochs.
-2. `avdali eval` of its best.pt on the test fold, on CUDA.
-3. `avdali bench train`: clips/s and data-wait share with AMP (bf16/none) × torch.compile (on/off), the
-   config's full per-GPU batch (8 clips of 16 frames at 112²).
-4. `avdali train --gpus N` with N above the GPU count: must stop with one line before starting ranks.
+0. versions: GPU, driver, CUDA, torch, DALI, Python; `avdali doctor --json` (CUDA, DALI on the GPU, NVDEC). A loader
+   the doctor finds broken (no DALI, no NVDEC) is left out of the later steps (``loaders`` in the JSON says which ran).
+1. `avdali bench loader --device cuda` at batch 64 (with the CPU decode ceiling) and 256: dali-gpu (NVDEC),
+   dali-hybrid (CPU decode, GPU ops), dali-cpu and torch workers: clips/s, frames/s, CPU cores busy, GPU memory.
+2. `avdali bench train --config-only --batch-sizes B` for B = 64, 256, 8 (one step each, so a slow one keeps the
+   others' figures) with the dali (data.decode = auto) and torch loaders, bf16, torch.compile, channels_last:
+   clips/s, data-wait share, step ms, achieved TFLOP/s and MFU (FLOPs by FlopCounterMode).
+3. `avdali train --gpus 1` (torchrun, NCCL, DDP, DALI with data.decode = auto) for two short epochs, then
+   `avdali eval` of its best.pt on CUDA.
+4. `avdali train --gpus 64`: must stop with one line before starting ranks.
+The steps run in that order of value (1 and 2 interleaved: b64 loader, train b64, train b256, loader b256, train b8);
+those the budget no longer covers are recorded as skipped.
 
-The torch loader is used throughout (DALI need not be installed); ImageNet weights are off (no download).
-Extra ``--set`` values are passed to every command. ``--cpu``: a dry run of the same steps without a GPU
-(e.g. `--cpu --set data.frames=4 --set data.crop=64`).
+OUT/gpu_check.json holds the machine, every step's exact command, exit code, seconds and its figures (the bench
+JSONs inlined); it is rewritten after each step, so a run cut short still leaves what it measured. Commit it under
+``benchmarks/``. ImageNet weights are off (the machine has no network). ``--cpu``: a dry run of the same steps
+without a GPU on tiny settings (CPU loaders, gloo ranks), to check the script itself.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
+import signal
 import subprocess
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 CONFIG = "configs/ravdess.toml"
+CPU_CONFIG = "avdali/configs/demo.toml"
+"""``--cpu``: the demo's narrow model at 8 frames of 64² (the RAVDESS model would take the dry run's whole budget on a
+2-core VM)."""
+FOLDS = ["fold1", "fold2", "fold3", "fold4", "fold5"]
 
 
-def run_step(name: str, command: list[str], limit_s: int, out: Path) -> dict:
-    """Run one CLI command with a time limit; its output goes to OUT/NAME.log; returns rc and seconds."""
-    print(f"== {name}: {' '.join(command)}", flush=True)
-    start = time.perf_counter()
-    log = out / f"{name}.log"
-    with log.open("w") as f:
+class Steps:
+    """Runs CLI steps within one time budget and keeps the summary JSON current."""
+
+    def __init__(self, out: Path, budget_s: float, summary: dict):
+        self.started = time.monotonic()
+        self.out, self.deadline, self.summary = out, self.started + budget_s, summary
+        self.summary["steps"] = {}
+
+    def run(self, name: str, command: list[str], limit_s: float, json_file: Path | None = None) -> dict:
+        """Run ``command`` (output to OUT/NAME.log) for at most ``limit_s`` and what is left of the budget."""
+        left = self.deadline - time.monotonic()
+        step = {"command": " ".join(command), "limit_s": round(min(limit_s, max(left, 0)), 1)}
+        self.summary["steps"][name] = step
+        if left < 5:
+            step["rc"] = "skipped: time budget spent"
+            self.write()
+            return step
+        print(f"== {name}: {step['command']}", flush=True)
+        start = time.perf_counter()
+        log = self.out / f"{name}.log"
+        with log.open("w") as f:
+            # its own process group: on timeout the whole tree goes (torchrun's ranks, DataLoader workers), so no
+            # orphan keeps the GPU or the cores busy during the next step
+            process = subprocess.Popen(command, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+            try:
+                step["rc"] = process.wait(timeout=step["limit_s"])
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+                step["rc"] = "timeout"
+        step["seconds"] = round(time.perf_counter() - start, 1)
+        tail = log.read_text(errors="replace").splitlines()[-12:]
+        step["log_tail"] = tail
+        print("\n".join("   " + line for line in tail), flush=True)
+        print(f"   -> rc={step['rc']} in {step['seconds']} s", flush=True)
+        if json_file is not None and json_file.is_file():
+            step["figures"] = json.loads(json_file.read_text())
+        self.write()
+        return step
+
+    def write(self) -> None:
+        self.summary["elapsed_s"] = round(time.monotonic() - self.started, 1)
+        (self.out / "gpu_check.json").write_text(json.dumps(self.summary, indent=1) + "\n")
+
+
+def machine(cpu: bool) -> dict:
+    """GPU, driver, CUDA, torch, DALI and Python versions (what the figures depend on)."""
+    from importlib import metadata
+
+    info = {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform(),
+            "utc": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    for package in ("torch", "nvidia-dali-cuda130", "nvidia-dali-cuda120", "av", "webdataset", "soundfile"):
         try:
-            rc = subprocess.run(command, stdout=f, stderr=subprocess.STDOUT, timeout=limit_s).returncode
-        except subprocess.TimeoutExpired:
-            rc = "timeout"
-    seconds = round(time.perf_counter() - start, 1)
-    tail = log.read_text(errors="replace").splitlines()[-15:]
-    print("\n".join("   " + line for line in tail), flush=True)
-    print(f"   -> rc={rc} in {seconds} s", flush=True)
-    return {"rc": rc, "seconds": seconds}
-
-
-def doctor_report(avdali: list[str], out: Path) -> dict:
-    """``avdali doctor --json`` (written to OUT/doctor.json): rc, seconds and the parsed report."""
-    result = run_step("doctor", [*avdali, "doctor", "--json", "--output", str(out)], 180, out)
-    text = (out / "doctor.log").read_text(errors="replace")
+            info[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            pass
     try:
-        result["report"] = json.JSONDecoder().raw_decode(text[text.index("{"):])[0]  # warnings may follow
-    except ValueError as e:  # a crash before the JSON: the log says why
-        result["report"] = f"unreadable: {e}"
-    (out / "doctor.json").write_text(json.dumps(result["report"], indent=1))
-    return result
+        import torch
 
-
-def tensorboard_tags(run_dir: Path) -> list[str]:
-    """Scalar tags of the run's TensorBoard events, read back with TensorBoard's own reader."""
-    try:
-        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-        accumulator = EventAccumulator(str(run_dir))
-        accumulator.Reload()
-        return sorted(accumulator.Tags()["scalars"])
+        info["cuda_runtime"] = torch.version.cuda
+        if torch.cuda.is_available():
+            info["gpu"] = torch.cuda.get_device_name()
+            info["gpu_memory_gib"] = round(torch.cuda.get_device_properties(0).total_memory / 1024**3, 1)
     except Exception as e:  # noqa: BLE001 - a report, not a check: say what went wrong
-        return [f"unreadable: {e}"]
+        info["torch_error"] = str(e)
+    try:
+        from avdali.doctor import driver_version
+
+        info["driver"] = driver_version()
+    except Exception as e:  # noqa: BLE001
+        info["driver"] = f"unknown: {e}"
+    info["mode"] = "cpu dry run" if cpu else "cuda"
+    return info
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("shards", type=Path)
-    parser.add_argument("out", type=Path)
-    parser.add_argument("--set", dest="overrides", action="append", default=[])
-    parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--bench-steps", type=int, default=30)
-    parser.add_argument("--run-dir", type=Path, help="the training run's folder (default OUT/run; checkpoints are large)")
-    parser.add_argument("--cpu", action="store_true", help="dry run without a GPU: 2 gloo CPU ranks instead of --gpus 1")
+    parser.add_argument("--out", type=Path, default=Path("gpu_check_out"), help="logs, shards and gpu_check.json")
+    parser.add_argument("--shards", type=Path, help="a RAVDESS shard folder with all five folds (default: synthesise one)")
+    parser.add_argument("--trials", type=int, default=32, help="synthetic clips per actor (24 actors)")
+    parser.add_argument("--budget-s", type=float, default=500, help="wall-clock budget for all steps")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="extra config override, every run")
+    parser.add_argument("--cpu", action="store_true", help="dry run without a GPU on tiny settings")
     args = parser.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
-    sets = [f'data.shards="{args.shards}"', 'data.loader="torch"', "data.num_threads=8",
-            'model.backbone_weights="none"', *(['train.device="cpu"'] if args.cpu else []), *args.overrides]  # fmt: skip
-    set_flags = [flag for value in sets for flag in ("--set", value)]
-    run_dir = args.run_dir or args.out / "run"
+    out = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
     avdali = [sys.executable, "-m", "avdali"]
-    summary = {"doctor": doctor_report(avdali, args.out)}
+    summary = {"machine": machine(args.cpu), "argv": sys.argv}
+    steps = Steps(out, args.budget_s, summary)
+    cores = os.cpu_count() or 1
+
+    shards = args.shards
+    if shards is None:
+        shards = out / "data" / "shards"
+        trials = 2 if args.cpu else args.trials
+        if not (shards / "manifest.json").is_file():
+            steps.run("synth", [*avdali, "synth", "ravdess", str(out / "data" / "raw"), "--actors", "24", "--trials",
+                                str(trials), "--size", "256x144", "-j", str(cores)], 120)
+            steps.run("shard", [*avdali, "shard", "ravdess", str(out / "data" / "raw"), str(shards), "--workers", str(cores)], 120)
+    summary["shards"] = str(shards)
+
+    # every fold trains (the synthetic set is small: batch 256 still gets a few steps per epoch); fold1 validates
+    config = CPU_CONFIG if args.cpu else CONFIG
+    tiny = ["data.frames=4"] if args.cpu else []
+    sets = [f"data.shards={json.dumps(str(shards))}", 'model.backbone_weights="none"', f"data.num_threads={cores}",
+            f"data.train_splits={json.dumps(FOLDS)}", 'data.val_splits=["fold1"]', *tiny,
+            *(['train.device="cpu"'] if args.cpu else ['train.amp="bf16"', "train.compile=true", "train.channels_last=true"]),
+            *args.overrides]  # fmt: skip
+    set_flags = [flag for value in sets for flag in ("--set", value)]
+
+    doctor = steps.run("doctor", [*avdali, "doctor", "--json", "--output", str(out)], 60)
+    log = (out / "doctor.log").read_text(errors="replace") if (out / "doctor.log").is_file() else ""
+    try:
+        doctor["figures"] = json.JSONDecoder().raw_decode(log[log.index("{"):])[0]  # warnings may follow
+    except ValueError as e:
+        doctor["figures"] = f"unreadable: {e}"
+    steps.write()
+    works = {c.get("name"): c.get("status") == "ok" for c in doctor["figures"].get("checks", [])} if isinstance(
+        doctor["figures"], dict) else {}
+    # a loader the doctor found broken would fail its whole bench step: leave it out and say so in the JSON (a check
+    # the doctor did not report counts as working: try it)
+    dali = works.get("dali", True) and (args.cpu or works.get("dali-gpu", True))
+    nvdec = works.get("nvdec", True)
+    cuda_loaders = [name for name, ok in (("dali-gpu", dali and nvdec), ("dali-hybrid", dali), ("dali-cpu", dali),
+                                          ("torch", True)) if ok]
+    train_loaders = "dali,torch" if dali else "torch"
+    summary["loaders"] = {"bench_loader": cuda_loaders, "bench_train": train_loaders}
+
+    def bench_loader(batch: int, count: int, warmup: int, ceiling: bool, limit: int) -> None:
+        device = ["--device", "cpu", "--loaders", "dali,torch" if dali else "torch"] if args.cpu else [
+            "--device", "cuda", "--loaders", ",".join(cuda_loaders)]
+        figures = out / f"bench_loader_b{batch}.json"
+        steps.run(f"bench_loader_b{batch}", [
+            *avdali, "bench", "loader", str(shards), *device, "--batch-size", str(batch), "--batches", str(count),
+            "--warmup", str(warmup), "--frames", "4" if args.cpu else "16", *([] if ceiling else ["--no-ceiling"]),
+            "--json", str(figures)], limit, figures)  # fmt: skip
+
+    def bench_train(batch: int, limit: int) -> None:
+        figures = out / f"bench_train_b{batch}.json"
+        steps.run(f"bench_train_b{batch}", [
+            *avdali, "bench", "train", str(shards), "--config", config, "--loaders", train_loaders, "--config-only",
+            "--batch-sizes", str(batch), "--steps", "3" if args.cpu else "10", "--warmup", "1" if args.cpu else "3",
+            *set_flags, "--json", str(figures)], limit, figures)  # fmt: skip
+
+    # most valuable first: when the budget runs out, the later (cheaper to redo, or already checked) steps are skipped
+    if args.cpu:
+        bench_loader(4, 3, 1, True, 60)
+        bench_train(2, 120)
+        bench_train(4, 120)
+    else:
+        bench_loader(64, 12, 3, True, 75)
+        bench_train(64, 90)
+        bench_train(256, 90)
+        bench_loader(256, 8, 2, False, 75)
+        bench_train(8, 75)
+
+    run_dir = out / "run"
     launch = ["--device", "cpu", "--procs", "2"] if args.cpu else ["--gpus", "1"]
-    summary["train"] = run_step("train", [*avdali, "train", "--config", CONFIG, *launch, "--run-dir", str(run_dir),
-                                          *set_flags, "--set", f"train.epochs={args.epochs}"], 240, args.out)
-    summary["tensorboard_tags"] = tensorboard_tags(run_dir)
-    summary["eval"] = run_step("eval", [*avdali, "eval", "--checkpoint", str(run_dir / "best.pt"), "--shards",
-                                        str(args.shards), "--split", "fold1", "--loader", "torch",
-                                        "--json", str(args.out / "eval.json")], 60, args.out)
-    summary["bench_train"] = run_step("bench_train", [*avdali, "bench", "train", str(args.shards), "--config", CONFIG,
-                                                      "--loaders", "torch", "--steps", str(args.bench_steps), "--warmup", "5",
-                                                      *set_flags, "--json", str(args.out / "bench_train.json")], 240, args.out)
-    summary["too_many_gpus"] = run_step("too_many_gpus", [*avdali, "train", "--config", CONFIG, "--gpus", "64",
-                                                          "--run-dir", str(args.out / "never"), *set_flags], 30, args.out)
-    (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
-    print(json.dumps(summary))
+    steps.run("train", [*avdali, "train", "--config", config, *launch, "--run-dir", str(run_dir), *set_flags,
+                        "--set", "train.epochs=2", "--set", f'data.loader="{"dali" if dali else "torch"}"',
+                        "--set", 'data.decode="auto"'], 240 if args.cpu else 120)
+    figures = out / "eval.json"
+    steps.run("eval", [*avdali, "eval", "--checkpoint", str(run_dir / "best.pt"), "--shards", str(shards), "--split",
+                       "fold1", "--json", str(figures)], 45, figures)
+    steps.run("too_many_gpus", [*avdali, "train", "--config", config, "--gpus", "64", "--run-dir", str(out / "never"),
+                                *set_flags], 30)
+    summary["total_s"] = round(time.monotonic() - steps.started, 1)
+    steps.write()
+    print(f"wrote {out / 'gpu_check.json'} in {summary['total_s']} s")
     return 0
 
 

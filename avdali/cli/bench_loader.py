@@ -1,4 +1,5 @@
-"""``avdali bench loader``: clips/s of the DALI, torch and notebook-style loaders on the same shards and cores."""
+"""``avdali bench loader``: clips/s of the DALI, torch and notebook-style loaders on the same shards and cores; with
+``--device cuda``, of the four ways of feeding a GPU (DALI on NVDEC, DALI hybrid, DALI on the CPU, torch workers)."""
 
 from __future__ import annotations
 
@@ -12,13 +13,17 @@ from rich.table import Table
 from avdali.cli.common import console, err_console, user_errors
 from avdali.errors import AvdaliError
 
-LOADERS = ("dali", "torch", "naive")
+DEFAULT_LOADERS = {"cpu": "dali,torch", "cuda": "dali-gpu,dali-hybrid,dali-cpu,torch"}
 
 
 @user_errors
 def loader(
     shards: Annotated[Path, typer.Argument(help="Shard folder (with manifest.json).")],
-    loaders: Annotated[str, typer.Option(help="Comma-separated: dali, torch, naive.")] = "dali,torch",
+    loaders: Annotated[Optional[str], typer.Option(
+        help="Comma-separated. --device cpu: dali, torch, naive (default dali,torch); --device cuda: dali-gpu, "
+             "dali-hybrid, dali-cpu, torch (default all four).", show_default=False)] = None,
+    device: Annotated[str, typer.Option(help="cpu, or cuda: batches delivered to the GPU, GPU memory measured.")] = "cpu",
+    ceiling: Annotated[bool, typer.Option(help="Also measure the CPU decode ceiling (DALI decoder, PyAV).")] = True,
     batch_size: Annotated[int, typer.Option(help="Clips per batch.")] = 8,
     batches: Annotated[int, typer.Option(help="Batches timed per loader (after warm-up).")] = 20,
     warmup: Annotated[int, typer.Option(help="Batches consumed before timing.")] = 3,
@@ -38,10 +43,12 @@ def loader(
     from avdali.data.benchmark import run_benchmark
     from avdali.data.config import DataConfig
 
-    names = [n.strip() for n in loaders.split(",") if n.strip()]
-    unknown = [n for n in names if n not in LOADERS]
-    if unknown or not names:
-        raise AvdaliError(f"--loaders: unknown {', '.join(unknown) or 'empty list'}; expected some of {', '.join(LOADERS)}")
+    from avdali.data.benchmark import check_loaders
+
+    if device not in DEFAULT_LOADERS:
+        raise AvdaliError(f"--device: expected cpu or cuda, got {device!r}")
+    names = [n.strip() for n in (loaders or DEFAULT_LOADERS[device]).split(",") if n.strip()]
+    check_loaders(names, device)  # before any loader starts: unknown names, and cuda without a CUDA device
     if "naive" in names and src is None:
         raise AvdaliError("--loaders naive needs --src RAW_TREE (the raw dataset the shards were packed from)")
     cfg = DataConfig(shards=str(shards), batch_size=batch_size, frames=frames, crop_interp=crop_interp,
@@ -49,15 +56,23 @@ def loader(
     with err_console.status("measuring") as status:
         figures = run_benchmark(
             cfg, splits.split(",") if splits else None, names, batches, warmup, str(src) if src else None, dataset,
-            progress=lambda name: status.update(f"measuring {name}"),
+            progress=lambda name: status.update(f"measuring {name}"), device=device, ceiling=ceiling,
         )
-    table = Table(title=f"loader throughput: batch {batch_size}, T={frames}, {crop_interp} crops, {figures['cores']} cores, "
+    on_gpu = f" → {figures['gpu']}" if device == "cuda" else ""
+    table = Table(title=f"loader throughput{on_gpu}: batch {batch_size}, T={frames}, {crop_interp} crops, {figures['cores']} cores, "
                         f"{cfg.num_threads} threads/workers")
-    for column in ("loader", "clips/s", "frames/s", "share of decode ceiling"):
+    columns = ["loader", "clips/s", "frames/s", "CPU cores busy", "share of decode ceiling"]
+    if device == "cuda":
+        columns += ["GPU MiB (torch peak)", "GPU MiB (device)"]
+    for column in columns:
         table.add_column(column, justify="left" if column == "loader" else "right")
     for name, r in figures["results"].items():
         mark = " (ceiling)" if name == figures["ceiling"] else ""
-        table.add_row(name + mark, f"{r['clips_per_s']:.1f}", f"{r['frames_per_s']:.0f}", f"{r['share_of_ceiling']:.0%}")
+        row = [name + mark, f"{r['clips_per_s']:.1f}", f"{r['frames_per_s']:.0f}", "-" if r["cpu_cores"] is None else f"{r['cpu_cores']:.1f}",
+               "-" if r["share_of_ceiling"] is None else f"{r['share_of_ceiling']:.0%}"]
+        if device == "cuda":
+            row += [f"{r.get('gpu_peak_allocated_mb', 0) or 0:.0f}", f"{r.get('gpu_device_used_mb', 0) or 0:.0f}"]
+        table.add_row(*row)
     console.print(table)
     for pair, ratio in figures["ratios"].items():
         console.print(f"{pair}: {ratio:.2f}×")

@@ -114,8 +114,11 @@ class StepRecorder:
     def close(self): ...
 
 
-def variants_for(device: str, loaders: list[str], amp: str, compile: bool | str) -> list[Variant]:
-    """Loaders side by side with the config's precision and compile; on CUDA every AMP × compile pair as well."""
+def variants_for(device: str, loaders: list[str], amp: str, compile: bool | str, grid: bool = True) -> list[Variant]:
+    """Loaders side by side with the config's precision and compile; on CUDA every AMP × compile pair as well
+    (``grid``), or only the config's (``auto``: bf16 and compiled)."""
+    if device == "cuda" and not grid:
+        return [Variant(loader, amp if amp != "auto" else "bf16", compile if compile != "auto" else True) for loader in loaders]
     if device != "cuda":
         return [Variant(loader, amp if amp != "auto" else "none", compile if compile != "auto" else False) for loader in loaders]
     return [Variant(loader, a, c) for loader in loaders for a in ("bf16", "none") for c in (True, False)]
@@ -151,24 +154,32 @@ def measure_variant(config: Path, overrides: list[str], variant: Variant, warmup
 
 
 def bench_training(
-    shards: Path, config: Path, loaders: list[str], steps: int, warmup: int, overrides: list[str], progress=None
+    shards: Path, config: Path, loaders: list[str], steps: int, warmup: int, overrides: list[str], progress=None,
+    batch_sizes: list[int] | None = None, peak: float | None = None, grid: bool = True,
 ) -> dict:
-    """Measure every variant on ``shards``; the figures as a JSON-ready dict."""
+    """Measure every variant on ``shards`` (at each of ``batch_sizes``, default the config's); the figures as a
+    JSON-ready dict, with FLOPs per clip, achieved TFLOP/s and MFU (``peak`` TFLOP/s, default from the GPU's name)."""
     import torch
 
     from avdali.train.config import load_config
     from avdali.train.distributed import resolve_device
+    from avdali.train.flops import PEAK_SOURCE, peak_tflops, run_flops_per_clip, throughput_figures
 
     if not (shards / "manifest.json").is_file():
         raise AvdaliError(f"{shards}: no manifest.json (SHARDS must be a folder written by `avdali shard`)")
     overrides = [f"data.shards={json.dumps(str(shards))}", *overrides]
     base = load_config(config, overrides)
     device = resolve_device(base.train.device)
+    flops_per_clip = run_flops_per_clip(base)
+    if peak is None and device == "cuda":
+        peak = peak_tflops(torch.cuda.get_device_name())
     results = []
-    for variant in variants_for(device, loaders, base.train.amp, base.train.compile):
-        if progress:
-            progress(variant)
-        results.append(measure_variant(config, overrides, variant, warmup, steps))
+    for batch in batch_sizes or [base.data.batch_size]:
+        for variant in variants_for(device, loaders, base.train.amp, base.train.compile, grid):
+            if progress:
+                progress(variant, batch)
+            r = measure_variant(config, [*overrides, f"data.batch_size={batch}"], variant, warmup, steps)
+            results.append({"batch_size": batch, **r.to_dict(), **throughput_figures(flops_per_clip, r.clips_per_s, peak)})
     return {
         "machine": {
             "device": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or platform.machine(),
@@ -183,7 +194,10 @@ def bench_training(
         "frames": base.data.frames,
         "crop": base.data.crop,
         "warmup_steps": warmup,
-        "results": [r.to_dict() for r in results],
+        "peak_tflops": peak,
+        "peak_source": PEAK_SOURCE if peak is not None else None,
+        "flops_counted_by": "torch.utils.flop_counter.FlopCounterMode, one forward+backward of one clip on the meta device",
+        "results": results,
     }
 
 
@@ -196,6 +210,9 @@ def train(
     warmup: Annotated[int, typer.Option("--warmup", min=0, help="Steps run before timing (worker start-up, allocator, compile).")] = 3,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Config override section.key=value, repeatable.", show_default=False)] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the figures to this JSON file.", show_default=False)] = None,
+    batch_sizes: Annotated[Optional[str], typer.Option("--batch-sizes", help="Comma-separated batch sizes per GPU to measure (default: the config's).", show_default=False)] = None,
+    peak_tflops: Annotated[Optional[float], typer.Option("--peak-tflops", help="Peak TFLOP/s for MFU (default: known GPUs' dense bf16 peak).", show_default=False)] = None,
+    grid: Annotated[bool, typer.Option("--amp-compile-grid/--config-only", help="On CUDA: every AMP × compile pair, or only the config's.")] = True,
 ) -> None:
     """Training throughput with each loader on the same model and config: clips/s, data-wait share, step time.
 
@@ -209,21 +226,29 @@ def train(
     if unknown or not names:
         raise AvdaliError(f"--loaders: unknown {', '.join(unknown) or 'empty list'}; expected some of {', '.join(LOADERS)}")
     config = config or DEMO_CONFIG
+    try:
+        sizes = [int(b) for b in batch_sizes.split(",") if b.strip()] if batch_sizes else None
+    except ValueError:
+        raise AvdaliError(f"--batch-sizes: expected comma-separated integers, got {batch_sizes!r}") from None
+    if sizes is not None and (not sizes or min(sizes) < 1):
+        raise AvdaliError(f"--batch-sizes: expected integers ≥ 1, got {batch_sizes!r}")
     with err_console.status("measuring") as status:
         figures = bench_training(
             shards, config, names, steps, warmup, list(set_ or []),
-            progress=lambda v: status.update(f"measuring {v.loader} loader, amp {v.amp}, compile {v.compile}"),
+            progress=lambda v, b: status.update(f"measuring batch {b}, {v.loader} loader, amp {v.amp}, compile {v.compile}"),
+            batch_sizes=sizes, peak=peak_tflops, grid=grid,
         )  # fmt: skip
     machine = figures["machine"]
     table = Table(
-        title=f"training throughput: batch {figures['batch_size']}, T={figures['frames']}, {figures['crop']}², "
+        title=f"training throughput: T={figures['frames']}, {figures['crop']}², "
         f"{steps} steps · {machine['device']}, {machine['cpus']} cpus, load {machine['load_average_1m']}"
     )
-    for column in ("loader", "amp", "compile", "clips/s", "data wait", "step ms"):
+    for column in ("batch", "loader", "amp", "compile", "clips/s", "data wait", "step ms", "TFLOP/s", "MFU"):
         table.add_column(column, justify="left" if column in ("loader", "amp", "compile") else "right")
     for r in figures["results"]:
-        table.add_row(r["loader"], r["amp"], str(r["compile"]).lower(), f"{r['clips_per_s']:.1f}",
-                      f"{r['data_wait_frac']:.0%}", f"{r['step_ms']:.0f}")
+        table.add_row(str(r["batch_size"]), r["loader"], r["amp"], str(r["compile"]).lower(), f"{r['clips_per_s']:.1f}",
+                      f"{r['data_wait_frac']:.0%}", f"{r['step_ms']:.0f}", f"{r['achieved_tflops']:.2f}",
+                      "-" if r["mfu"] is None else f"{r['mfu']:.1%}")
     console.print(table)
     if json_out is not None:
         json_out.write_text(json.dumps(figures, indent=2) + "\n")

@@ -26,6 +26,8 @@ SizeOpt = Annotated[int, typer.Option("--size", help="Side of the square face cr
 FpsOpt = Annotated[float, typer.Option("--fps", help="Stored video frame rate.")]
 MaxSecondsOpt = Annotated[float, typer.Option("--max-seconds", help="Longer clips are cut to their first N seconds.")]
 ShardSizeOpt = Annotated[int, typer.Option("--shard-size", help="Source clips per shard.")]
+KeyintOpt = Annotated[int, typer.Option("--keyint", help="Longest keyframe interval of the stored video in frames "
+                                        "(0: one keyframe per clip at the defaults; shorter helps NVDEC, costs bytes).")]
 WorkersOpt = Annotated[int, typer.Option("--workers", "-j", help="Transcode processes (0 = all cores).")]
 StrictOpt = Annotated[bool, typer.Option("--strict", help="Fail when any source is skipped.")]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an earlier run in OUT instead of resuming it.")]
@@ -168,6 +170,7 @@ def ravdess(
     fps: FpsOpt = 15.0,
     max_seconds: MaxSecondsOpt = 10.0,
     shard_size: ShardSizeOpt = 64,
+    keyint: KeyintOpt = 0,
     workers: WorkersOpt = 0,
     include_song: Annotated[bool, typer.Option("--include-song", help="Also pack the song recordings.")] = False,
     splits: Annotated[
@@ -181,7 +184,7 @@ def ravdess(
     SRC may be the folder the zips were unpacked into (one folder per zip or all in one), the Kaggle mirror's
     folder, or a folder up to a few levels above either (/kaggle/input)."""
     options = PackOptions(
-        size=size, fps=fps, max_seconds=max_seconds, shard_size=shard_size, workers=workers,
+        size=size, fps=fps, max_seconds=max_seconds, shard_size=shard_size, keyint=keyint, workers=workers,
         include_song=include_song, strict=strict, splits=parse_splits(splits),
     )
     run_shard("ravdess", src, out, options, overwrite)
@@ -196,6 +199,7 @@ def meld(
     fps: FpsOpt = 15.0,
     max_seconds: MaxSecondsOpt = 10.0,
     shard_size: ShardSizeOpt = 64,
+    keyint: KeyintOpt = 0,
     workers: WorkersOpt = 0,
     splits: Annotated[
         str | None, typer.Option("--splits", help="Pack only these splits, e.g. train,dev (default: all three, each must be there).")
@@ -208,7 +212,7 @@ def meld(
     SRC may be the Kaggle dataset folder, its MELD-RAW or MELD.Raw, or the release's MELD.Raw with the inner
     archives unpacked (in place, beside it, or macOS-style into folders named after them)."""
     options = PackOptions(
-        size=size, fps=fps, max_seconds=max_seconds, shard_size=shard_size, workers=workers, strict=strict,
-        splits=parse_splits(splits),
+        size=size, fps=fps, max_seconds=max_seconds, shard_size=shard_size, keyint=keyint, workers=workers,
+        strict=strict, splits=parse_splits(splits),
     )
     run_shard("meld", src, out, options, overwrite)

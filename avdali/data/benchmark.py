@@ -3,6 +3,12 @@
 Every figure is taken after a warm-up (worker start-up, pipeline build and the first batches are excluded)
 and over whole batches, walking epochs as needed. The decode ceiling is the pure decode of the same frames
 (DALI's decoder alone in a pipeline, and PyAV in one process per core), the faster of the two.
+
+With ``device="cuda"`` the loaders are the four ways of feeding a GPU (``CUDA_LOADERS``); every batch is moved to
+the GPU inside the timed part (a no-op for DALI's GPU outputs) and the device is synchronised before the clock
+stops. Each figure also carries the CPU it used (CPU seconds of this process and its live descendants — DALI's
+threads, DataLoader workers — over the wall time, in cores) and, on CUDA, GPU memory: torch's peak allocation and
+the growth of the device's used memory (``cudaMemGetInfo``), which includes DALI's own pools.
 """
 
 from __future__ import annotations
@@ -33,6 +39,13 @@ class Throughput:
     """Wall time of the timed part."""
     frames_per_clip: int
     """Frames each clip contributes (T)."""
+    cpu_seconds: float | None = None
+    """CPU time of this process and its descendants during the timed part (None: not measured)."""
+    gpu_peak_allocated_mb: float | None = None
+    """torch.cuda.max_memory_allocated over the run (loader built, warm-up and timed part), MiB; CUDA only."""
+    gpu_device_used_mb: float | None = None
+    """Growth of the device's used memory (total − free, cudaMemGetInfo) from before the loader was built to the end
+    of the timed part, MiB: torch's caching allocator and DALI's pools together; CUDA only."""
 
     @property
     def clips_per_s(self) -> float:
@@ -42,35 +55,114 @@ class Throughput:
     def frames_per_s(self) -> float:
         return self.clips_per_s * self.frames_per_clip
 
+    @property
+    def cpu_cores(self) -> float | None:
+        """CPU use during the timed part, in cores busy on average."""
+        return None if self.cpu_seconds is None else self.cpu_seconds / self.seconds
+
+
+CUDA_LOADERS = {
+    "dali-gpu": ("dali", "cuda", "gpu"),
+    "dali-hybrid": ("dali", "cuda", "cpu"),
+    "dali-cpu": ("dali", "cpu", "cpu"),
+    "torch": ("torch", "cuda", "auto"),
+}
+"""``--device cuda`` loaders → (data.loader, loader device, data.decode): DALI decoding on NVDEC; DALI decoding on its
+CPU threads with every later op on the GPU; DALI entirely on the CPU (batches copied to the GPU); the torch loader's
+workers (pinned memory, non-blocking copies)."""
+CPU_LOADERS = ("dali", "torch", "naive")
+"""``--device cpu`` loaders."""
+
+
+def process_tree_cpu_seconds() -> float:
+    """User + system CPU seconds of this process and every live descendant (Linux ``/proc``; elsewhere this process)."""
+    own = os.times()
+    try:
+        stats = {}
+        for entry in os.scandir("/proc"):
+            if entry.name.isdigit():
+                try:
+                    with open(f"/proc/{entry.name}/stat") as f:
+                        fields = f.read().rsplit(")", 1)[1].split()  # the command name may hold spaces and parentheses
+                except OSError:  # exited meanwhile
+                    continue
+                stats[int(entry.name)] = (int(fields[1]), int(fields[11]) + int(fields[12]))  # ppid, utime + stime
+    except OSError:
+        return own.user + own.system
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in stats.items():
+        children.setdefault(ppid, []).append(pid)
+    ticks, todo, total = os.sysconf("SC_CLK_TCK"), [os.getpid()], 0
+    while todo:
+        pid = todo.pop()
+        total += stats.get(pid, (0, 0))[1]
+        todo += children.get(pid, [])
+    return total / ticks
+
 
 def _epochs(make_epoch: Callable[[int], Iterable]) -> Iterable:
     for epoch in itertools.count():
         yield from make_epoch(epoch)
 
 
-def time_batches(name: str, batches: Iterable, size_of: Callable, count: int, warmup: int, frames: int) -> Throughput:
-    """Consume ``warmup`` batches, then time ``count`` more."""
+def time_batches(name: str, batches: Iterable, size_of: Callable, count: int, warmup: int, frames: int,
+                 finish: Callable[[], None] = lambda: None) -> Throughput:
+    """Consume ``warmup`` batches, then time ``count`` more (``finish`` runs before the clock stops: a device sync)."""
     it = iter(batches)
     for _ in range(warmup):
-        next(it)
+        size_of(next(it))
+    finish()
     clips = 0
+    cpu_start = process_tree_cpu_seconds()
     start = time.perf_counter()
     for _ in range(count):
         clips += size_of(next(it))
-    return Throughput(name, clips, time.perf_counter() - start, frames)
+    finish()
+    seconds = time.perf_counter() - start
+    return Throughput(name, clips, seconds, frames, cpu_seconds=process_tree_cpu_seconds() - cpu_start)
 
 
-def bench_loader(cfg: DataConfig, splits: list[str], count: int, warmup: int) -> Throughput:
-    """A training loader (shuffle + augmentation) from ``build_loader``."""
+def bench_loader(cfg: DataConfig, splits: list[str], count: int, warmup: int, device: str = "cpu",
+                 name: str | None = None) -> Throughput:
+    """A training loader (shuffle + augmentation) from ``build_loader`` on ``device`` (``cuda``: the loader's batches
+    are moved to the current GPU in the timed part, whatever device the loader itself runs on)."""
     from avdali.data.build import build_loader
 
-    loader = build_loader(cfg, splits, train=True)
+    loader = build_loader(cfg, splits, train=True, device=device)
 
     def epoch(e):
         loader.set_epoch(e)
         return loader
 
-    return time_batches(cfg.loader, _epochs(epoch), len, count, warmup, cfg.frames)
+    return time_batches(name or cfg.loader, _epochs(epoch), len, count, warmup, cfg.frames)
+
+
+def bench_cuda_loader(cfg: DataConfig, splits: list[str], count: int, warmup: int, name: str) -> Throughput:
+    """One of ``CUDA_LOADERS``: batches on the GPU, device synchronised before the clock stops, GPU memory measured."""
+    import dataclasses
+
+    import torch
+
+    from avdali.data.build import build_loader
+
+    loader_name, device, decode = CUDA_LOADERS[name]
+    gpu = torch.device("cuda", torch.cuda.current_device())
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    free, total = torch.cuda.mem_get_info()
+    used_before = total - free
+    loader = build_loader(dataclasses.replace(cfg, loader=loader_name, decode=decode), splits, train=True, device=device)
+
+    def epoch(e):
+        loader.set_epoch(e)
+        return loader
+
+    result = time_batches(name, _epochs(epoch), lambda batch: len(batch.to(gpu)), count, warmup, cfg.frames,
+                          finish=torch.cuda.synchronize)
+    free, total = torch.cuda.mem_get_info()
+    mib = 1024**2
+    return dataclasses.replace(result, gpu_peak_allocated_mb=round(torch.cuda.max_memory_allocated() / mib, 1),
+                               gpu_device_used_mb=round((total - free - used_before) / mib, 1))
 
 
 def bench_naive(cfg: DataConfig, dataset: str | None, src: str, splits: list[str] | None, count: int, warmup: int) -> Throughput:
@@ -126,10 +218,12 @@ def bench_pyav_decode(cfg: DataConfig, shardset: ShardSet, count: int, warmup: i
     stream = [(*clips[k % len(clips)], counts[k % len(clips)], cfg.frames, k if cfg.augment else None) for k in range(total)]
     with mp.get_context("forkserver").Pool(processes) as pool:
         list(pool.imap(_pyav_decode, stream[: warmup * cfg.batch_size], chunksize=2))
+        cpu_start = process_tree_cpu_seconds()
         start = time.perf_counter()
         decoded = list(pool.imap(_pyav_decode, stream[warmup * cfg.batch_size :], chunksize=2))
         seconds = time.perf_counter() - start
-    return Throughput("ceiling-pyav", len(decoded), seconds, cfg.frames)
+        cpu_seconds = process_tree_cpu_seconds() - cpu_start  # before the pool's processes exit
+    return Throughput("ceiling-pyav", len(decoded), seconds, cfg.frames, cpu_seconds=cpu_seconds)
 
 
 def run_benchmark(
@@ -141,42 +235,81 @@ def run_benchmark(
     src: str | None = None,
     dataset: str | None = None,
     progress: Callable[[str], None] = lambda name: None,
+    device: str = "cpu",
+    ceiling: bool = True,
 ) -> dict:
-    """Measure each loader and the decode ceiling; return the figures as a JSON-ready dict."""
+    """Measure each loader (names from ``CPU_LOADERS`` or, with ``device="cuda"``, ``CUDA_LOADERS``) and, with
+    ``ceiling``, the CPU decode ceiling; return the figures as a JSON-ready dict."""
     from dataclasses import asdict, replace
 
     from avdali.data.shards import list_splits
 
+    check_loaders(loaders, device)
     splits = splits or list(list_splits(cfg.shards))
     shardset = resolve(cfg.shards, splits)
     cores = os.cpu_count() or 1
     results: list[Throughput] = []
     for name in loaders:
         progress(name)
-        if name == "naive":
+        if device == "cuda":
+            results.append(bench_cuda_loader(cfg, splits, count, warmup, name))
+        elif name == "naive":
             results.append(bench_naive(cfg, dataset, src, splits, count, warmup))
         else:
             results.append(bench_loader(replace(cfg, loader=name), splits, count, warmup))
-    progress("decode ceiling")
-    ceilings = [bench_dali_decode(cfg, shardset, count, warmup, cores), bench_pyav_decode(cfg, shardset, count, warmup, cores)]
-    ceiling = max(ceilings, key=lambda r: r.clips_per_s)
+    ceilings = []
+    if ceiling:
+        progress("decode ceiling")
+        ceilings = [bench_dali_decode(cfg, shardset, count, warmup, cores), bench_pyav_decode(cfg, shardset, count, warmup, cores)]
+    best = max(ceilings, key=lambda r: r.clips_per_s) if ceilings else None
     rows = {r.name: r for r in results + ceilings}
     out = {
         "config": asdict(cfg),
+        "device": device,
         "splits": splits,
         "cores": cores,
         "batches": count,
         "warmup_batches": warmup,
-        "results": {
-            name: dict(clips=r.clips, seconds=round(r.seconds, 3), clips_per_s=round(r.clips_per_s, 2),
-                       frames_per_s=round(r.frames_per_s, 1), share_of_ceiling=round(r.clips_per_s / ceiling.clips_per_s, 3))
-            for name, r in rows.items()
-        },
-        "ceiling": ceiling.name,
+        "results": {name: _figures(r, best) for name, r in rows.items()},
+        "ceiling": best.name if best else None,
         "ratios": {},
     }
+    if device == "cuda":
+        import torch
+
+        out["gpu"] = torch.cuda.get_device_name()
     names = [r.name for r in results]
+    wanted = (("dali", "torch"), ("dali", "naive"), ("torch", "naive"), ("dali-gpu", "torch"), ("dali-hybrid", "torch"),
+              ("dali-cpu", "torch"), ("dali-gpu", "dali-hybrid"))
     for a, b in itertools.permutations(names, 2):
-        if (a, b) in (("dali", "torch"), ("dali", "naive"), ("torch", "naive")):
+        if (a, b) in wanted:
             out["ratios"][f"{a}/{b}"] = round(rows[a].clips_per_s / rows[b].clips_per_s, 2)
     return out
+
+
+def _figures(r: Throughput, ceiling: Throughput | None) -> dict:
+    figures = dict(clips=r.clips, seconds=round(r.seconds, 3), clips_per_s=round(r.clips_per_s, 2),
+                   frames_per_s=round(r.frames_per_s, 1),
+                   share_of_ceiling=round(r.clips_per_s / ceiling.clips_per_s, 3) if ceiling else None,
+                   cpu_cores=None if r.cpu_cores is None else round(r.cpu_cores, 2))
+    if r.gpu_peak_allocated_mb is not None:
+        figures.update(gpu_peak_allocated_mb=r.gpu_peak_allocated_mb, gpu_device_used_mb=r.gpu_device_used_mb)
+    return figures
+
+
+def check_loaders(names: list[str], device: str) -> None:
+    """One-line errors for loader names that do not exist on ``device`` and for ``cuda`` without a CUDA device."""
+    from avdali.errors import AvdaliError
+
+    if device not in ("cpu", "cuda"):
+        raise AvdaliError(f"--device: expected cpu or cuda, got {device!r}")
+    known = tuple(CUDA_LOADERS) if device == "cuda" else CPU_LOADERS
+    unknown = [n for n in names if n not in known]
+    if unknown or not names:
+        raise AvdaliError(f"--loaders: unknown {', '.join(unknown) or 'empty list'} for --device {device}; "
+                          f"expected some of {', '.join(known)}")
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise AvdaliError("--device cuda: no CUDA device (torch sees none); measure the CPU loaders with --device cpu")

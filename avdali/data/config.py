@@ -11,6 +11,7 @@ LOADERS = ("dali", "torch")
 FEATURES = ("logmel", "mfcc")
 VIDEO_DTYPES = ("uint8", "float16", "float32")
 CROP_INTERPS = ("nearest", "linear")
+DECODES = ("auto", "gpu", "cpu")
 
 
 def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
@@ -37,6 +38,13 @@ class DataConfig:
     """T: frames sampled per clip, spread uniformly over the whole clip."""
     crop: int = 112
     """Side of the square output frames, in pixels."""
+    decode: str = "auto"
+    """Where the DALI loader decodes video when training on CUDA (ignored on the CPU and by the torch loader):
+    ``gpu``: NVDEC (DALI's ``mixed`` decoder), frames land in GPU memory; ``cpu``: DALI's CPU threads decode and
+    the frames move to the GPU right after, so every later video and audio operator still runs on the GPU (hybrid);
+    ``auto``: ``gpu`` when NVDEC can decode a VP9 clip here (the probe ``avdali doctor`` runs), else ``cpu``. The
+    rule is a default until ``avdali bench loader --device cuda`` has measured both on a GPU: NVDEC decodes every
+    frame from the keyframe to the last one asked for, and may lose to 16 CPU cores at 128² frames."""
     crop_interp: str = "linear"
     """Resampling of training's random resized crop: ``linear`` (bilinear, what torchvision uses) or ``nearest``
     (cheaper on a CPU: the DALI CPU pipeline runs ~1.3× faster, but crops scaled down by much alias, and the
@@ -72,6 +80,7 @@ class DataConfig:
         _choice("features", self.features, FEATURES)
         _choice("video_dtype", self.video_dtype, VIDEO_DTYPES)
         _choice("crop_interp", self.crop_interp, CROP_INTERPS)
+        _choice("decode", self.decode, DECODES)
         _choice("label_space", self.label_space, tuple(LABEL_SPACES))
         _at_least("batch_size", self.batch_size, 1)
         _at_least("frames", self.frames, 1)
@@ -95,3 +104,12 @@ class DataConfig:
     def num_classes(self) -> int:
         """Classes of the chosen label space."""
         return len(LABEL_SPACES[self.label_space])
+
+
+def resolve_decode(decode: str, nvdec_usable) -> str:
+    """``data.decode`` made concrete for a CUDA DALI pipeline: ``gpu`` or ``cpu``. ``auto`` asks ``nvdec_usable()``
+    (a callable, so the probe runs only when ``auto`` needs it): NVDEC when it works, the CPU threads otherwise."""
+    _choice("decode", decode, DECODES)
+    if decode != "auto":
+        return decode
+    return "gpu" if nvdec_usable() else "cpu"

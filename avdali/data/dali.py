@@ -1,8 +1,9 @@
 """The NVIDIA DALI input pipeline: the only module that imports DALI.
 
 One ``@pipeline_def`` serves CPU and GPU (``device`` is a parameter): on ``"cuda"`` the video is decoded by
-NVDEC (``mixed``) and every later video and audio-feature op runs on the GPU; on ``"cpu"`` everything runs on
-the CPU threads. Frame indices and the audio window follow ``sampling.py`` exactly (integer arithmetic in
+NVDEC (``mixed``, ``data.decode = "gpu"``) or by the CPU threads and moved to the GPU at once (``"cpu"``, the
+hybrid), and every later video and audio-feature op runs on the GPU; on ``"cpu"`` everything runs on the CPU
+threads. Frame indices and the audio window follow ``sampling.py`` exactly (integer arithmetic in
 the graph), so the torch loader reads the same frames and samples.
 
 Bookkeeping for exact evaluation: the reader splits the chosen samples into ``world_size`` contiguous ranges
@@ -21,10 +22,11 @@ from nvidia.dali import fn, pipeline_def, types
 from nvidia.dali import math as dmath
 from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
+from avdali import native
 from avdali import shardformat as fmt
 from avdali.data import sampling
 from avdali.data.batch import Batch
-from avdali.data.config import DataConfig
+from avdali.data.config import DataConfig, resolve_decode
 from avdali.data.integrity import rank_tars, read_failure
 from avdali.data.normalize import IMAGENET_MEAN, IMAGENET_STD
 from avdali.data.shards import ShardSet
@@ -73,10 +75,13 @@ def av_pipeline(
     num_shards: int,
     frame_size: tuple[int, int],
     info_len: int,
+    decode: str = "gpu",
 ):
     """Reader → video frames (N,T,H,W,C) + audio features (N,F,A) + audio_len + label + source_info.
 
-    ``device``: ``"cpu"`` or ``"gpu"``; ``frame_size``: (height, width) of the stored webm frames.
+    ``device``: ``"cpu"`` or ``"gpu"``; ``decode`` (``device="gpu"`` only): ``"gpu"`` decodes on NVDEC, ``"cpu"``
+    on the CPU threads with the frames moved to the GPU before the crop; ``frame_size``: (height, width) of the
+    stored webm frames.
     """
     gpu = device == "gpu"
     jitter = train and cfg.augment
@@ -97,7 +102,9 @@ def av_pipeline(
     info = fn.pad(fn.get_property(webm, key="source_info"), axes=[0], shape=[info_len], fill_value=0)
 
     frames = frame_indices(meta[0], cfg.frames, jitter)
-    video = fn.decoders.video(webm, device="mixed" if gpu else "cpu", frames=frames)  # T,H,W,C uint8
+    video = fn.decoders.video(webm, device="mixed" if gpu and decode == "gpu" else "cpu", frames=frames)  # T,H,W,C uint8
+    if gpu and decode == "cpu":
+        video = video.gpu()  # hybrid: only the decode runs on the CPU threads; crops and casts run on the GPU
 
     # ---- crop (one window for all frames of a clip), flip, dtype (+ normalisation) in one op. The layout stays
     # T,H,W,C: the iterator hands it over as an N,T,C,H,W view whose memory is channels-last, as the CNN wants.
@@ -213,6 +220,10 @@ class DaliLoader:
         self.cfg, self.shardset, self.train = cfg, shardset, train
         self.device, self.rank, self.world_size, self.seed = device, rank, world_size, seed
         self.frame_size = frame_size
+        self.decode = "cpu" if device != "cuda" else resolve_decode(
+            cfg.decode, lambda: native.nvdec_usable(torch.cuda.current_device() if torch.cuda.is_available() else 0)
+        )
+        """Where video is decoded: ``cpu`` (CPU pipeline, or the hybrid on CUDA) or ``gpu`` (NVDEC)."""
         self.num_samples = shardset.num_samples
         lo, hi = sampling.rank_range(self.num_samples, rank, world_size)
         self.rank_samples = hi - lo
@@ -245,6 +256,7 @@ class DaliLoader:
             num_shards=self.world_size,
             frame_size=self.frame_size,
             info_len=self._info_len,
+            decode=self.decode,
             batch_size=self.cfg.batch_size,
             num_threads=self.cfg.num_threads,
             device_id=device_id,

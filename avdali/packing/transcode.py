@@ -236,7 +236,8 @@ def _decode_source(
 
 
 def _encode_webm(
-    frames: list[av.VideoFrame], boxes: list[facemod.CropBox], rate: Fraction, size: int, threads: int
+    frames: list[av.VideoFrame], boxes: list[facemod.CropBox], rate: Fraction, size: int, threads: int,
+    keyint: int = 0,
 ) -> bytes:
     buffer = io.BytesIO()
     # +bitexact keeps the muxer from writing run-specific fields: same input, same bytes (MEDIA.md).
@@ -244,7 +245,7 @@ def _encode_webm(
         stream = out.add_stream(VIDEO_CODEC, rate=rate, options=dict(VP9_OPTIONS))
         stream.width = stream.height = size
         stream.pix_fmt = "yuv420p"
-        stream.codec_context.gop_size = GOP_FRAMES
+        stream.codec_context.gop_size = keyint or GOP_FRAMES
         stream.codec_context.bit_rate = 0
         stream.codec_context.thread_count = threads
         time_base = 1 / rate
@@ -329,7 +330,7 @@ def transcode_clip(
     face_box = facemod.median_box(boxes) if boxes else None
     boxes = boxes or [facemod.centre_box(width, height)] * len(decoded.frames)
     try:
-        webm = _encode_webm(decoded.frames, boxes, rate, options.size, threads)
+        webm = _encode_webm(decoded.frames, boxes, rate, options.size, threads, options.keyint)
     except av.FFmpegError as e:
         raise ClipError(f"VP9 encode failed: {_one_line(e)}") from None
     flac = _encode_flac(decoded.audio)
