@@ -48,7 +48,7 @@ class RichDemoProgress:
         console.print(escape(text), highlight=False, soft_wrap=True)
 
     def reporter(self):
-        from avdali.cli.train import RichReporter
+        from avdali.cli.reporting import RichReporter
 
         return RichReporter()
 
