@@ -364,3 +364,18 @@ def test_shard_into_a_folder_of_another_dataset_or_version_writes_nothing(tmp_pa
         result = runner.invoke(app, ["shard", "ravdess", str(ravdess_src), str(out), *args])
         assert_one_line_error(result, message)
         assert folder_state(out) == before
+
+
+def test_run_training_checks_the_shards_for_every_entry_point(tmp_path, run_dir, ravdess_shards):
+    """cv, demo and bench train call run_training, not the CLI: the manifest check is theirs too, before any write."""
+    from avdali.errors import ConfigError
+    from avdali.train.config import load_config
+    from avdali.train.loop import run_training
+
+    config = tmp_path / "tiny.toml"
+    config.write_text(tiny_run_toml(ravdess_shards))
+    cfg = load_config(config, ["data.crop=256", f"train.run_dir={str(run_dir)!r}"])
+    before = folder_state(run_dir)
+    with pytest.raises(ConfigError, match=r"^data\.crop 256 is larger than the 128x128 frames stored in "):
+        run_training(cfg)
+    assert folder_state(run_dir) == before

@@ -32,7 +32,6 @@ def train(
     """
     from avdali.train.config import load_config
     from avdali.train.loop import run_training
-    from avdali.train.protocol import check_shards_fit
 
     nprocs, device = _ranks(gpus, procs, device)
     if config is None:
@@ -49,10 +48,6 @@ def train(
     if compile is not None:
         overrides.append(f"train.compile={'true' if compile else 'false'}")
     cfg = load_config(config, overrides)
-    if (Path(cfg.data.shards) / "manifest.json").is_file():
-        # what only the manifest knows (dataset, stored frame size), before the run folder is touched;
-        # a missing manifest is named by run_training's split plan
-        check_shards_fit(cfg.data)
     result = run_training(cfg, resume=resume, nprocs=nprocs, reporter=RichReporter())
     if result.rank != 0:
         return  # under torchrun every rank returns here; rank 0 speaks

@@ -54,7 +54,8 @@ from avdali.train.distributed import (
 from avdali.train.evaluate import evaluate
 from avdali.train.inputs import model_video, to_device
 from avdali.train.metrics_writer import MetricsWriter
-from avdali.train.protocol import SplitPlan, balanced_class_weights, class_counts, default_metric, plan_splits
+from avdali.shardformat.manifest import read_manifest
+from avdali.train.protocol import SplitPlan, balanced_class_weights, check_shards_fit, default_metric, plan_splits
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}
 
@@ -128,10 +129,16 @@ class TrainResult:
 # --- entry point -----------------------------------------------------------------------------------------
 
 
-def resolve_config(cfg: RunConfig, *, resume: bool = False, now: datetime | None = None) -> RunConfig:
-    """Fill every "auto" (device, amp, compile, metric), the dataset and the run folder: the config that gets written down."""
+def resolve_config(cfg: RunConfig, *, resume: bool = False, now: datetime | None = None) -> tuple[RunConfig, SplitPlan]:
+    """Fill every "auto" (device, amp, compile, metric), the dataset and the run folder: the config that gets written
+    down; and the run's split plan. The shards' manifest is read here once: what only it knows (``check_shards_fit``:
+    packing finished, dataset, label space, stored frame size) is checked before anything is written, for every
+    entry point (``avdali train``, ``cv``, ``demo``, ``bench train``)."""
     device = resolve_device(cfg.train.device)
-    plan = plan_splits(cfg.data.shards, cfg.data.fold, cfg.data.train_splits, cfg.data.val_splits, cfg.data.test_splits)
+    manifest = read_manifest(Path(cfg.data.shards))
+    check_shards_fit(cfg.data, manifest)
+    plan = plan_splits(cfg.data.shards, cfg.data.fold, cfg.data.train_splits, cfg.data.val_splits,
+                       cfg.data.test_splits, manifest=manifest)
     train = cfg.train
     run_dir = train.run_dir
     if not run_dir:
@@ -149,7 +156,7 @@ def resolve_config(cfg: RunConfig, *, resume: bool = False, now: datetime | None
     )
     # Written down so that a checkpoint says which dataset it learned from after its shards move (`avdali cross`).
     data = dataclasses.replace(cfg.data, dataset=cfg.data.dataset or plan.dataset)
-    return dataclasses.replace(cfg, data=data, train=train)
+    return dataclasses.replace(cfg, data=data, train=train), plan
 
 
 def run_training(cfg: RunConfig, *, resume: bool = False, nprocs: int = 1, reporter: Reporter | None = None) -> TrainResult:
@@ -159,34 +166,36 @@ def run_training(cfg: RunConfig, *, resume: bool = False, nprocs: int = 1, repor
     starts the local ranks, by rank 0 under torchrun. A second run into the same folder stops at once.
     """
     native.require(native.loader_parts(cfg.data.loader))  # before ranks and DataLoader workers start
-    cfg = resolve_config(cfg, resume=resume)
+    cfg, plan = resolve_config(cfg, resume=resume)
     run_dir = Path(cfg.train.run_dir)
     if under_launcher() and launcher_rank() != 0:
-        return _run_training_locked(cfg, run_dir, resume, nprocs, reporter)
+        return _run_training_locked(cfg, run_dir, plan, resume, nprocs, reporter)
     say = reporter.message if reporter is not None else None
     with hold_folder(run_dir, "avdali train", say):
-        return _run_training_locked(cfg, run_dir, resume, nprocs, reporter)
+        return _run_training_locked(cfg, run_dir, plan, resume, nprocs, reporter)
 
 
-def _run_training_locked(cfg: RunConfig, run_dir: Path, resume: bool, nprocs: int, reporter: Reporter | None) -> TrainResult:
+def _run_training_locked(
+    cfg: RunConfig, run_dir: Path, plan: SplitPlan, resume: bool, nprocs: int, reporter: Reporter | None
+) -> TrainResult:
     # checked under the lock: two runs could otherwise both see no last.pt and both start
     if not resume and (run_dir / ckpt.LAST).exists():
         raise AvdaliError(f"{run_dir} already holds a run ({ckpt.LAST}); pass --resume to continue it or choose another --run-dir")
     if resume and not (run_dir / ckpt.LAST).exists():
         raise AvdaliError(f"--resume: {run_dir / ckpt.LAST} not found")
     if nprocs > 1 and not under_launcher():
-        results = launch_local(train, (cfg, resume, reporter), nprocs)
+        results = launch_local(train, (cfg, plan, resume, reporter), nprocs)
         return results[0]
-    return train(cfg, resume=resume, reporter=reporter)
+    return train(cfg, plan, resume=resume, reporter=reporter)
 
 
-def train(cfg: RunConfig, resume: bool = False, reporter: Reporter | None = None) -> TrainResult:
-    """One rank's whole run (``cfg`` resolved by ``resolve_config``); joins and leaves the process group."""
+def train(cfg: RunConfig, plan: SplitPlan, resume: bool = False, reporter: Reporter | None = None) -> TrainResult:
+    """One rank's whole run (``cfg`` and ``plan`` from ``resolve_config``); joins and leaves the process group."""
     info = init_distributed(resolve_device(cfg.train.device))
     try:
         # Every rank must write to the folder rank 0 named (nodes may resolve "now" differently).
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, run_dir=broadcast_object(cfg.train.run_dir)))
-        return Trainer(cfg, info, resume=resume, reporter=reporter if info.is_main else None).fit()
+        return Trainer(cfg, plan, info, resume=resume, reporter=reporter if info.is_main else None).fit()
     finally:
         cleanup_distributed()
 
@@ -210,7 +219,8 @@ def lr_at(step: int, *, lr: float, min_lr: float, warmup_steps: int, total_steps
 class Trainer:
     """Holds one rank's model, optimizer, loaders and counters; ``fit`` runs the epochs."""
 
-    def __init__(self, cfg: RunConfig, info: DistInfo, *, resume: bool = False, reporter: Reporter | None = None):
+    def __init__(self, cfg: RunConfig, plan: SplitPlan, info: DistInfo, *, resume: bool = False,
+                 reporter: Reporter | None = None):
         self.cfg = cfg
         self.info = info
         self.device = info.device
@@ -218,9 +228,7 @@ class Trainer:
         self.run_dir = Path(cfg.train.run_dir)
         self.amp_dtype = AMP_DTYPES[cfg.train.amp]
         self.class_names = LABEL_SPACES[cfg.data.label_space]
-        self.plan: SplitPlan = plan_splits(
-            cfg.data.shards, cfg.data.fold, cfg.data.train_splits, cfg.data.val_splits, cfg.data.test_splits
-        )
+        self.plan = plan
 
         # Same seed on every rank for the initial weights (DDP also broadcasts rank 0's), then a rank's own
         # stream for dropout.
@@ -297,8 +305,7 @@ class Trainer:
                 f'optim.class_weights = "balanced" counts unified labels from the manifest; '
                 f"data.label_space is {self.cfg.data.label_space!r}"
             )
-        counts = class_counts(self.cfg.data.shards, self.plan.train)
-        return torch.tensor(balanced_class_weights(counts), dtype=torch.float32, device=self.device)
+        return torch.tensor(balanced_class_weights(list(self.plan.train_class_counts)), dtype=torch.float32, device=self.device)
 
     # -- the run ---------------------------------------------------------------------------------------------
 
