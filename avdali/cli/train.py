@@ -11,6 +11,7 @@ from rich.console import Console
 from avdali.cli.common import user_errors
 from avdali.cli.reporting import RichReporter
 from avdali.errors import AvdaliError
+from avdali.train.config import DEVICE_CHOICES
 
 
 @user_errors
@@ -63,8 +64,8 @@ def _ranks(gpus: int | None, procs: int | None, device: str | None) -> tuple[int
     """Local ranks to start and the device they use; errors for impossible combinations."""
     if gpus is not None and procs is not None:
         raise AvdaliError("--gpus and --procs exclude each other (GPU ranks vs CPU ranks)")
-    if device is not None and device not in ("cpu", "cuda", "auto"):
-        raise AvdaliError(f"--device must be cpu, cuda or auto, got {device!r}")
+    if device is not None and device not in DEVICE_CHOICES:
+        raise AvdaliError(f"--device must be one of {', '.join(DEVICE_CHOICES)}, got {device!r}")
     if gpus is not None:
         if device == "cpu":
             raise AvdaliError("--gpus starts GPU ranks; use --procs N for CPU ranks")
