@@ -13,7 +13,6 @@ Such steps are counted; ``train.max_bad_steps`` of them in a row stop the run, k
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import math
@@ -52,12 +51,10 @@ from avdali.train.distributed import (
     under_launcher,
 )
 from avdali.train.evaluate import evaluate
-from avdali.train.inputs import model_video, to_device
+from avdali.train.inputs import AMP_DTYPES, autocast, model_video, to_device
 from avdali.train.metrics_writer import MetricsWriter
 from avdali.shardformat.manifest import read_manifest
 from avdali.train.protocol import SplitPlan, balanced_class_weights, check_shards_fit, default_metric, plan_splits
-
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}
 
 
 class TrainingStopped(AvdaliError):
@@ -384,7 +381,7 @@ class Trainer:
         video = model_video(batch.video, self.cfg.train.channels_last)
         # A non-finite batch also poisons BatchNorm running statistics in the forward; keep a copy to put back.
         saved_buffers = [b.clone() for b in self.buffers]
-        with self._autocast():
+        with autocast(self.device, self.amp_dtype):
             logits = self.model(video, batch.audio, batch.audio_len)
         loss = self._loss(logits.float(), batch.label, batch.valid)
         self.scaler.scale(loss).backward()
@@ -428,11 +425,6 @@ class Trainer:
         if self.loss_weight is not None:
             weight = weight * self.loss_weight[label]
         return (per_sample * valid).sum() / weight.sum().clamp_min(1e-6)
-
-    def _autocast(self):
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
     # -- logging -----------------------------------------------------------------------------------------
 
