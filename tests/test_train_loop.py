@@ -300,3 +300,23 @@ def test_compiled_model_saves_raw_state_dict(tmp_path, fake_loader, monkeypatch)
     state = ckpt.load_checkpoint(tmp_path / "run" / "last.pt")
     assert set(state["model"]) == set(trainer.raw_model.state_dict())
     assert not any("_orig_mod" in k for k in state["model"])
+
+
+def test_log_window_sums_steps_on_the_device_and_reads_them_once():
+    from avdali.train.window import LogWindow
+
+    window = LogWindow(torch.device("cpu"))
+    logits = torch.tensor([[2.0, 0.0], [0.0, 2.0], [2.0, 0.0]])
+    window.add_wait(0.5)
+    # 2 valid clips of 3 (the last is padding), one right; then a bad step of 3 valid clips
+    window.add_step(torch.tensor(1.5), logits, torch.tensor([0, 0, 1]), torch.tensor([True, True, False]), torch.tensor(False))
+    window.add_step(torch.tensor(float("nan")), logits, torch.tensor([0, 1, 0]), torch.ones(3, dtype=torch.bool), torch.tensor(True))
+    sums = window.close()
+    assert (sums.steps, sums.clips, sums.good_clips, sums.correct, sums.bad_steps, sums.bad_run) == (2, 5, 2, 4, 1, 1)
+    assert sums.loss_sum == pytest.approx(3.0) and sums.data_wait_s == 0.5 and sums.seconds > 0
+    rates = sums.rates()
+    assert rates["loss"] == pytest.approx(1.5) and rates["acc"] == pytest.approx(4 / 5)
+    assert rates["clips_per_s"] == pytest.approx(5 / sums.seconds) and rates["step_ms"] == pytest.approx(500 * sums.seconds)
+    window.add_step(torch.tensor(float("nan")), logits, torch.tensor([0, 1, 0]), torch.ones(3, dtype=torch.bool), torch.tensor(True))
+    again = window.close()  # a new window, but the run of bad steps goes on across it
+    assert (again.steps, again.bad_steps, again.bad_run, again.data_wait_s) == (1, 1, 2, 0.0)

@@ -47,7 +47,7 @@ class RichReporter:
         if self._progress is not None:
             self._progress.advance(self._task, steps)
 
-    def log(self, step: int, values: dict[str, float]) -> None:
+    def log(self, step: int, values: dict[str, float], sums) -> None:
         if self._progress is not None:
             stats = (f"loss {values['loss']:.3f} acc {values['acc']:.3f} lr {values['lr']:.2e} "
                      f"{values['clips_per_s']:.1f} clips/s wait {values['data_wait_frac']:.0%}")

@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 
 from avdali.errors import AvdaliError
+from avdali.train.window import WindowSums
 
 UNLIMITED_EPOCHS = 1_000_000
 """Epochs asked of a bench run: it never ends on its own; the reporter stops it after the measured steps."""
@@ -79,7 +80,7 @@ class _Done(Exception):
 
 
 class StepRecorder:
-    """A training Reporter that sums the loop's per-step figures after ``warmup`` steps and stops at ``warmup + steps``."""
+    """A training Reporter that sums the loop's per-step windows after ``warmup`` steps and stops at ``warmup + steps``."""
 
     def __init__(self, warmup: int, steps: int):
         self.warmup = warmup
@@ -89,14 +90,13 @@ class StepRecorder:
         self.seconds = 0.0
         self.data_wait_s = 0.0
 
-    def log(self, step: int, values: dict[str, float]) -> None:
-        # log_every = 1: each call covers exactly one step (the loop's window since the previous log).
+    def log(self, step: int, values: dict[str, float], sums: WindowSums) -> None:
+        # log_every = 1: each call covers exactly one step; the window's raw sums, not its rates, are added up.
         if step > self.warmup:
-            seconds = values["step_ms"] / 1000.0
-            self.timed_steps += 1
-            self.seconds += seconds
-            self.data_wait_s += values["data_wait_frac"] * seconds
-            self.clips += round(values["clips_per_s"] * seconds)
+            self.timed_steps += sums.steps
+            self.seconds += sums.seconds
+            self.data_wait_s += sums.data_wait_s
+            self.clips += sums.clips
         if step >= self.warmup + self.steps:
             raise _Done
 

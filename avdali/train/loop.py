@@ -38,8 +38,6 @@ from avdali.train.config import RunConfig, dump_config
 from avdali.train.distributed import (
     DistInfo,
     all_gather_objects,
-    all_reduce_max,
-    all_reduce_sum,
     barrier,
     broadcast_buffers,
     broadcast_object,
@@ -54,6 +52,7 @@ from avdali.train.evaluate import evaluate
 from avdali.train.inputs import AMP_DTYPES, autocast, model_video, to_device
 from avdali.train.metrics_writer import MetricsWriter
 from avdali.shardformat.manifest import read_manifest
+from avdali.train.window import LogWindow, WindowSums
 from avdali.train.protocol import SplitPlan, balanced_class_weights, check_shards_fit, default_metric, plan_splits
 
 
@@ -67,7 +66,8 @@ class Reporter(Protocol):
     def start(self, run_dir: Path, summary: str) -> None: ...
     def epoch_start(self, epoch: int, epochs: int, steps: int) -> None: ...
     def advance(self, steps: int = 1) -> None: ...
-    def log(self, step: int, values: dict[str, float]) -> None: ...
+    def log(self, step: int, values: dict[str, float], sums: WindowSums) -> None:
+        """A logging step: ``values`` as written to TensorBoard (``train/*``), ``sums`` the raw window they came from."""
     def epoch_end(self, epoch: int, epochs: int, summary: dict[str, float]) -> None: ...
     def message(self, text: str) -> None: ...
     def close(self) -> None: ...
@@ -79,7 +79,7 @@ class NullReporter:
     def start(self, run_dir, summary): ...
     def epoch_start(self, epoch, epochs, steps): ...
     def advance(self, steps=1): ...
-    def log(self, step, values): ...
+    def log(self, step, values, sums): ...
     def epoch_end(self, epoch, epochs, summary): ...
     def message(self, text): ...
     def close(self): ...
@@ -279,7 +279,8 @@ class Trainer:
                 raise AvdaliError(f"{e.filename or self.run_dir}: cannot write the run folder ({e.strerror or e})") from None
         # purge_step: events a crashed run logged after the checkpoint are dropped, so curves continue cleanly.
         self.writer = MetricsWriter(self.run_dir, enabled=info.is_main, purge_step=self.step + 1 if resume else None)
-        self._reset_window()
+        self.window = LogWindow(self.device)
+        self.lr = cfg.optim.lr
 
     # -- setup ---------------------------------------------------------------------------------------------
 
@@ -355,7 +356,7 @@ class Trainer:
         self.reporter.epoch_start(self.epoch + 1, self.cfg.train.epochs, self.steps_per_epoch)
         batches = iter(self.train_loader)
         self._epoch_indices: list[torch.Tensor] = []
-        self._window_start = time.perf_counter()
+        self.window.restart_clock()
         for i in range(self.steps_per_epoch):
             wait_start = time.perf_counter()
             try:
@@ -364,7 +365,7 @@ class Trainer:
                 raise AvdaliError(
                     f"training loader gave {i} batches, not the {self.steps_per_epoch} its len() promised"
                 ) from None
-            self._data_wait_s += time.perf_counter() - wait_start
+            self.window.add_wait(time.perf_counter() - wait_start)
             self._train_step(batch)
             self.reporter.advance()
             if self.step % self.cfg.train.log_every == 0 or i == self.steps_per_epoch - 1:
@@ -376,7 +377,7 @@ class Trainer:
                    total_steps=self.total_steps)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        self._lr = lr
+        self.lr = lr
         batch = to_device(batch, self.device)
         video = model_video(batch.video, self.cfg.train.channels_last)
         # A non-finite batch also poisons BatchNorm running statistics in the forward; keep a copy to put back.
@@ -403,18 +404,8 @@ class Trainer:
         for buffer, saved in zip(self.buffers, saved_buffers):
             buffer.copy_(torch.where(bad, saved, buffer))  # on the device: no sync
 
-        # Running sums stay on the device until the next logging step.
-        valid = batch.valid.bool()
-        good = ~bad
-        n_valid = valid.sum()
-        self._loss_sum += torch.where(good, loss.detach() * n_valid, 0.0)
-        self._correct += ((logits.detach().argmax(1) == batch.label) & valid).sum()
-        self._clips += n_valid
-        self._bad_total += bad.long()
-        self._bad_run = (self._bad_run + 1) * bad.long()
-        self._good_clips += torch.where(good, n_valid, 0)
-        self._window_steps += 1
-        self._epoch_indices.append(torch.where(valid, batch.index, -1))  # a boolean mask would sync on CUDA
+        self.window.add_step(loss, logits, batch.label, batch.valid, bad)  # on the device until the logging step
+        self._epoch_indices.append(torch.where(batch.valid.bool(), batch.index, -1))  # a boolean mask would sync on CUDA
         self.step += 1
 
     def _loss(self, logits: torch.Tensor, label: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -428,51 +419,26 @@ class Trainer:
 
     # -- logging -----------------------------------------------------------------------------------------
 
-    def _reset_window(self) -> None:
-        zeros = lambda dtype: torch.zeros((), dtype=dtype, device=self.device)  # noqa: E731
-        self._loss_sum = zeros(torch.float32)
-        self._correct = zeros(torch.int64)
-        self._clips = zeros(torch.int64)
-        self._good_clips = zeros(torch.int64)
-        self._bad_total = zeros(torch.int64)
-        if not hasattr(self, "_bad_run"):
-            self._bad_run = zeros(torch.int64)
-        self._window_steps = 0
-        self._data_wait_s = 0.0
-        self._window_start = time.perf_counter()
-
     def _log_window(self) -> None:
-        # The only device sync of the training loop: all-reduce the running sums and read them on the host.
-        sums = torch.stack([self._loss_sum.double(), self._correct.double(), self._clips.double(),
-                            self._good_clips.double(), self._bad_total.double()])
-        loss_sum, correct, clips, good_clips, bad = all_reduce_sum(sums).tolist()
-        bad_run = int(all_reduce_max(self._bad_run.clone()).item())
-        elapsed = time.perf_counter() - self._window_start
-        steps = max(1, self._window_steps)
-        self.bad_steps_total += int(bad)
-        values = {
-            "loss": loss_sum / good_clips if good_clips else float("nan"),
-            "acc": correct / clips if clips else 0.0,
-            "lr": self._lr,
-            "clips_per_s": clips / elapsed if elapsed > 0 else 0.0,
-            "data_wait_frac": self._data_wait_s / elapsed if elapsed > 0 else 0.0,
-            "step_ms": 1000.0 * elapsed / steps,
-            "bad_steps": float(self.bad_steps_total),
-        }
+        window = self.window.close()  # the only device sync of the training loop
+        self.bad_steps_total += window.bad_steps
+        rates = window.rates()
+        values = {"loss": rates["loss"], "acc": rates["acc"], "lr": self.lr, "clips_per_s": rates["clips_per_s"],
+                  "data_wait_frac": rates["data_wait_frac"], "step_ms": rates["step_ms"],
+                  "bad_steps": float(self.bad_steps_total)}
         if self.device.type == "cuda":
             values["mem_gb"] = torch.cuda.max_memory_allocated(self.device) / 1e9
         self.writer.scalars("train", values, self.step)
         # On disk now, not in 2 min (SummaryWriter's flush_secs): live curves, and a killed run's last steps are kept
         # for a resume to purge. One small write per logging step.
         self.writer.flush()
-        self.reporter.log(self.step, values)
-        if bad_run >= self.cfg.train.max_bad_steps:
+        self.reporter.log(self.step, values, window)
+        if window.bad_run >= self.cfg.train.max_bad_steps:
             raise TrainingStopped(
-                f"stopped at step {self.step}: {bad_run} steps in a row had a non-finite loss or gradient "
+                f"stopped at step {self.step}: {window.bad_run} steps in a row had a non-finite loss or gradient "
                 f"(train.max_bad_steps = {self.cfg.train.max_bad_steps}); the last good checkpoint is "
                 f"{self.run_dir / ckpt.LAST} (try a lower optim.lr or train.amp = \"bf16\")"
             )
-        self._reset_window()
 
     # -- evaluation and checkpoints ------------------------------------------------------------------
 
