@@ -488,41 +488,20 @@ class Trainer:
         return scalars
 
     def _state(self, val: dict[str, float]) -> dict[str, Any]:
-        rng = all_gather_objects(ckpt.rng_state())  # every rank's streams, so a resume continues each exactly
-        return {
-            "model": self.raw_model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "scheduler": {"kind": "warmup_cosine", "warmup_steps": self.warmup_steps, "total_steps": self.total_steps,
-                          "lr": self.cfg.optim.lr, "min_lr": self.cfg.optim.min_lr},
-            "step": self.step,
-            "epoch": self.epoch,
-            "best_metric": self.best_metric,
-            "metric": self.cfg.train.metric,
-            "val": val,
-            "bad_steps": self.bad_steps_total,
-            "world_size": self.info.world_size,
-            "config": self.cfg.to_dict(),
-            "rng": rng,
-        }
+        counters = ckpt.Counters(self.step, self.epoch, self.best_metric, self.bad_steps_total, val)
+        return ckpt.training_state(
+            self.raw_model, self.optimizer, self.scaler, counters,
+            schedule={"kind": "warmup_cosine", "warmup_steps": self.warmup_steps, "total_steps": self.total_steps,
+                      "lr": self.cfg.optim.lr, "min_lr": self.cfg.optim.min_lr},
+            metric=self.cfg.train.metric, world_size=self.info.world_size, config=self.cfg.to_dict(),
+            rng=all_gather_objects(ckpt.rng_state()),  # every rank's streams, so a resume continues each exactly
+        )  # fmt: skip
 
     def _load(self, path: Path) -> None:
-        state = ckpt.load_checkpoint(path, map_location=self.device)
-        try:
-            self.raw_model.load_state_dict(state["model"])
-            self.optimizer.load_state_dict(state["optimizer"])
-        except (RuntimeError, ValueError, KeyError) as e:
-            first = str(e).strip().splitlines()[0]
-            raise AvdaliError(f"{path}: does not fit this run's [model]/[optim] config ({first})") from None
-        self.scaler.load_state_dict(state["scaler"])
-        self.step = int(state["step"])
-        self.epoch = int(state["epoch"])
-        self.best_metric = float(state["best_metric"])
-        self.bad_steps_total = int(state.get("bad_steps", 0))
-        self.last_val = dict(state.get("val", {}))
-        rng = state.get("rng") or []
-        if len(rng) == self.info.world_size:
-            ckpt.set_rng_state(rng[self.info.rank])
+        counters = ckpt.resume_training_state(path, self.raw_model, self.optimizer, self.scaler, device=self.device,
+                                              rank=self.info.rank, world_size=self.info.world_size)
+        self.step, self.epoch, self.best_metric = counters.step, counters.epoch, counters.best_metric
+        self.bad_steps_total, self.last_val = counters.bad_steps, counters.val
         self.reporter.message(f"resumed {path} at epoch {self.epoch}, step {self.step}")
 
     def _summary(self) -> str:
