@@ -134,3 +134,13 @@ def test_shipped_configs_load_and_round_trip(name):
     text = config_to_toml(cfg)
     assert f'name = "{name}"' in text
     assert isinstance(cfg, RunConfig)
+
+
+@pytest.mark.parametrize("text", ["plain", 'say "hi"', "back\\slash", "tab\tnew\nline", "del\x7f", "é ü", "emoji 😀", "C:\\runs\\x"])
+def test_toml_literal_is_how_a_set_value_is_quoted(text):
+    # the one quoting of --set values (TOML, like config files): parse_override reads back exactly what was quoted
+    from avdali.train.config import parse_override, toml_literal
+
+    assert parse_override(f"train.run_dir={toml_literal(text)}") == ("train", "run_dir", text)
+    assert toml_literal(text).isascii()
+    assert toml_literal(True) == "true" and toml_literal([1, 2.5]) == "[1, 2.5]"

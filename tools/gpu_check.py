@@ -85,7 +85,9 @@ def main() -> int:
     parser.add_argument("--cpu", action="store_true", help="dry run without a GPU: 2 gloo CPU ranks instead of --gpus 1")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    sets = [f'data.shards="{args.shards}"', 'data.loader="torch"', "data.num_threads=8",
+    from avdali.train.config import toml_literal  # the one way to quote a --set value (TOML, as config files)
+
+    sets = [f"data.shards={toml_literal(str(args.shards))}", 'data.loader="torch"', "data.num_threads=8",
             'model.backbone_weights="none"', *(['train.device="cpu"'] if args.cpu else []), *args.overrides]  # fmt: skip
     set_flags = [flag for value in sets for flag in ("--set", value)]
     run_dir = args.run_dir or args.out / "run"

@@ -11,7 +11,7 @@ from rich.console import Console
 from avdali.cli.common import user_errors
 from avdali.cli.reporting import RichReporter
 from avdali.errors import AvdaliError
-from avdali.train.config import DEVICE_CHOICES
+from avdali.train.config import DEVICE_CHOICES, toml_literal
 
 
 @user_errors
@@ -45,7 +45,7 @@ def train(
     if fold is not None:
         overrides.append(f"data.fold={fold}")
     if run_dir is not None:
-        overrides.append(f"train.run_dir={_toml_string(str(run_dir))}")
+        overrides.append(f"train.run_dir={toml_literal(str(run_dir))}")
     if compile is not None:
         overrides.append(f"train.compile={'true' if compile else 'false'}")
     cfg = load_config(config, overrides)
@@ -90,7 +90,3 @@ def _ranks(gpus: int | None, procs: int | None, device: str | None) -> tuple[int
 
 def _bad_count(flag: str, value: int) -> None:
     raise AvdaliError(f"{flag} must be ≥ 1, got {value}")
-
-
-def _toml_string(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'

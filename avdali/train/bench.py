@@ -11,13 +11,13 @@ step synchronises the device every step: that is what makes a per-step data-wait
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import platform
 import tempfile
 from pathlib import Path
 
 from avdali.errors import AvdaliError
+from avdali.train.config import load_config, toml_literal
 from avdali.train.window import WindowSums
 
 UNLIMITED_EPOCHS = 1_000_000
@@ -119,7 +119,6 @@ def measure_variant(config: Path, overrides: list[str], variant: Variant, warmup
     """One short training run of ``variant`` (in a temporary run folder); its per-step figures summed."""
     import torch
 
-    from avdali.train.config import load_config
     from avdali.train.loop import run_training
 
     torch._dynamo.reset()  # each variant compiles afresh, as its own training run would (no shared recompile budget)
@@ -128,12 +127,12 @@ def measure_variant(config: Path, overrides: list[str], variant: Variant, warmup
         cfg = load_config(config, [
             *overrides,
             f"data.loader={variant.loader}",
-            f'train.amp="{variant.amp}"',
-            f"train.compile={json.dumps(variant.compile)}",
+            f"train.amp={toml_literal(variant.amp)}",
+            f"train.compile={toml_literal(variant.compile)}",
             "train.log_every=1",
             f"train.epochs={UNLIMITED_EPOCHS}",
             "train.test_at_end=false",
-            f"train.run_dir={json.dumps(str(Path(tmp) / 'run'))}",
+            f"train.run_dir={toml_literal(str(Path(tmp) / 'run'))}",
         ])  # fmt: skip
         try:
             run_training(cfg, reporter=recorder)
@@ -150,12 +149,11 @@ def bench_training(
     """Measure every variant on ``shards``; the figures as a JSON-ready dict."""
     import torch
 
-    from avdali.train.config import load_config
     from avdali.train.distributed import resolve_device
 
     if not (shards / "manifest.json").is_file():
         raise AvdaliError(f"{shards}: no manifest.json (SHARDS must be a folder written by `avdali shard`)")
-    overrides = [f"data.shards={json.dumps(str(shards))}", *overrides]
+    overrides = [f"data.shards={toml_literal(str(shards))}", *overrides]
     base = load_config(config, overrides)
     device = resolve_device(base.train.device)
     results = []
