@@ -286,7 +286,7 @@ def assert_one_line_error(result, message: str) -> None:
 BAD_CONFIGS = {
     "unknown_key": ("batch_sise = 4", "tiny.toml: unknown key data.batch_sise; valid keys of [data]: shards, loader"),
     "wrong_type": ('label_space = 7', "tiny.toml: data.label_space must be a string, got 7"),
-    "negative_batch": ("batch_size = -2", "tiny.toml: data.batch_size: must be ≥ 1, got -2"),
+    "negative_batch": ("batch_size = -2", "tiny.toml: data.batch_size must be ≥ 1, got -2"),
     "crop_too_large": ("crop = 256", "data.crop 256 is larger than the 128x128 frames stored in"),
     "other_dataset": ('dataset = "meld"', "data.dataset is 'meld' but"),
     "bad_dataset_name": ('dataset = "iemocap"', "data.dataset must be one of '', 'ravdess', 'meld'; got 'iemocap'"),
