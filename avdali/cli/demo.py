@@ -12,8 +12,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from avdali.cli.common import console, user_errors
-from avdali.cli.synth import find_meld_csv_dir
 from avdali.errors import AvdaliError
+from avdali.synth.meld import find_meld_csv_dir
 
 
 class RichDemoProgress:
