@@ -239,8 +239,7 @@ class Trainer:
         torch.manual_seed(cfg.train.seed + 1000 * info.rank)
 
         data_cfg = cfg.data.loader_config()
-        loader_device = self.device.type
-        common = dict(device=loader_device, rank=info.rank, world_size=info.world_size, seed=cfg.train.seed)
+        common = dict(device=self.device.type, rank=info.rank, world_size=info.world_size, seed=cfg.train.seed)
         self.train_loader = build_loader(data_cfg, self.plan.train, train=True, **common)
         self.val_loader = build_loader(data_cfg, self.plan.val, train=False, **common)
         self.steps_per_epoch = len(self.train_loader)
@@ -250,7 +249,8 @@ class Trainer:
         optim = cfg.optim
         self.warmup_steps = optim.warmup_steps or round(optim.warmup_frac * self.total_steps)
 
-        self.optimizer = self._build_optimizer()
+        self.params = [p for p in self.raw_model.parameters() if p.requires_grad]
+        self.optimizer = self._build_optimizer(self.params)
         self.buffers = [b for b in self.raw_model.buffers() if b.is_floating_point()]
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.train.amp == "fp16")
         self.loss_weight = self._class_weights()
@@ -284,9 +284,8 @@ class Trainer:
 
     # -- setup ---------------------------------------------------------------------------------------------
 
-    def _build_optimizer(self) -> torch.optim.Optimizer:
+    def _build_optimizer(self, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
         optim = self.cfg.optim
-        params = self.params = [p for p in self.raw_model.parameters() if p.requires_grad]
         # Decay weight matrices and kernels, not biases, norms or LSTM bias vectors (nanoGPT's grouping).
         groups = [
             {"params": [p for p in params if p.ndim >= 2], "weight_decay": optim.weight_decay},
@@ -355,7 +354,7 @@ class Trainer:
         self.model.train()
         self.reporter.epoch_start(self.epoch + 1, self.cfg.train.epochs, self.steps_per_epoch)
         batches = iter(self.train_loader)
-        self._epoch_indices: list[torch.Tensor] = []
+        self._epoch_indices = []
         self.window.restart_clock()
         for i in range(self.steps_per_epoch):
             wait_start = time.perf_counter()
