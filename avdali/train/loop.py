@@ -9,6 +9,10 @@ logging steps (``train.log_every``), where the running sums are all-reduced over
 A step whose loss or gradient norm is not finite changes nothing: the fused AdamW kernel reads a
 ``found_inf`` flag on the device (as GradScaler does for fp16) and skips the update without a host sync.
 Such steps are counted; ``train.max_bad_steps`` of them in a row stop the run, keeping the last checkpoint.
+
+Over 400 lines because it is one job, a rank's run from resolved config to best.pt, read top to bottom; what can
+be read apart lives beside it: the logging window's sums (``window.py``), the checkpoint state (``checkpoint.py``),
+batch → model inputs and autocast (``inputs.py``), the split plan (``protocol.py``).
 """
 
 from __future__ import annotations
