@@ -209,11 +209,11 @@ def new_run_dir(runs: Path, now: datetime | None = None) -> Path:
 
 def demo_config(shards: Path, run_dir: Path, seed: int, size: DemoSize, overrides: tuple[str, ...] = ()):
     """``DEMO_CONFIG`` pointed at the demo's shards and run folder (RunConfig)."""
-    from avdali.train.config import load_config
+    from avdali.train.config import load_config, toml_literal
 
     return load_config(DEMO_CONFIG, [
-        f"data.shards={json.dumps(str(shards))}",
-        f"train.run_dir={json.dumps(str(run_dir))}",
+        f"data.shards={toml_literal(str(shards))}",
+        f"train.run_dir={toml_literal(str(run_dir))}",
         f"train.seed={seed}",
         *size.train_overrides,
         *overrides,

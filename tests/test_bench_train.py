@@ -10,21 +10,27 @@ import pytest
 from typer.testing import CliRunner
 
 from avdali.cli.app import app
-from avdali.cli.bench_train import StepRecorder, Variant, _Done, variants_for
+from avdali.train.bench import StepRecorder, Variant, _Done, variants_for
+from avdali.train.window import WindowSums
 from conftest import tiny_run_toml
 
 runner = CliRunner()
 
 
+def window(seconds: float, clips: int, data_wait_s: float) -> WindowSums:
+    return WindowSums(steps=1, clips=clips, good_clips=clips, correct=0, loss_sum=1.0, bad_steps=0, bad_run=0,
+                      seconds=seconds, data_wait_s=data_wait_s)
+
+
 def test_step_recorder_skips_warmup_and_stops_after_the_timed_steps():
     recorder = StepRecorder(warmup=2, steps=2)
-    # one step each: 100 ms, 8 clips, a quarter of it waiting for data
-    values = {"step_ms": 100.0, "clips_per_s": 80.0, "data_wait_frac": 0.25}
-    recorder.log(1, {**values, "step_ms": 5000.0})  # warm-up: worker start-up, not timed
-    recorder.log(2, {**values, "step_ms": 5000.0})
-    recorder.log(3, values)
+    # the rates the loop writes to TensorBoard do not matter: the recorder adds up the raw window sums
+    values = {"step_ms": -1.0, "clips_per_s": -1.0, "data_wait_frac": -1.0}
+    recorder.log(1, values, window(5.0, 8, 4.0))  # warm-up: worker start-up, not timed
+    recorder.log(2, values, window(5.0, 8, 4.0))
+    recorder.log(3, values, window(0.1, 8, 0.025))  # 100 ms, 8 clips, a quarter of it waiting for data
     with pytest.raises(_Done):
-        recorder.log(4, {"step_ms": 300.0, "clips_per_s": 40.0, "data_wait_frac": 0.5})
+        recorder.log(4, values, window(0.3, 12, 0.15))
     assert recorder.timed_steps == 2
     assert recorder.seconds == pytest.approx(0.4)
     assert recorder.clips == 8 + 12

@@ -17,11 +17,11 @@ from avdali.errors import ConfigError
 @pytest.mark.parametrize(
     "field, value, message",
     [
-        ("loader", "tf", "data.loader.*dali, torch"),
-        ("features", "fbank", "data.features.*logmel, mfcc"),
-        ("video_dtype", "int8", "data.video_dtype.*uint8, float16, float32"),
-        ("label_space", "x", "data.label_space.*unified, ravdess8"),
-        ("batch_size", 0, "data.batch_size: must be ≥ 1"),
+        ("loader", "tf", "data.loader must be one of 'dali', 'torch'; got 'tf'"),
+        ("features", "fbank", "data.features must be one of 'logmel', 'mfcc'"),
+        ("video_dtype", "int8", "data.video_dtype must be one of 'uint8', 'float16', 'float32'"),
+        ("label_space", "x", "data.label_space must be one of 'unified', 'ravdess8'"),
+        ("batch_size", 0, "data.batch_size must be ≥ 1, got 0"),
         ("audio_seconds", 0.0, "data.audio_seconds"),
     ],
 )

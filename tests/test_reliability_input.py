@@ -289,7 +289,7 @@ def assert_one_line_error(result, message: str) -> None:
 BAD_CONFIGS = {
     "unknown_key": ("batch_sise = 4", "tiny.toml: unknown key data.batch_sise; valid keys of [data]: shards, loader"),
     "wrong_type": ('label_space = 7', "tiny.toml: data.label_space must be a string, got 7"),
-    "negative_batch": ("batch_size = -2", "tiny.toml: data.batch_size: must be ≥ 1, got -2"),
+    "negative_batch": ("batch_size = -2", "tiny.toml: data.batch_size must be ≥ 1, got -2"),
     "crop_too_large": ("crop = 256", "data.crop 256 is larger than the 128x128 frames stored in"),
     "other_dataset": ('dataset = "meld"', "data.dataset is 'meld' but"),
     "bad_dataset_name": ('dataset = "iemocap"', "data.dataset must be one of '', 'ravdess', 'meld'; got 'iemocap'"),
@@ -367,3 +367,18 @@ def test_shard_into_a_folder_of_another_dataset_or_version_writes_nothing(tmp_pa
         result = runner.invoke(app, ["shard", "ravdess", str(ravdess_src), str(out), *args])
         assert_one_line_error(result, message)
         assert folder_state(out) == before
+
+
+def test_run_training_checks_the_shards_for_every_entry_point(tmp_path, run_dir, ravdess_shards):
+    """cv, demo and bench train call run_training, not the CLI: the manifest check is theirs too, before any write."""
+    from avdali.errors import ConfigError
+    from avdali.train.config import load_config
+    from avdali.train.loop import run_training
+
+    config = tmp_path / "tiny.toml"
+    config.write_text(tiny_run_toml(ravdess_shards))
+    cfg = load_config(config, ["data.crop=256", f"train.run_dir={str(run_dir)!r}"])
+    before = folder_state(run_dir)
+    with pytest.raises(ConfigError, match=r"^data\.crop 256 is larger than the 128x128 frames stored in "):
+        run_training(cfg)
+    assert folder_state(run_dir) == before

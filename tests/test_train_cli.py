@@ -39,7 +39,7 @@ def tiny_toml(tmp_path: Path, shards: Path | str = "shards/none") -> Path:
         (["--gpus", "0"], "--gpus must be ≥ 1, got 0"),
         (["--gpus", "2", "--procs", "2"], "--gpus and --procs exclude each other"),
         (["--procs", "2", "--device", "cuda"], "--procs starts CPU ranks"),
-        (["--device", "tpu"], "--device must be cpu, cuda or auto"),
+        (["--device", "tpu"], "--device must be one of auto, cpu, cuda, got 'tpu'"),
         (["--set", "train.epochs=zero"], "train.epochs must be an integer, got 'zero'"),
         (["--set", "optim.lr"], "expected section.key=value"),
     ],

@@ -98,6 +98,7 @@ class FakeLoader:
 
 
 def tiny_config(shards: Path, run_dir: Path, *extra: str):
+    """The resolved config and its split plan (``train(*tiny_config(...))``)."""
     cfg = load_config(None, [
         f"data.shards={str(shards)!r}", "data.batch_size=8", f"data.frames={T}", f"data.crop={CROP}",
         f"data.n_mels={MELS}", "data.loader=torch", *TINY_MODEL,
@@ -135,8 +136,8 @@ def test_lr_schedule_warms_up_then_decays_to_min():
 @pytest.mark.slow  # ~2 s on an idle 2-core machine, >20 s on a busy one
 def test_training_learns_and_writes_run(tmp_path, fake_loader):
     shards = fake_shards(tmp_path / "shards")
-    cfg = tiny_config(shards, tmp_path / "run", "train.epochs=4")
-    result = train(cfg)
+    cfg, plan = tiny_config(shards, tmp_path / "run", "train.epochs=4")
+    result = train(cfg, plan)
 
     # 3 training folds of 14 clips, batch 8 → 6 steps per epoch; validation on fold 2, test on fold 1
     assert result.step == 4 * 6 and result.epoch == 4
@@ -167,7 +168,7 @@ def test_training_learns_and_writes_run(tmp_path, fake_loader):
 def test_resume_continues_exactly(tmp_path, fake_loader, monkeypatch):
     shards = fake_shards(tmp_path / "shards")
     extra = ("train.epochs=2", "model.dropout=0.2", "train.test_at_end=false")
-    straight = train(tiny_config(shards, tmp_path / "straight", *extra))
+    straight = train(*tiny_config(shards, tmp_path / "straight", *extra))
 
     class CrashInSecondEpoch(FakeLoader):
         def set_epoch(self, epoch):
@@ -175,12 +176,12 @@ def test_resume_continues_exactly(tmp_path, fake_loader, monkeypatch):
                 raise RuntimeError("simulated crash")
             super().set_epoch(epoch)
 
-    cfg = tiny_config(shards, tmp_path / "resumed", *extra)
+    cfg, plan = tiny_config(shards, tmp_path / "resumed", *extra)
     monkeypatch.setattr(loop, "build_loader", CrashInSecondEpoch)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        train(cfg)
+        train(cfg, plan)
     monkeypatch.setattr(loop, "build_loader", FakeLoader)
-    resumed = train(cfg, resume=True)
+    resumed = train(cfg, plan, resume=True)
 
     assert resumed.step == straight.step == 12
     a = ckpt.load_checkpoint(tmp_path / "straight" / "last.pt")
@@ -200,16 +201,16 @@ def test_resume_continues_exactly(tmp_path, fake_loader, monkeypatch):
 
 def test_resume_refusals(tmp_path, fake_loader):
     shards = fake_shards(tmp_path / "shards")
-    cfg = tiny_config(shards, tmp_path / "run", "train.epochs=1", "train.test_at_end=false")
+    cfg, plan = tiny_config(shards, tmp_path / "run", "train.epochs=1", "train.test_at_end=false")
     with pytest.raises(AvdaliError, match="last.pt not found"):
         loop.run_training(cfg, resume=True)
     loop.run_training(cfg)
     with pytest.raises(AvdaliError, match="already holds a run"):
         loop.run_training(cfg)
     # a different model cannot continue this checkpoint
-    other = tiny_config(shards, tmp_path / "run", "train.epochs=2", "model.video_dim=32")
+    other, _ = tiny_config(shards, tmp_path / "run", "train.epochs=2", "model.video_dim=32")
     with pytest.raises(AvdaliError, match="does not fit"):
-        train(other, resume=True)
+        train(other, plan, resume=True)
 
 
 def test_nonfinite_steps_are_skipped_then_stop(tmp_path, monkeypatch):
@@ -220,7 +221,7 @@ def test_nonfinite_steps_are_skipped_then_stop(tmp_path, monkeypatch):
             super().__init__(*a, **kw, nan_batches={1, 3} if kw.get("train") else ())
 
     monkeypatch.setattr(loop, "build_loader", SomeNan)
-    result = train(tiny_config(shards, tmp_path / "some", "train.epochs=2", "train.test_at_end=false"))
+    result = train(*tiny_config(shards, tmp_path / "some", "train.epochs=2", "train.test_at_end=false"))
     assert result.bad_steps == 4  # 2 per epoch, skipped
     state = ckpt.load_checkpoint(tmp_path / "some" / "last.pt")
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
@@ -232,18 +233,18 @@ def test_nonfinite_steps_are_skipped_then_stop(tmp_path, monkeypatch):
             return super().__iter__()
 
     monkeypatch.setattr(loop, "build_loader", NanFromEpoch2)
-    cfg = tiny_config(shards, tmp_path / "diverged", "train.epochs=3", "train.max_bad_steps=3")
+    cfg, plan = tiny_config(shards, tmp_path / "diverged", "train.epochs=3", "train.max_bad_steps=3")
     with pytest.raises(TrainingStopped, match=r"steps in a row had a non-finite loss.*last\.pt"):
-        train(cfg)
+        train(cfg, plan)
     kept = ckpt.load_checkpoint(tmp_path / "diverged" / "last.pt")
     assert kept["epoch"] == 1 and kept["step"] == 6  # the last good checkpoint stays
 
 
 def test_balanced_class_weights_from_manifest(tmp_path, fake_loader):
     shards = fake_shards(tmp_path / "shards", dataset="meld")
-    cfg = tiny_config(shards, tmp_path / "run", "optim.class_weights=balanced", "train.epochs=1", "train.test_at_end=false")
+    cfg, plan = tiny_config(shards, tmp_path / "run", "optim.class_weights=balanced", "train.epochs=1", "train.test_at_end=false")
     assert cfg.train.metric == "weighted_f1"  # MELD's metric when "auto"
-    trainer = loop.Trainer(cfg, loop.init_distributed("cpu"))
+    trainer = loop.Trainer(cfg, plan, loop.init_distributed("cpu"))
     # train split: neutral 4, the others 2,2,2,2,1,1 of 14 → 14 / (7 · count)
     expected = torch.tensor([14 / 28, 14 / 14, 14 / 14, 14 / 14, 14 / 14, 14 / 7, 14 / 7])
     torch.testing.assert_close(trainer.loss_weight, expected)
@@ -272,8 +273,8 @@ def test_rng_state_round_trip():
 @pytest.mark.parametrize("amp", ["bf16", pytest.param("fp16", marks=pytest.mark.slow)])  # fp16 on CPU is slow
 def test_autocast_precisions_train_on_cpu(tmp_path, fake_loader, amp):
     shards = fake_shards(tmp_path / "shards")
-    cfg = tiny_config(shards, tmp_path / "run", "train.epochs=1", "train.test_at_end=false", f"train.amp={amp}")
-    result = train(cfg)
+    cfg, plan = tiny_config(shards, tmp_path / "run", "train.epochs=1", "train.test_at_end=false", f"train.amp={amp}")
+    result = train(cfg, plan)
     assert result.step == 6 and result.bad_steps == 0
     state = ckpt.load_checkpoint(tmp_path / "run" / "last.pt")
     assert all(v.dtype != torch.bfloat16 and v.dtype != torch.float16 for v in state["model"].values())  # fp32 master weights
@@ -292,10 +293,30 @@ def test_compiled_model_saves_raw_state_dict(tmp_path, fake_loader, monkeypatch)
 
     monkeypatch.setattr(loop.torch, "compile", eager_compile)
     shards = fake_shards(tmp_path / "shards")
-    cfg = tiny_config(shards, tmp_path / "run", "train.epochs=1", "train.test_at_end=false", "train.compile=true")
-    trainer = loop.Trainer(cfg, loop.init_distributed("cpu"))
+    cfg, plan = tiny_config(shards, tmp_path / "run", "train.epochs=1", "train.test_at_end=false", "train.compile=true")
+    trainer = loop.Trainer(cfg, plan, loop.init_distributed("cpu"))
     assert compiled and trainer.model is not trainer.raw_model
     trainer.fit()
     state = ckpt.load_checkpoint(tmp_path / "run" / "last.pt")
     assert set(state["model"]) == set(trainer.raw_model.state_dict())
     assert not any("_orig_mod" in k for k in state["model"])
+
+
+def test_log_window_sums_steps_on_the_device_and_reads_them_once():
+    from avdali.train.window import LogWindow
+
+    window = LogWindow(torch.device("cpu"))
+    logits = torch.tensor([[2.0, 0.0], [0.0, 2.0], [2.0, 0.0]])
+    window.add_wait(0.5)
+    # 2 valid clips of 3 (the last is padding), one right; then a bad step of 3 valid clips
+    window.add_step(torch.tensor(1.5), logits, torch.tensor([0, 0, 1]), torch.tensor([True, True, False]), torch.tensor(False))
+    window.add_step(torch.tensor(float("nan")), logits, torch.tensor([0, 1, 0]), torch.ones(3, dtype=torch.bool), torch.tensor(True))
+    sums = window.close()
+    assert (sums.steps, sums.clips, sums.good_clips, sums.correct, sums.bad_steps, sums.bad_run) == (2, 5, 2, 4, 1, 1)
+    assert sums.loss_sum == pytest.approx(3.0) and sums.data_wait_s == 0.5 and sums.seconds > 0
+    rates = sums.rates()
+    assert rates["loss"] == pytest.approx(1.5) and rates["acc"] == pytest.approx(4 / 5)
+    assert rates["clips_per_s"] == pytest.approx(5 / sums.seconds) and rates["step_ms"] == pytest.approx(500 * sums.seconds)
+    window.add_step(torch.tensor(float("nan")), logits, torch.tensor([0, 1, 0]), torch.ones(3, dtype=torch.bool), torch.tensor(True))
+    again = window.close()  # a new window, but the run of bad steps goes on across it
+    assert (again.steps, again.bad_steps, again.bad_run, again.data_wait_s) == (1, 1, 2, 0.0)

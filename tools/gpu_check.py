@@ -151,8 +151,10 @@ def main() -> int:
     # every fold trains (the synthetic set is small: batch 256 still gets a few steps per epoch); fold1 validates
     config = CPU_CONFIG if args.cpu else CONFIG
     tiny = ["data.frames=4"] if args.cpu else []
-    sets = [f"data.shards={json.dumps(str(shards))}", 'model.backbone_weights="none"', f"data.num_threads={cores}",
-            f"data.train_splits={json.dumps(FOLDS)}", 'data.val_splits=["fold1"]', *tiny,
+    from avdali.train.config import toml_literal  # the one way to quote a --set value (TOML, as config files)
+
+    sets = [f"data.shards={toml_literal(str(shards))}", 'model.backbone_weights="none"', f"data.num_threads={cores}",
+            f"data.train_splits={toml_literal(FOLDS)}", 'data.val_splits=["fold1"]', *tiny,
             *(['train.device="cpu"'] if args.cpu else ['train.amp="bf16"', "train.compile=true", "train.channels_last=true"]),
             *args.overrides]  # fmt: skip
     set_flags = [flag for value in sets for flag in ("--set", value)]

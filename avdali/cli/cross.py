@@ -9,7 +9,8 @@ import typer
 from rich.markup import escape
 
 from avdali.cli.common import console, err_console, user_errors
-from avdali.cli.eval import DEVICE_CHOICES, LOADER_CHOICES
+from avdali.data.config import LOADERS
+from avdali.train.config import DEVICE_CHOICES
 from avdali.errors import AvdaliError
 
 
@@ -35,8 +36,8 @@ def cross(
 
     if device not in DEVICE_CHOICES:
         raise AvdaliError(f"--device must be one of {', '.join(DEVICE_CHOICES)}, got {device!r}")
-    if loader is not None and loader not in LOADER_CHOICES:
-        raise AvdaliError(f"--loader must be one of {', '.join(LOADER_CHOICES)}, got {loader!r}")
+    if loader is not None and loader not in LOADERS:
+        raise AvdaliError(f"--loader must be one of {', '.join(LOADERS)}, got {loader!r}")
     if out.exists() and not out.is_dir():
         raise AvdaliError(f"{out}: exists and is not a folder")
     chosen = parse_split_choices(split or [])

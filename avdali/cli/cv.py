@@ -25,7 +25,7 @@ def cv(
 ) -> None:
     """Cross-validate on RAVDESS: one training run per actor fold (test fold k, validation fold k % 5 + 1),
     each in OUT/fold{k}; prints every fold's test metrics and their mean ± std (population std over folds)."""
-    from avdali.cli.train import RichReporter
+    from avdali.cli.reporting import RichReporter
     from avdali.train.config import load_config
     from avdali.train.cv import parse_folds, run_cv
 

@@ -12,8 +12,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from avdali.cli.common import console, user_errors
-from avdali.cli.synth import find_meld_csv_dir
 from avdali.errors import AvdaliError
+from avdali.synth.meld import find_meld_csv_dir
 
 
 class RichDemoProgress:
@@ -48,7 +48,7 @@ class RichDemoProgress:
         console.print(escape(text), highlight=False, soft_wrap=True)
 
     def reporter(self):
-        from avdali.cli.train import RichReporter
+        from avdali.cli.reporting import RichReporter
 
         return RichReporter()
 

@@ -11,10 +11,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from avdali.cli.common import console, err_console, user_errors
+from avdali.data.config import LOADERS
 from avdali.errors import AvdaliError
-
-LOADER_CHOICES = ("dali", "torch")
-DEVICE_CHOICES = ("auto", "cpu", "cuda")
+from avdali.train.config import DEVICE_CHOICES
 
 
 @user_errors
@@ -36,8 +35,8 @@ def eval_checkpoint(
 
     if device not in DEVICE_CHOICES:
         raise AvdaliError(f"--device must be one of {', '.join(DEVICE_CHOICES)}, got {device!r}")
-    if loader is not None and loader not in LOADER_CHOICES:
-        raise AvdaliError(f"--loader must be one of {', '.join(LOADER_CHOICES)}, got {loader!r}")
+    if loader is not None and loader not in LOADERS:
+        raise AvdaliError(f"--loader must be one of {', '.join(LOADERS)}, got {loader!r}")
     with err_console.status(f"loading {checkpoint}"):
         loaded = load_model(checkpoint, device)
     with err_console.status(f"evaluating on {shards}"):

@@ -12,8 +12,7 @@ from rich.table import Table
 
 from avdali.cli.common import console, err_console, user_errors
 from avdali.errors import AvdaliError
-
-DEVICE_CHOICES = ("auto", "cpu", "cuda")
+from avdali.train.config import DEVICE_CHOICES
 
 
 @user_errors

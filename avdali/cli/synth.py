@@ -13,13 +13,12 @@ from avdali.cli.common import console, parse_size, user_errors
 from avdali.errors import AvdaliError
 from avdali.folder_lock import hold_folder
 from avdali.synth.jobs import SynthSummary
+from avdali.synth.meld import find_meld_csv_dir
 
 app = typer.Typer(
     help="Write synthetic RAVDESS/MELD-like raw trees (real names and layouts; faces and voices that follow the emotion).",
     no_args_is_help=True,
 )
-
-MELD_CSV_RELATIVE = Path("shared/datasets/meld")
 
 OutArg = Annotated[Path, typer.Argument(help="Output folder (created).", show_default=False)]
 SizeOpt = Annotated[str, typer.Option("--size", help="Frame size WIDTHxHEIGHT (even sides).")]
@@ -40,16 +39,6 @@ def parse_actors(text: str) -> int | list[int]:
         return out
     except ValueError:
         raise AvdaliError(f"--actors must be a count (24) or a list like 1,2,5-8, got {text!r}") from None
-
-
-def find_meld_csv_dir(start_points: list[Path]) -> Path | None:
-    """Walk up from each start point looking for ``shared/datasets/meld/train_sent_emo.csv``."""
-    for start in start_points:
-        for folder in [start, *start.parents]:
-            candidate = folder / MELD_CSV_RELATIVE
-            if (candidate / "train_sent_emo.csv").is_file():
-                return candidate
-    return None
 
 
 def _run_with_progress(what: str, out: Path, make) -> SynthSummary:

@@ -7,10 +7,11 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from avdali.cli.common import user_errors
+from avdali.cli.reporting import RichReporter
 from avdali.errors import AvdaliError
+from avdali.train.config import DEVICE_CHOICES, toml_literal
 
 
 @user_errors
@@ -32,7 +33,6 @@ def train(
     """
     from avdali.train.config import load_config
     from avdali.train.loop import run_training
-    from avdali.train.protocol import check_shards_fit
 
     nprocs, device = _ranks(gpus, procs, device)
     if config is None:
@@ -45,14 +45,10 @@ def train(
     if fold is not None:
         overrides.append(f"data.fold={fold}")
     if run_dir is not None:
-        overrides.append(f"train.run_dir={_toml_string(str(run_dir))}")
+        overrides.append(f"train.run_dir={toml_literal(str(run_dir))}")
     if compile is not None:
         overrides.append(f"train.compile={'true' if compile else 'false'}")
     cfg = load_config(config, overrides)
-    if (Path(cfg.data.shards) / "manifest.json").is_file():
-        # what only the manifest knows (dataset, stored frame size), before the run folder is touched;
-        # a missing manifest is named by run_training's split plan
-        check_shards_fit(cfg.data)
     result = run_training(cfg, resume=resume, nprocs=nprocs, reporter=RichReporter())
     if result.rank != 0:
         return  # under torchrun every rank returns here; rank 0 speaks
@@ -68,8 +64,8 @@ def _ranks(gpus: int | None, procs: int | None, device: str | None) -> tuple[int
     """Local ranks to start and the device they use; errors for impossible combinations."""
     if gpus is not None and procs is not None:
         raise AvdaliError("--gpus and --procs exclude each other (GPU ranks vs CPU ranks)")
-    if device is not None and device not in ("cpu", "cuda", "auto"):
-        raise AvdaliError(f"--device must be cpu, cuda or auto, got {device!r}")
+    if device is not None and device not in DEVICE_CHOICES:
+        raise AvdaliError(f"--device must be one of {', '.join(DEVICE_CHOICES)}, got {device!r}")
     if gpus is not None:
         if device == "cpu":
             raise AvdaliError("--gpus starts GPU ranks; use --procs N for CPU ranks")
@@ -94,85 +90,3 @@ def _ranks(gpus: int | None, procs: int | None, device: str | None) -> tuple[int
 
 def _bad_count(flag: str, value: int) -> None:
     raise AvdaliError(f"{flag} must be ≥ 1, got {value}")
-
-
-def _toml_string(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-class RichReporter:
-    """Rank 0's console: a progress bar per epoch and one summary line per epoch.
-
-    Built lazily so the object pickles into the ranks ``--procs``/``--gpus`` spawns.
-    """
-
-    def __init__(self):
-        self._console: Console | None = None
-        self._progress: Progress | None = None
-        self._task = None
-
-    @property
-    def console(self) -> Console:
-        if self._console is None:
-            self._console = Console()
-        return self._console
-
-    def start(self, run_dir, summary: str) -> None:
-        self.console.print(f"[bold]avdali train[/] → {run_dir}", highlight=False)
-        self.console.print(summary, highlight=False, style="dim")
-
-    def epoch_start(self, epoch: int, epochs: int, steps: int) -> None:
-        self._stop_bar()
-        self._progress = Progress(
-            TextColumn(f"epoch {epoch}/{epochs}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[stats]}"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            console=self.console,
-            transient=True,
-        )
-        self._progress.start()
-        self._task = self._progress.add_task("train", total=steps, stats="")
-
-    def advance(self, steps: int = 1) -> None:
-        if self._progress is not None:
-            self._progress.advance(self._task, steps)
-
-    def log(self, step: int, values: dict[str, float]) -> None:
-        if self._progress is not None:
-            stats = (f"loss {values['loss']:.3f} acc {values['acc']:.3f} lr {values['lr']:.2e} "
-                     f"{values['clips_per_s']:.1f} clips/s wait {values['data_wait_frac']:.0%}")
-            self._progress.update(self._task, stats=stats)
-        self._last_train = values
-
-    def epoch_end(self, epoch: int, epochs: int, summary: dict) -> None:
-        self._stop_bar()
-        train = getattr(self, "_last_train", {})
-        metric = summary["metric"]
-        self.console.print(
-            f"epoch {epoch}/{epochs} step {summary['step']} · train loss {train.get('loss', float('nan')):.3f} "
-            f"acc {train.get('acc', 0):.3f} {train.get('clips_per_s', 0):.1f} clips/s "
-            f"wait {train.get('data_wait_frac', 0):.0%} · val loss {summary['loss']:.3f} acc {summary['acc']:.3f} "
-            f"ua {summary['ua']:.3f} wf1 {summary['weighted_f1']:.3f} · best {metric} {summary['best']:.4f}",
-            highlight=False,
-        )
-
-    def message(self, text: str) -> None:
-        self.console.print(text, highlight=False)
-
-    def close(self) -> None:
-        self._stop_bar()
-
-    def _stop_bar(self) -> None:
-        if self._progress is not None:
-            self._progress.stop()
-            self._progress = None
-
-    def __getstate__(self):
-        # Consoles and live progress bars hold terminals and threads: rebuild them in the rank.
-        return {}
-
-    def __setstate__(self, state):
-        self.__init__()

@@ -14,14 +14,15 @@ CROP_INTERPS = ("nearest", "linear")
 DECODES = ("auto", "gpu", "cpu")
 
 
+# The message style of every config section (train/config.py, models/config.py): "<key> must be <rule>, got <value>".
 def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
-        raise ConfigError(f"data.{name}: {value!r} is not valid; expected one of {', '.join(choices)}")
+        raise ConfigError(f"data.{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
 
 
 def _at_least(name: str, value, low) -> None:
     if value < low:
-        raise ConfigError(f"data.{name}: must be ≥ {low}, got {value}")
+        raise ConfigError(f"data.{name} must be ≥ {low}, got {value!r}")
 
 
 @dataclass
@@ -91,9 +92,9 @@ class DataConfig:
         _at_least("prefetch", self.prefetch, 1)
         _at_least("shuffle_buffer", self.shuffle_buffer, 1)
         if not 0.1 <= self.audio_seconds <= 60:
-            raise ConfigError(f"data.audio_seconds: must be between 0.1 and 60, got {self.audio_seconds}")
+            raise ConfigError(f"data.audio_seconds must be between 0.1 and 60, got {self.audio_seconds!r}")
         if self.features == "mfcc" and self.n_mfcc > self.n_mels:
-            raise ConfigError(f"data.n_mfcc: must be ≤ data.n_mels ({self.n_mels}), got {self.n_mfcc}")
+            raise ConfigError(f"data.n_mfcc must be ≤ data.n_mels ({self.n_mels}), got {self.n_mfcc!r}")
 
     @property
     def feature_bins(self) -> int:

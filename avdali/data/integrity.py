@@ -18,7 +18,6 @@ from avdali.data.shards import ShardSet
 from avdali.errors import AvdaliError
 from avdali.files import file_sha256
 from avdali.shardformat import MANIFEST_NAME
-from avdali.shardformat.manifest import read_manifest
 
 _digests: dict[tuple[str, int, int, int], str] = {}
 """SHA-256 per (path, inode, size, mtime_ns): train, val and test loaders of one run hash each tar once."""
@@ -39,12 +38,13 @@ def _sha256(path: str) -> str:
 
 
 def changed_shards(shardset: ShardSet, tars: Iterable[str]) -> list[str]:
-    """Those of ``tars`` whose SHA-256 (or presence) differs from what ``manifest.json`` records."""
-    recorded = {entry.name: entry.sha256 for entry in read_manifest(shardset.root).shards}
+    """Those of ``tars`` whose SHA-256 (or presence) differs from what ``manifest.json`` records (as the shard set
+    read it when the loader was built: the manifest is not read again per check, nor in every DataLoader worker)."""
+    recorded = {span.tar: span.entry.sha256 for span in shardset.files}
     changed = []
     for tar in tars:
         try:
-            if _sha256(tar) != recorded.get(Path(tar).name):
+            if _sha256(tar) != recorded.get(tar):
                 changed.append(tar)
         except OSError:
             changed.append(tar)  # vanished or unreadable since the loader was built

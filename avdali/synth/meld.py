@@ -323,3 +323,17 @@ def make_meld(
     }
     (out / "avdali_synth.json").write_text(json.dumps(record, indent=2) + "\n")
     return SynthSummary(root=out, dataset="meld", clips=len(jobs), files=csv_files + files, seconds=seconds, faults=fault_list)
+
+
+MELD_CSV_RELATIVE = Path("shared/datasets/meld")
+"""Where a checkout keeps the real MELD label CSVs, relative to a folder above it (the synth and demo default)."""
+
+
+def find_meld_csv_dir(start_points: list[Path]) -> Path | None:
+    """Walk up from each start point looking for ``shared/datasets/meld/train_sent_emo.csv``."""
+    for start in start_points:
+        for folder in [start, *start.parents]:
+            candidate = folder / MELD_CSV_RELATIVE
+            if (candidate / "train_sent_emo.csv").is_file():
+                return candidate
+    return None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import pickle
 import random
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,85 @@ def _reason(error: Exception) -> str:
     if found:
         return found.group(1).strip()
     return text.splitlines()[0] if text else type(error).__name__
+
+
+@dataclass
+class Counters:
+    """Where a run stands: what a checkpoint carries besides weights and optimizer state, and a resume restores."""
+
+    step: int = 0
+    """Optimizer steps taken."""
+    epoch: int = 0
+    """Epochs completed."""
+    best_metric: float = float("-inf")
+    """Best validation metric so far."""
+    bad_steps: int = 0
+    """Steps skipped for a non-finite loss or gradient."""
+    val: dict[str, float] = field(default_factory=dict)
+    """The latest validation metrics (scalars)."""
+
+
+def training_state(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    counters: Counters,
+    *,
+    schedule: dict[str, Any],
+    metric: str,
+    world_size: int,
+    config: dict[str, Any],
+    rng: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """What ``last.pt``/``best.pt`` hold: ``model`` is the raw module (no compile/DDP prefixes), ``rng`` every rank's
+    ``rng_state()`` in rank order, ``config`` the resolved run config as a plain dict."""
+    return {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict(),
+        "scheduler": schedule,
+        "step": counters.step,
+        "epoch": counters.epoch,
+        "best_metric": counters.best_metric,
+        "metric": metric,
+        "val": counters.val,
+        "bad_steps": counters.bad_steps,
+        "world_size": world_size,
+        "config": config,
+        "rng": rng,
+    }
+
+
+def resume_training_state(
+    path: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    *,
+    device: torch.device,
+    rank: int,
+    world_size: int,
+) -> Counters:
+    """Load ``path`` into ``model``, ``optimizer`` and ``scaler``, restore this rank's RNG streams (when the run had
+    as many ranks), and return the run's counters. AvdaliError naming the file when it does not fit the model."""
+    state = load_checkpoint(path, map_location=device)
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as e:
+        first = str(e).strip().splitlines()[0]
+        raise AvdaliError(f"{path}: does not fit this run's [model]/[optim] config ({first})") from None
+    scaler.load_state_dict(state["scaler"])
+    rng = state.get("rng") or []
+    if len(rng) == world_size:
+        set_rng_state(rng[rank])
+    return Counters(
+        step=int(state["step"]),
+        epoch=int(state["epoch"]),
+        best_metric=float(state["best_metric"]),
+        bad_steps=int(state.get("bad_steps", 0)),
+        val=dict(state.get("val", {})),
+    )
 
 
 def rng_state() -> dict[str, Any]:

@@ -14,7 +14,6 @@ file or ``--set`` it came from) and the valid choices. The resolved config is wr
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import tomllib
 import types
@@ -343,7 +342,7 @@ def config_to_toml(cfg: RunConfig) -> str:
     lines = [f"# resolved avdali run config (defaults < file < --set)"]
     for section, keys in cfg.to_dict().items():
         lines.append(f"\n[{section}]")
-        lines.extend(f"{key} = {_toml_value(value)}" for key, value in keys.items())
+        lines.extend(f"{key} = {toml_literal(value)}" for key, value in keys.items())
     return "\n".join(lines) + "\n"
 
 
@@ -352,7 +351,9 @@ def dump_config(cfg: RunConfig, path: str | Path) -> Path:
     return atomic_write_text(path, config_to_toml(cfg))
 
 
-def _toml_value(value: Any) -> str:
+def toml_literal(value: Any) -> str:
+    """``value`` written as a TOML literal: what config.toml holds, and the one way to quote a ``--set`` value built
+    in code (``f"train.run_dir={toml_literal(path)}"``): ``parse_override`` reads it back as ``value``."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int):
@@ -364,10 +365,31 @@ def _toml_value(value: Any) -> str:
             return "inf" if value > 0 else "-inf"
         return repr(value)
     if isinstance(value, str):
-        return json.dumps(value)  # a JSON string is a valid TOML basic string
+        return _toml_string(value)
     if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+        return "[" + ", ".join(toml_literal(v) for v in value) + "]"
     raise TypeError(f"cannot write {value!r} as a TOML value")
+
+
+_TOML_SHORT_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
+
+
+def _toml_string(text: str) -> str:
+    """A TOML basic string, ASCII only: the bytes JSON would write for the same text (config.toml files written
+    before this stay byte-identical), except where JSON is not TOML: DEL escaped, and characters beyond U+FFFF as
+    one ``\\UXXXXXXXX`` (TOML refuses JSON's surrogate pairs)."""
+    out = []
+    for ch in text:
+        code = ord(ch)
+        if ch in _TOML_SHORT_ESCAPES:
+            out.append(_TOML_SHORT_ESCAPES[ch])
+        elif code < 0x20 or 0x7F <= code <= 0xFFFF:
+            out.append(f"\\u{code:04x}")
+        elif code > 0xFFFF:
+            out.append(f"\\U{code:08x}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
 
 
 def _plain(value: Any) -> Any:

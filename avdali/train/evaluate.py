@@ -9,14 +9,13 @@ and macro F1 (over classes present in labels or predictions), and the confusion 
 
 from __future__ import annotations
 
-import contextlib
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from avdali.train.distributed import all_gather_objects
-from avdali.train.inputs import model_video, to_device
+from avdali.train.inputs import autocast, model_video, to_device
 
 
 @torch.no_grad()
@@ -37,14 +36,11 @@ def evaluate(
     was_training = model.training
     model.eval()
     preds, labels, indices, losses = [], [], [], []
-    autocast = (
-        torch.autocast(device_type=device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
-    )
     try:
         for batch in loader:
             batch = to_device(batch, device)
             video = model_video(batch.video, channels_last)
-            with autocast:
+            with autocast(device, amp_dtype):
                 logits = model(video, batch.audio, batch.audio_len)
             logits = logits.float()
             keep = batch.valid.bool()

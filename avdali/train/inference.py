@@ -8,7 +8,6 @@ the backbone's anyway, and "imagenet" must not trigger a download (or fail offli
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,11 +24,8 @@ from avdali.train import checkpoint as ckpt
 from avdali.train.config import RunConfig, config_from_dict
 from avdali.train.distributed import resolve_device
 from avdali.train.evaluate import evaluate
+from avdali.train.inputs import AMP_DTYPES, autocast
 from avdali.train.protocol import ravdess_fold_splits
-
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-"""Autocast precisions a checkpoint's ``train.amp`` may name (evaluation on CUDA uses the same one)."""
-
 
 @dataclass
 class LoadedModel:
@@ -61,10 +57,8 @@ class LoadedModel:
         return AMP_DTYPES.get(self.config.train.amp) if self.device.type == "cuda" else None
 
     def autocast(self):
-        """The autocast context of ``amp_dtype`` (a no-op context without one)."""
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+        """The autocast context of ``amp_dtype`` (``inputs.autocast``, the one training and evaluation use)."""
+        return autocast(self.device, self.amp_dtype)
 
 
 def load_model(path: str | Path, device: str = "auto", *, label_space: str | None = None) -> LoadedModel:

@@ -1,12 +1,25 @@
-"""Turning a loader's Batch into the model's inputs on the model's device (shared by training and evaluation)."""
+"""Turning a loader's Batch into the model's inputs on the model's device, and the autocast context the forward runs
+in (shared by training, evaluation and predict)."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 
 import torch
 
 from avdali.data.normalize import prepare_video
+
+
+AMP_DTYPES: dict[str, torch.dtype | None] = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}
+"""``train.amp`` (``config.AMP_CHOICES`` once "auto" is resolved) → the autocast dtype, None for full precision."""
+
+
+def autocast(device: torch.device, amp_dtype: torch.dtype | None):
+    """The forward's autocast context: ``amp_dtype`` on ``device``, or a no-op context for full precision."""
+    if amp_dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=amp_dtype)
 
 
 def to_device(batch, device: torch.device):

@@ -9,11 +9,14 @@ logging steps (``train.log_every``), where the running sums are all-reduced over
 A step whose loss or gradient norm is not finite changes nothing: the fused AdamW kernel reads a
 ``found_inf`` flag on the device (as GradScaler does for fp16) and skips the update without a host sync.
 Such steps are counted; ``train.max_bad_steps`` of them in a row stop the run, keeping the last checkpoint.
+
+Over 400 lines because it is one job, a rank's run from resolved config to best.pt, read top to bottom; what can
+be read apart lives beside it: the logging window's sums (``window.py``), the checkpoint state (``checkpoint.py``),
+batch → model inputs and autocast (``inputs.py``), the split plan (``protocol.py``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import math
@@ -39,8 +42,6 @@ from avdali.train.config import RunConfig, dump_config
 from avdali.train.distributed import (
     DistInfo,
     all_gather_objects,
-    all_reduce_max,
-    all_reduce_sum,
     barrier,
     broadcast_buffers,
     broadcast_object,
@@ -52,11 +53,11 @@ from avdali.train.distributed import (
     under_launcher,
 )
 from avdali.train.evaluate import evaluate
-from avdali.train.inputs import model_video, to_device
+from avdali.train.inputs import AMP_DTYPES, autocast, model_video, to_device
 from avdali.train.metrics_writer import MetricsWriter
-from avdali.train.protocol import SplitPlan, balanced_class_weights, class_counts, default_metric, plan_splits
-
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}
+from avdali.shardformat.manifest import read_manifest
+from avdali.train.window import LogWindow, WindowSums
+from avdali.train.protocol import SplitPlan, balanced_class_weights, check_shards_fit, default_metric, plan_splits
 
 
 class TrainingStopped(AvdaliError):
@@ -69,7 +70,8 @@ class Reporter(Protocol):
     def start(self, run_dir: Path, summary: str) -> None: ...
     def epoch_start(self, epoch: int, epochs: int, steps: int) -> None: ...
     def advance(self, steps: int = 1) -> None: ...
-    def log(self, step: int, values: dict[str, float]) -> None: ...
+    def log(self, step: int, values: dict[str, float], sums: WindowSums) -> None:
+        """A logging step: ``values`` as written to TensorBoard (``train/*``), ``sums`` the raw window they came from."""
     def epoch_end(self, epoch: int, epochs: int, summary: dict[str, float]) -> None: ...
     def message(self, text: str) -> None: ...
     def close(self) -> None: ...
@@ -81,7 +83,7 @@ class NullReporter:
     def start(self, run_dir, summary): ...
     def epoch_start(self, epoch, epochs, steps): ...
     def advance(self, steps=1): ...
-    def log(self, step, values): ...
+    def log(self, step, values, sums): ...
     def epoch_end(self, epoch, epochs, summary): ...
     def message(self, text): ...
     def close(self): ...
@@ -128,10 +130,16 @@ class TrainResult:
 # --- entry point -----------------------------------------------------------------------------------------
 
 
-def resolve_config(cfg: RunConfig, *, resume: bool = False, now: datetime | None = None) -> RunConfig:
-    """Fill every "auto" (device, amp, compile, metric), the dataset and the run folder: the config that gets written down."""
+def resolve_config(cfg: RunConfig, *, resume: bool = False, now: datetime | None = None) -> tuple[RunConfig, SplitPlan]:
+    """Fill every "auto" (device, amp, compile, metric), the dataset and the run folder: the config that gets written
+    down; and the run's split plan. The shards' manifest is read here once: what only it knows (``check_shards_fit``:
+    packing finished, dataset, label space, stored frame size) is checked before anything is written, for every
+    entry point (``avdali train``, ``cv``, ``demo``, ``bench train``)."""
     device = resolve_device(cfg.train.device)
-    plan = plan_splits(cfg.data.shards, cfg.data.fold, cfg.data.train_splits, cfg.data.val_splits, cfg.data.test_splits)
+    manifest = read_manifest(Path(cfg.data.shards))
+    check_shards_fit(cfg.data, manifest)
+    plan = plan_splits(cfg.data.shards, cfg.data.fold, cfg.data.train_splits, cfg.data.val_splits,
+                       cfg.data.test_splits, manifest=manifest)
     train = cfg.train
     run_dir = train.run_dir
     if not run_dir:
@@ -149,7 +157,7 @@ def resolve_config(cfg: RunConfig, *, resume: bool = False, now: datetime | None
     )
     # Written down so that a checkpoint says which dataset it learned from after its shards move (`avdali cross`).
     data = dataclasses.replace(cfg.data, dataset=cfg.data.dataset or plan.dataset)
-    return dataclasses.replace(cfg, data=data, train=train)
+    return dataclasses.replace(cfg, data=data, train=train), plan
 
 
 def run_training(cfg: RunConfig, *, resume: bool = False, nprocs: int = 1, reporter: Reporter | None = None) -> TrainResult:
@@ -159,34 +167,36 @@ def run_training(cfg: RunConfig, *, resume: bool = False, nprocs: int = 1, repor
     starts the local ranks, by rank 0 under torchrun. A second run into the same folder stops at once.
     """
     native.require(native.loader_parts(cfg.data.loader))  # before ranks and DataLoader workers start
-    cfg = resolve_config(cfg, resume=resume)
+    cfg, plan = resolve_config(cfg, resume=resume)
     run_dir = Path(cfg.train.run_dir)
     if under_launcher() and launcher_rank() != 0:
-        return _run_training_locked(cfg, run_dir, resume, nprocs, reporter)
+        return _run_training_locked(cfg, run_dir, plan, resume, nprocs, reporter)
     say = reporter.message if reporter is not None else None
     with hold_folder(run_dir, "avdali train", say):
-        return _run_training_locked(cfg, run_dir, resume, nprocs, reporter)
+        return _run_training_locked(cfg, run_dir, plan, resume, nprocs, reporter)
 
 
-def _run_training_locked(cfg: RunConfig, run_dir: Path, resume: bool, nprocs: int, reporter: Reporter | None) -> TrainResult:
+def _run_training_locked(
+    cfg: RunConfig, run_dir: Path, plan: SplitPlan, resume: bool, nprocs: int, reporter: Reporter | None
+) -> TrainResult:
     # checked under the lock: two runs could otherwise both see no last.pt and both start
     if not resume and (run_dir / ckpt.LAST).exists():
         raise AvdaliError(f"{run_dir} already holds a run ({ckpt.LAST}); pass --resume to continue it or choose another --run-dir")
     if resume and not (run_dir / ckpt.LAST).exists():
         raise AvdaliError(f"--resume: {run_dir / ckpt.LAST} not found")
     if nprocs > 1 and not under_launcher():
-        results = launch_local(train, (cfg, resume, reporter), nprocs)
+        results = launch_local(train, (cfg, plan, resume, reporter), nprocs)
         return results[0]
-    return train(cfg, resume=resume, reporter=reporter)
+    return train(cfg, plan, resume=resume, reporter=reporter)
 
 
-def train(cfg: RunConfig, resume: bool = False, reporter: Reporter | None = None) -> TrainResult:
-    """One rank's whole run (``cfg`` resolved by ``resolve_config``); joins and leaves the process group."""
+def train(cfg: RunConfig, plan: SplitPlan, resume: bool = False, reporter: Reporter | None = None) -> TrainResult:
+    """One rank's whole run (``cfg`` and ``plan`` from ``resolve_config``); joins and leaves the process group."""
     info = init_distributed(resolve_device(cfg.train.device))
     try:
         # Every rank must write to the folder rank 0 named (nodes may resolve "now" differently).
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, run_dir=broadcast_object(cfg.train.run_dir)))
-        return Trainer(cfg, info, resume=resume, reporter=reporter if info.is_main else None).fit()
+        return Trainer(cfg, plan, info, resume=resume, reporter=reporter if info.is_main else None).fit()
     finally:
         cleanup_distributed()
 
@@ -210,7 +220,8 @@ def lr_at(step: int, *, lr: float, min_lr: float, warmup_steps: int, total_steps
 class Trainer:
     """Holds one rank's model, optimizer, loaders and counters; ``fit`` runs the epochs."""
 
-    def __init__(self, cfg: RunConfig, info: DistInfo, *, resume: bool = False, reporter: Reporter | None = None):
+    def __init__(self, cfg: RunConfig, plan: SplitPlan, info: DistInfo, *, resume: bool = False,
+                 reporter: Reporter | None = None):
         self.cfg = cfg
         self.info = info
         self.device = info.device
@@ -218,9 +229,7 @@ class Trainer:
         self.run_dir = Path(cfg.train.run_dir)
         self.amp_dtype = AMP_DTYPES[cfg.train.amp]
         self.class_names = LABEL_SPACES[cfg.data.label_space]
-        self.plan: SplitPlan = plan_splits(
-            cfg.data.shards, cfg.data.fold, cfg.data.train_splits, cfg.data.val_splits, cfg.data.test_splits
-        )
+        self.plan = plan
 
         # Same seed on every rank for the initial weights (DDP also broadcasts rank 0's), then a rank's own
         # stream for dropout.
@@ -234,8 +243,7 @@ class Trainer:
         torch.manual_seed(cfg.train.seed + 1000 * info.rank)
 
         data_cfg = cfg.data.loader_config()
-        loader_device = self.device.type
-        common = dict(device=loader_device, rank=info.rank, world_size=info.world_size, seed=cfg.train.seed)
+        common = dict(device=self.device.type, rank=info.rank, world_size=info.world_size, seed=cfg.train.seed)
         self.train_loader = build_loader(data_cfg, self.plan.train, train=True, **common)
         self.val_loader = build_loader(data_cfg, self.plan.val, train=False, **common)
         self.steps_per_epoch = len(self.train_loader)
@@ -245,7 +253,8 @@ class Trainer:
         optim = cfg.optim
         self.warmup_steps = optim.warmup_steps or round(optim.warmup_frac * self.total_steps)
 
-        self.optimizer = self._build_optimizer()
+        self.params = [p for p in self.raw_model.parameters() if p.requires_grad]
+        self.optimizer = self._build_optimizer(self.params)
         self.buffers = [b for b in self.raw_model.buffers() if b.is_floating_point()]
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.train.amp == "fp16")
         self.loss_weight = self._class_weights()
@@ -274,13 +283,13 @@ class Trainer:
                 raise AvdaliError(f"{e.filename or self.run_dir}: cannot write the run folder ({e.strerror or e})") from None
         # purge_step: events a crashed run logged after the checkpoint are dropped, so curves continue cleanly.
         self.writer = MetricsWriter(self.run_dir, enabled=info.is_main, purge_step=self.step + 1 if resume else None)
-        self._reset_window()
+        self.window = LogWindow(self.device)
+        self.lr = cfg.optim.lr
 
     # -- setup ---------------------------------------------------------------------------------------------
 
-    def _build_optimizer(self) -> torch.optim.Optimizer:
+    def _build_optimizer(self, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
         optim = self.cfg.optim
-        params = self.params = [p for p in self.raw_model.parameters() if p.requires_grad]
         # Decay weight matrices and kernels, not biases, norms or LSTM bias vectors (nanoGPT's grouping).
         groups = [
             {"params": [p for p in params if p.ndim >= 2], "weight_decay": optim.weight_decay},
@@ -297,8 +306,7 @@ class Trainer:
                 f'optim.class_weights = "balanced" counts unified labels from the manifest; '
                 f"data.label_space is {self.cfg.data.label_space!r}"
             )
-        counts = class_counts(self.cfg.data.shards, self.plan.train)
-        return torch.tensor(balanced_class_weights(counts), dtype=torch.float32, device=self.device)
+        return torch.tensor(balanced_class_weights(list(self.plan.train_class_counts)), dtype=torch.float32, device=self.device)
 
     # -- the run ---------------------------------------------------------------------------------------------
 
@@ -350,8 +358,8 @@ class Trainer:
         self.model.train()
         self.reporter.epoch_start(self.epoch + 1, self.cfg.train.epochs, self.steps_per_epoch)
         batches = iter(self.train_loader)
-        self._epoch_indices: list[torch.Tensor] = []
-        self._window_start = time.perf_counter()
+        self._epoch_indices = []
+        self.window.restart_clock()
         for i in range(self.steps_per_epoch):
             wait_start = time.perf_counter()
             try:
@@ -360,7 +368,7 @@ class Trainer:
                 raise AvdaliError(
                     f"training loader gave {i} batches, not the {self.steps_per_epoch} its len() promised"
                 ) from None
-            self._data_wait_s += time.perf_counter() - wait_start
+            self.window.add_wait(time.perf_counter() - wait_start)
             self._train_step(batch)
             self.reporter.advance()
             if self.step % self.cfg.train.log_every == 0 or i == self.steps_per_epoch - 1:
@@ -372,12 +380,12 @@ class Trainer:
                    total_steps=self.total_steps)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        self._lr = lr
+        self.lr = lr
         batch = to_device(batch, self.device)
         video = model_video(batch.video, self.cfg.train.channels_last)
         # A non-finite batch also poisons BatchNorm running statistics in the forward; keep a copy to put back.
         saved_buffers = [b.clone() for b in self.buffers]
-        with self._autocast():
+        with autocast(self.device, self.amp_dtype):
             logits = self.model(video, batch.audio, batch.audio_len)
         loss = self._loss(logits.float(), batch.label, batch.valid)
         self.scaler.scale(loss).backward()
@@ -399,18 +407,8 @@ class Trainer:
         for buffer, saved in zip(self.buffers, saved_buffers):
             buffer.copy_(torch.where(bad, saved, buffer))  # on the device: no sync
 
-        # Running sums stay on the device until the next logging step.
-        valid = batch.valid.bool()
-        good = ~bad
-        n_valid = valid.sum()
-        self._loss_sum += torch.where(good, loss.detach() * n_valid, 0.0)
-        self._correct += ((logits.detach().argmax(1) == batch.label) & valid).sum()
-        self._clips += n_valid
-        self._bad_total += bad.long()
-        self._bad_run = (self._bad_run + 1) * bad.long()
-        self._good_clips += torch.where(good, n_valid, 0)
-        self._window_steps += 1
-        self._epoch_indices.append(torch.where(valid, batch.index, -1))  # a boolean mask would sync on CUDA
+        self.window.add_step(loss, logits, batch.label, batch.valid, bad)  # on the device until the logging step
+        self._epoch_indices.append(torch.where(batch.valid.bool(), batch.index, -1))  # a boolean mask would sync on CUDA
         self.step += 1
 
     def _loss(self, logits: torch.Tensor, label: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -422,58 +420,28 @@ class Trainer:
             weight = weight * self.loss_weight[label]
         return (per_sample * valid).sum() / weight.sum().clamp_min(1e-6)
 
-    def _autocast(self):
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
-
     # -- logging -----------------------------------------------------------------------------------------
 
-    def _reset_window(self) -> None:
-        zeros = lambda dtype: torch.zeros((), dtype=dtype, device=self.device)  # noqa: E731
-        self._loss_sum = zeros(torch.float32)
-        self._correct = zeros(torch.int64)
-        self._clips = zeros(torch.int64)
-        self._good_clips = zeros(torch.int64)
-        self._bad_total = zeros(torch.int64)
-        if not hasattr(self, "_bad_run"):
-            self._bad_run = zeros(torch.int64)
-        self._window_steps = 0
-        self._data_wait_s = 0.0
-        self._window_start = time.perf_counter()
-
     def _log_window(self) -> None:
-        # The only device sync of the training loop: all-reduce the running sums and read them on the host.
-        sums = torch.stack([self._loss_sum.double(), self._correct.double(), self._clips.double(),
-                            self._good_clips.double(), self._bad_total.double()])
-        loss_sum, correct, clips, good_clips, bad = all_reduce_sum(sums).tolist()
-        bad_run = int(all_reduce_max(self._bad_run.clone()).item())
-        elapsed = time.perf_counter() - self._window_start
-        steps = max(1, self._window_steps)
-        self.bad_steps_total += int(bad)
-        values = {
-            "loss": loss_sum / good_clips if good_clips else float("nan"),
-            "acc": correct / clips if clips else 0.0,
-            "lr": self._lr,
-            "clips_per_s": clips / elapsed if elapsed > 0 else 0.0,
-            "data_wait_frac": self._data_wait_s / elapsed if elapsed > 0 else 0.0,
-            "step_ms": 1000.0 * elapsed / steps,
-            "bad_steps": float(self.bad_steps_total),
-        }
+        window = self.window.close()  # the only device sync of the training loop
+        self.bad_steps_total += window.bad_steps
+        rates = window.rates()
+        values = {"loss": rates["loss"], "acc": rates["acc"], "lr": self.lr, "clips_per_s": rates["clips_per_s"],
+                  "data_wait_frac": rates["data_wait_frac"], "step_ms": rates["step_ms"],
+                  "bad_steps": float(self.bad_steps_total)}
         if self.device.type == "cuda":
             values["mem_gb"] = torch.cuda.max_memory_allocated(self.device) / 1e9
         self.writer.scalars("train", values, self.step)
         # On disk now, not in 2 min (SummaryWriter's flush_secs): live curves, and a killed run's last steps are kept
         # for a resume to purge. One small write per logging step.
         self.writer.flush()
-        self.reporter.log(self.step, values)
-        if bad_run >= self.cfg.train.max_bad_steps:
+        self.reporter.log(self.step, values, window)
+        if window.bad_run >= self.cfg.train.max_bad_steps:
             raise TrainingStopped(
-                f"stopped at step {self.step}: {bad_run} steps in a row had a non-finite loss or gradient "
+                f"stopped at step {self.step}: {window.bad_run} steps in a row had a non-finite loss or gradient "
                 f"(train.max_bad_steps = {self.cfg.train.max_bad_steps}); the last good checkpoint is "
                 f"{self.run_dir / ckpt.LAST} (try a lower optim.lr or train.amp = \"bf16\")"
             )
-        self._reset_window()
 
     # -- evaluation and checkpoints ------------------------------------------------------------------
 
@@ -523,41 +491,20 @@ class Trainer:
         return scalars
 
     def _state(self, val: dict[str, float]) -> dict[str, Any]:
-        rng = all_gather_objects(ckpt.rng_state())  # every rank's streams, so a resume continues each exactly
-        return {
-            "model": self.raw_model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "scheduler": {"kind": "warmup_cosine", "warmup_steps": self.warmup_steps, "total_steps": self.total_steps,
-                          "lr": self.cfg.optim.lr, "min_lr": self.cfg.optim.min_lr},
-            "step": self.step,
-            "epoch": self.epoch,
-            "best_metric": self.best_metric,
-            "metric": self.cfg.train.metric,
-            "val": val,
-            "bad_steps": self.bad_steps_total,
-            "world_size": self.info.world_size,
-            "config": self.cfg.to_dict(),
-            "rng": rng,
-        }
+        counters = ckpt.Counters(self.step, self.epoch, self.best_metric, self.bad_steps_total, val)
+        return ckpt.training_state(
+            self.raw_model, self.optimizer, self.scaler, counters,
+            schedule={"kind": "warmup_cosine", "warmup_steps": self.warmup_steps, "total_steps": self.total_steps,
+                      "lr": self.cfg.optim.lr, "min_lr": self.cfg.optim.min_lr},
+            metric=self.cfg.train.metric, world_size=self.info.world_size, config=self.cfg.to_dict(),
+            rng=all_gather_objects(ckpt.rng_state()),  # every rank's streams, so a resume continues each exactly
+        )  # fmt: skip
 
     def _load(self, path: Path) -> None:
-        state = ckpt.load_checkpoint(path, map_location=self.device)
-        try:
-            self.raw_model.load_state_dict(state["model"])
-            self.optimizer.load_state_dict(state["optimizer"])
-        except (RuntimeError, ValueError, KeyError) as e:
-            first = str(e).strip().splitlines()[0]
-            raise AvdaliError(f"{path}: does not fit this run's [model]/[optim] config ({first})") from None
-        self.scaler.load_state_dict(state["scaler"])
-        self.step = int(state["step"])
-        self.epoch = int(state["epoch"])
-        self.best_metric = float(state["best_metric"])
-        self.bad_steps_total = int(state.get("bad_steps", 0))
-        self.last_val = dict(state.get("val", {}))
-        rng = state.get("rng") or []
-        if len(rng) == self.info.world_size:
-            ckpt.set_rng_state(rng[self.info.rank])
+        counters = ckpt.resume_training_state(path, self.raw_model, self.optimizer, self.scaler, device=self.device,
+                                              rank=self.info.rank, world_size=self.info.world_size)
+        self.step, self.epoch, self.best_metric = counters.step, counters.epoch, counters.best_metric
+        self.bad_steps_total, self.last_val = counters.bad_steps, counters.val
         self.reporter.message(f"resumed {path} at epoch {self.epoch}, step {self.step}")
 
     def _summary(self) -> str:

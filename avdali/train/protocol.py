@@ -7,6 +7,7 @@ train / dev / test. Explicit ``[data] train_splits/val_splits/test_splits`` repl
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +33,8 @@ class SplitPlan:
     """Splits that pick the best checkpoint."""
     test: tuple[str, ...]
     """Splits evaluated once at the end (may be empty)."""
+    train_class_counts: tuple[int, ...] = ()
+    """Training samples per unified class id, from the manifest's totals (``optim.class_weights = "balanced"``)."""
 
 
 def ravdess_fold_splits(fold: int) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
@@ -43,9 +46,10 @@ def ravdess_fold_splits(fold: int) -> tuple[tuple[str, ...], tuple[str, ...], tu
     return train, (f"fold{val}",), (f"fold{fold}",)
 
 
-def plan_splits(shards: str | Path, fold: int, train=(), val=(), test=()) -> SplitPlan:
-    """The run's splits: explicit names where given, else the dataset's protocol; checked against the manifest."""
-    manifest = read_manifest(Path(shards))
+def plan_splits(shards: str | Path, fold: int, train=(), val=(), test=(), *, manifest: Manifest | None = None) -> SplitPlan:
+    """The run's splits: explicit names where given, else the dataset's protocol; checked against the manifest
+    (``manifest``, when the caller has read it already)."""
+    manifest = manifest or read_manifest(Path(shards))
     if manifest.dataset == "ravdess":
         default = ravdess_fold_splits(fold)
     elif manifest.dataset == "meld":
@@ -70,15 +74,16 @@ def plan_splits(shards: str | Path, fold: int, train=(), val=(), test=()) -> Spl
                 )
             if manifest.splits[split].samples == 0 and role != "test":
                 raise ConfigError(f"data.{role}_splits: split {split!r} of {shards} has no samples")
-    return plan
+    return dataclasses.replace(plan, train_class_counts=tuple(_class_counts(manifest, plan.train)))
 
 
-def check_shards_fit(data) -> Manifest:
+def check_shards_fit(data, manifest: Manifest | None = None) -> Manifest:
     """What only the shards' manifest can tell about a ``[data]`` section (a ``config.DataSection``), checked before
     a run writes anything: packing finished, the dataset is the one ``data.dataset`` names, the label space exists
-    in it, and ``data.crop`` is not larger than the stored frames. ConfigError naming the key and the folder."""
+    in it, and ``data.crop`` is not larger than the stored frames. ConfigError naming the key and the folder.
+    ``manifest``: the shards' manifest when the caller has read it already."""
     shards = Path(data.shards)
-    manifest = read_manifest(shards)
+    manifest = manifest or read_manifest(shards)
     where = shards / MANIFEST_NAME
     if not manifest.complete:
         raise ConfigError(f"{where}: packing is not complete; re-run `avdali shard` to finish it")
@@ -105,13 +110,13 @@ def default_metric(dataset: str) -> str:
     return DEFAULT_METRIC.get(dataset, "ua")
 
 
-def class_counts(shards: str | Path, splits: tuple[str, ...]) -> list[int]:
-    """Training samples per unified class id over ``splits``, from the manifest's totals."""
-    manifest: Manifest = read_manifest(Path(shards))
+def _class_counts(manifest: Manifest, splits: tuple[str, ...]) -> list[int]:
+    """Samples per unified class id over ``splits``, from the manifest's totals."""
     counts = [0] * len(UNIFIED)
     for split in splits:
         for name, n in manifest.splits[split].labels.items():
-            counts[UNIFIED.index(name)] += n
+            if name in UNIFIED:  # the class-weight counts; a name outside the space has no weight to get
+                counts[UNIFIED.index(name)] += n
     return counts
 
 
