@@ -32,7 +32,7 @@ def test_bench_loader_rejects_unknown_loader_and_naive_without_src(ravdess_shard
     result = runner.invoke(app, ["bench", "loader", str(ravdess_shards), "--loaders", "naive"])
     assert result.exit_code == 1 and "--src" in result.output
     result = runner.invoke(app, ["bench", "loader", str(ravdess_shards), "--crop-interp", "cubic"])
-    assert result.exit_code == 1 and "crop_interp" in result.output and "nearest, linear" in result.output
+    assert result.exit_code == 1 and "crop_interp" in result.output and "'nearest', 'linear'" in result.output
     result = runner.invoke(app, ["bench", "loader", str(ravdess_shards), "--loaders", "dali-gpu"])
     assert result.exit_code == 1 and "unknown dali-gpu for --device cpu" in result.output
 
