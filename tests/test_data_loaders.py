@@ -184,7 +184,7 @@ def test_decode_rule_resolves_auto_from_the_nvdec_probe(monkeypatch):
     assert resolve_decode("auto", probe(False)) == "cpu"
     assert resolve_decode("gpu", probe(False)) == "gpu" and resolve_decode("cpu", probe(True)) == "cpu"
     assert asked == [True, False]  # the probe runs for auto only
-    with pytest.raises(AvdaliError, match="data.decode: 'nvdec' is not valid"):
+    with pytest.raises(AvdaliError, match="data.decode must be one of 'auto', 'gpu', 'cpu'; got 'nvdec'"):
         DataConfig(decode="nvdec")
 
 
