@@ -59,8 +59,9 @@ class DemoSize:
                 "size": list(self.source_size), "seed": seed}
 
 
-ONE_ACTOR_PER_FOLD = (2, 3, 10, 8, 1)
-"""An actor of each RAVDESS protocol fold (DATASETS.md: (2,5,14,15,16), (3,6,7,13,18), (10,11,12,19,20), (8,17,21,23,24), (1,4,9,22))."""
+THREE_ACTORS_PER_FOLD = (2, 5, 14, 3, 6, 7, 10, 11, 12, 8, 17, 21, 1, 4, 9)
+"""Three actors of each RAVDESS protocol fold, both sexes in each (odd actors are male; DATASETS.md: folds
+(2,5,14,15,16), (3,6,7,13,18), (10,11,12,19,20), (8,17,21,23,24), (1,4,9,22))."""
 
 FULL = DemoSize(
     name="full",
@@ -71,9 +72,12 @@ FULL = DemoSize(
 )
 QUICK = DemoSize(
     name="quick",
-    actors=tuple(sorted(ONE_ACTOR_PER_FOLD)),
-    trials_per_actor=24,
-    train_overrides=("train.epochs=10",),
+    # Speakers again, not trials: one actor per fold (3 training speakers x 24 trials, 10 epochs) scored 0.42-0.58
+    # on its one test speaker, at the mercy of the install's numerics; 3 per fold x 12 trials (9 training speakers,
+    # 36 test clips of 3 speakers) is the same order of work and far steadier (measured spread: README, Demo).
+    actors=tuple(sorted(THREE_ACTORS_PER_FOLD)),
+    trials_per_actor=12,
+    train_overrides=("train.epochs=12",),
 )
 SIZES = {s.name: s for s in (FULL, QUICK)}
 

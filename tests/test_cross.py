@@ -202,7 +202,7 @@ def test_quick_cross_demo_end_to_end(tmp_path, meld_csv_dir):
     assert [c["trained_on"] for c in doc["checkpoints"]] == ["ravdess", "meld"]
     assert [s["dataset"] for s in doc["shards"]] == ["ravdess", "meld"]
     assert [[c["in_domain"] for c in row] for row in doc["cells"]] == [[True, False], [False, True]]
-    assert doc["cells"][0][0]["splits"] == ["fold1"] and doc["cells"][1][0]["num_samples"] == 120  # all 5 actors × 24
+    assert doc["cells"][0][0]["splits"] == ["fold1"] and doc["cells"][1][0]["num_samples"] == 180  # all 15 actors × 12
     assert doc["cells"][1][1]["ua"] == pytest.approx(summary["meld"]["test"]["ua"], rel=1e-5)  # = the run's own test
     assert (out / "cross" / "cross.png").read_bytes().startswith(PNG_MAGIC)
     assert "cross-dataset table" in result.output and "**macro F1**" in result.output

@@ -73,7 +73,7 @@ class RichDemoProgress:
 def demo(
     out: Annotated[Path, typer.Option("--out", help="Demo folder (raw/, shards/, runs/); re-running reuses raw/ and shards/.")] = Path("output/demo"),
     seed: Annotated[int, typer.Option("--seed", help="Seed of the synthetic data and of the training run.")] = 0,
-    quick: Annotated[bool, typer.Option("--quick", help="Smaller data (5 actors × 24 trials) and 10 epochs: a check that the whole path works, not the ≥ 90 % demo.")] = False,
+    quick: Annotated[bool, typer.Option("--quick", help="Smaller data (15 actors × 12 trials) and 12 epochs: a check that the whole path works, not the ≥ 90 % demo.")] = False,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a training config value: section.key=value, repeatable.", show_default=False)] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the result (paths, test metrics, stage times) to this JSON file.", show_default=False)] = None,
     cross: Annotated[bool, typer.Option("--cross", help="Also synthesize MELD, train a MELD model and write the cross-dataset table of both models on both datasets (OUT/cross).")] = False,
