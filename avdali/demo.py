@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Protocol
+from typing import Callable, Protocol
 
 from avdali.errors import AvdaliError
 from avdali.folder_lock import hold_folder
@@ -172,8 +172,15 @@ def synthesize(raw: Path, size: DemoSize, seed: int, progress=None) -> bool:
     """
     from avdali.synth.ravdess import make_ravdess
 
+    return make_once(raw, size.synth_settings(seed), lambda: make_ravdess(
+        raw, actors=size.actors, size=size.source_size, trials_per_actor=size.trials_per_actor, seed=seed,
+        workers=size.pack.num_workers, progress=progress))  # fmt: skip
+
+
+def make_once(raw: Path, wanted: dict, make: Callable[[], object]) -> bool:
+    """Run ``make()`` to fill ``raw`` unless the marker there says a complete tree of the ``wanted`` settings is
+    already in it. True when it (re)made the tree; AvdaliError for a non-empty folder without our marker."""
     marker = raw / SYNTH_MARKER
-    wanted = size.synth_settings(seed)
     if marker.is_file():
         try:
             made = json.loads(marker.read_text())
@@ -187,8 +194,7 @@ def synthesize(raw: Path, size: DemoSize, seed: int, progress=None) -> bool:
     raw.mkdir(parents=True, exist_ok=True)
     # Written before rendering: an interrupted tree is recognised as ours and redone next time.
     marker.write_text(json.dumps({**wanted, "complete": False}) + "\n")
-    make_ravdess(raw, actors=size.actors, size=size.source_size, trials_per_actor=size.trials_per_actor, seed=seed,
-                 workers=size.pack.num_workers, progress=progress)
+    make()
     marker.write_text(json.dumps({**wanted, "complete": True}) + "\n")
     return True
 

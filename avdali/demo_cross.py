@@ -14,13 +14,11 @@ synthetic. Reuse follows the RAVDESS demo: a finished tree with the same setting
 from __future__ import annotations
 
 import dataclasses
-import json
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from avdali.demo import SYNTH_MARKER, DemoProgress, DemoResult, DemoSize, NullProgress, StageTime, demo_config, new_run_dir, run_demo
+from avdali.demo import SYNTH_MARKER, DemoProgress, DemoResult, DemoSize, NullProgress, StageTime, demo_config, make_once, new_run_dir, run_demo
 from avdali.errors import AvdaliError
 from avdali.shardformat.options import PackOptions
 
@@ -95,24 +93,9 @@ def synthesize_meld(raw: Path, size: MeldDemoSize, seed: int, csv_dir: Path, pro
     """
     from avdali.synth.meld import make_meld
 
-    marker = raw / SYNTH_MARKER
-    wanted = size.synth_settings(seed)
-    if marker.is_file():
-        try:
-            made = json.loads(marker.read_text())
-        except (OSError, json.JSONDecodeError):
-            made = None
-        if made == {**wanted, "complete": True}:
-            return False
-        shutil.rmtree(raw)  # ours, from other settings or interrupted: start over
-    elif raw.exists() and any(raw.iterdir()):
-        raise AvdaliError(f"{raw}: exists and was not made by `avdali demo` (no {SYNTH_MARKER}); choose another --out")
-    raw.mkdir(parents=True, exist_ok=True)
-    marker.write_text(json.dumps({**wanted, "complete": False}) + "\n")
-    make_meld(raw, csv_dir=csv_dir, limit=size.rows_per_split, size=size.source_size, max_seconds=size.max_seconds,
-              seed=seed, workers=size.pack.num_workers, progress=progress)
-    marker.write_text(json.dumps({**wanted, "complete": True}) + "\n")
-    return True
+    return make_once(raw, size.synth_settings(seed), lambda: make_meld(
+        raw, csv_dir=csv_dir, limit=size.rows_per_split, size=size.source_size, max_seconds=size.max_seconds,
+        seed=seed, workers=size.pack.num_workers, progress=progress))  # fmt: skip
 
 
 def run_cross_demo(
