@@ -21,6 +21,12 @@ def fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
+def check_choice(option: str, value: str | None, choices: tuple[str, ...]) -> None:
+    """A CLI option's value against the choices its config module defines (None: not given, fine)."""
+    if value is not None and value not in choices:
+        raise AvdaliError(f"{option} must be one of {', '.join(choices)}, got {value!r}")
+
+
 def user_errors(fn):
     """Decorator for command functions: AvdaliError → one red line on stderr, exit code 1."""
 

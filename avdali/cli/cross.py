@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 from rich.markup import escape
 
-from avdali.cli.common import console, err_console, user_errors
+from avdali.cli.common import check_choice, console, err_console, user_errors
 from avdali.data.config import LOADERS
 from avdali.train.config import DEVICE_CHOICES
 from avdali.errors import AvdaliError
@@ -34,10 +34,8 @@ def cross(
     `avdali eval` gives for the same checkpoint, folder and splits."""
     from avdali.train.cross import markdown, parse_split_choices, run_cross, write_outputs
 
-    if device not in DEVICE_CHOICES:
-        raise AvdaliError(f"--device must be one of {', '.join(DEVICE_CHOICES)}, got {device!r}")
-    if loader is not None and loader not in LOADERS:
-        raise AvdaliError(f"--loader must be one of {', '.join(LOADERS)}, got {loader!r}")
+    check_choice("--device", device, DEVICE_CHOICES)
+    check_choice("--loader", loader, LOADERS)
     if out.exists() and not out.is_dir():
         raise AvdaliError(f"{out}: exists and is not a folder")
     chosen = parse_split_choices(split or [])

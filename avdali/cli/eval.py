@@ -10,9 +10,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from avdali.cli.common import console, err_console, user_errors
+from avdali.cli.common import check_choice, console, err_console, user_errors
 from avdali.data.config import LOADERS
-from avdali.errors import AvdaliError
 from avdali.train.config import DEVICE_CHOICES
 
 
@@ -33,10 +32,8 @@ def eval_checkpoint(
     from avdali.train.inference import evaluate_checkpoint, load_model
     from avdali.train.report import report_dict, write_confusion_png, write_json
 
-    if device not in DEVICE_CHOICES:
-        raise AvdaliError(f"--device must be one of {', '.join(DEVICE_CHOICES)}, got {device!r}")
-    if loader is not None and loader not in LOADERS:
-        raise AvdaliError(f"--loader must be one of {', '.join(LOADERS)}, got {loader!r}")
+    check_choice("--device", device, DEVICE_CHOICES)
+    check_choice("--loader", loader, LOADERS)
     with err_console.status(f"loading {checkpoint}"):
         loaded = load_model(checkpoint, device)
     with err_console.status(f"evaluating on {shards}"):

@@ -10,8 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from avdali.cli.common import console, err_console, user_errors
-from avdali.errors import AvdaliError
+from avdali.cli.common import check_choice, console, err_console, user_errors
 from avdali.train.config import DEVICE_CHOICES
 
 
@@ -27,8 +26,7 @@ def predict(
     from avdali.train.inference import load_model, newest_checkpoint
     from avdali.train.predict import predict_clip
 
-    if device not in DEVICE_CHOICES:
-        raise AvdaliError(f"--device must be one of {', '.join(DEVICE_CHOICES)}, got {device!r}")
+    check_choice("--device", device, DEVICE_CHOICES)
     if checkpoint is None:
         checkpoint = newest_checkpoint()
         err_console.print(f"checkpoint: {escape(str(checkpoint))} (the newest best.pt under output/)", highlight=False, soft_wrap=True)

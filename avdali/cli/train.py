@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-from avdali.cli.common import user_errors
+from avdali.cli.common import check_choice, user_errors
 from avdali.cli.reporting import RichReporter
 from avdali.errors import AvdaliError
 from avdali.train.config import DEVICE_CHOICES, toml_literal
@@ -64,8 +64,7 @@ def _ranks(gpus: int | None, procs: int | None, device: str | None) -> tuple[int
     """Local ranks to start and the device they use; errors for impossible combinations."""
     if gpus is not None and procs is not None:
         raise AvdaliError("--gpus and --procs exclude each other (GPU ranks vs CPU ranks)")
-    if device is not None and device not in DEVICE_CHOICES:
-        raise AvdaliError(f"--device must be one of {', '.join(DEVICE_CHOICES)}, got {device!r}")
+    check_choice("--device", device, DEVICE_CHOICES)
     if gpus is not None:
         if device == "cpu":
             raise AvdaliError("--gpus starts GPU ranks; use --procs N for CPU ranks")
