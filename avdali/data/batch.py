@@ -25,6 +25,17 @@ class Batch:
     """N int64: the sample's position in the chosen splits (manifest split order, then tar order; stable)."""
     valid: torch.Tensor
     """N bool: False for padding samples (last batch / rank padding); evaluation counts only valid ones."""
+    audio_present: torch.Tensor | None = None
+    """N bool: False where the clip has no audio stream (its ``audio`` is a placeholder the model must not read as
+    sound; the model puts its learned "missing audio" embedding there). None when made = all True."""
+    video_present: torch.Tensor | None = None
+    """N bool: False where the clip has no usable video (placeholder frames; the model's "missing video" embedding
+    stands in). None when made = all True."""
+
+    def __post_init__(self):
+        for name in ("audio_present", "video_present"):
+            if getattr(self, name) is None:
+                setattr(self, name, torch.ones(self.label.shape[0], dtype=torch.bool, device=self.label.device))
 
     def to(self, device: torch.device | str, non_blocking: bool = True) -> Batch:
         """The batch on ``device`` (non-blocking copies from pinned memory overlap with compute)."""
