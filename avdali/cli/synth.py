@@ -110,6 +110,7 @@ def meld(
     max_seconds: Annotated[float, typer.Option("--max-seconds", help="Cap on a clip's length (CSV timings reach minutes).")] = 6.0,
     encoding: Annotated[str, typer.Option("--encoding", help="CSV encoding: utf-8 (repository) or cp1252 (release archive).")] = "utf-8",
     faults: Annotated[bool, typer.Option("--faults", help="Imitate the release's bad files: missing, empty, truncated, no-audio and unlabelled clips.")] = False,
+    partial: Annotated[bool, typer.Option("--partial", help="Add clips lacking a stream (no audio, no video, black video, black without audio) for `avdali shard --keep-partial`.")] = False,
     layout: Annotated[
         str, typer.Option("--layout", help="release: MELD.Raw/ with the inner archives unpacked; kaggle: MELD-RAW/MELD.Raw/ as the Kaggle mirror.")
     ] = "release",
@@ -131,6 +132,7 @@ def meld(
         lambda progress: make_meld(
             out, csv_dir=csv_dir, limit=limit or None, size=frame_size, max_seconds=max_seconds, seed=seed,
             encoding=encoding, faults=faults, workers=workers, progress=progress, layout=layout,
+            partial=partial,
         ),  # fmt: skip
     )
     _report(summary)
