@@ -278,14 +278,13 @@ def _previous_manifest(out: Path, dataset: str, options: PackOptions, overwrite:
         raise AvdaliError(f"{path} holds {previous.dataset} shards, not {dataset}; {advice}")
     if previous.format_version != fmt.FORMAT_VERSION:  # a resume would mix two formats in one folder
         raise AvdaliError(f"{path} holds shard format {previous.format_version}, this avdali writes {fmt.FORMAT_VERSION}; {advice}")
-    current = options.content_options()
-    # both sides' keys: an option left at its default is not recorded (keyint, keep_partial), and a run that
-    # recorded one must not be resumed by a run that leaves it out
-    content = {f.name for f in dataclasses.fields(PackOptions)} - {"workers", "strict"}
-    names = [k for k in current] + sorted(k for k in previous.options if k in content and k not in current)
-    recorded = {k: previous.options.get(k) for k in names}
-    if recorded != {k: current.get(k) for k in names}:
-        changed = ", ".join(f"{k} {recorded[k]!r} → {current.get(k)!r}" for k in names if recorded[k] != current.get(k))
+    # every content option, a missing one read as its default: an option left at its default is not recorded
+    # (keyint, keep_partial), and a run that recorded one must not be resumed by a run that leaves it out
+    defaults = PackOptions().content_options() | {"keyint": 0, "keep_partial": False}
+    current = defaults | options.content_options()
+    recorded = {k: previous.options.get(k, defaults[k]) for k in current}
+    if recorded != current:
+        changed = ", ".join(f"{k} {recorded[k]!r} → {v!r}" for k, v in current.items() if recorded[k] != v)
         raise AvdaliError(f"{path} was packed with other options ({changed}); {advice}")
     return previous
 
