@@ -116,3 +116,30 @@ freeze_backbone = {str(freeze_backbone).lower()}
 [train]
 {train}
 """
+
+
+@pytest.fixture(scope="session")
+def ravdess_shards_v1(tmp_path_factory, ravdess_shards) -> Path:
+    """``ravdess_shards`` rewritten as format 1 (before ``--keep-partial``): 16-byte ``meta.i32`` without
+    ``streams``, ``format_version`` 1, tars re-hashed in the manifest. Readers must take it as all streams real."""
+    from avdali import shardformat as fmt
+    from avdali.packing.writer import write_shard
+    from avdali.shardformat.manifest import read_manifest, write_manifest
+    from avdali.shardformat.members import decode_meta_i32, read_members
+
+    out = tmp_path_factory.mktemp("ravdess_shards_v1")
+    manifest = read_manifest(ravdess_shards)
+    for entry in manifest.shards:
+        samples: list[dict] = []
+        for key, ext, data in read_members(ravdess_shards / entry.name):
+            if not samples or samples[-1]["__key__"] != key:
+                samples.append({"__key__": key})
+            samples[-1][ext] = data
+        for sample in samples:
+            assert decode_meta_i32(sample["meta.i32"])["streams"] == fmt.STREAMS_ALL
+            sample["meta.i32"] = sample["meta.i32"][: 4 * len(fmt.META_FIELDS_V1)]
+        shard = write_shard(out, entry.name, samples)
+        entry.sha256, entry.bytes = shard.sha256, shard.bytes
+    manifest.format_version = 1
+    write_manifest(out, manifest)
+    return out

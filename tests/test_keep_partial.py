@@ -185,23 +185,8 @@ def _rewrite(out: Path, manifest, name: str, samples: list[dict]) -> None:
     write_manifest(out, manifest)
 
 
-def format1_copy(src: Path, out: Path) -> Path:
-    """``src`` rewritten as a format-1 folder: 16-byte meta.i32 (no streams) and ``format_version`` 1."""
-    out.mkdir()
-    manifest = read_manifest(src)
-    for entry in manifest.shards:
-        samples = _samples(src / entry.name)
-        for sample in samples:
-            assert decode_meta_i32(sample["meta.i32"])["streams"] == fmt.STREAMS_ALL
-            sample["meta.i32"] = sample["meta.i32"][:16]
-        _rewrite(out, manifest, entry.name, samples)
-    manifest.format_version = 1
-    write_manifest(out, manifest)
-    return out
-
-
-def test_format1_shards_still_read(ravdess_src, ravdess_shards, tmp_path):
-    out = format1_copy(ravdess_shards, tmp_path / "v1")
+def test_format1_shards_still_read(ravdess_src, ravdess_shards_v1):
+    out = ravdess_shards_v1
     manifest = read_manifest(out)
     assert manifest.format_version == 1 and manifest.partial == {}
     with tarfile.open(out / manifest.shards[0].name) as tar:
@@ -213,16 +198,6 @@ def test_format1_shards_still_read(ravdess_src, ravdess_shards, tmp_path):
     options = PackOptions(**manifest.options)
     with pytest.raises(AvdaliError, match="holds shard format 1, this avdali writes 2"):
         pack("ravdess", ravdess_src, out, options)
-
-
-def test_format1_torch_loader_reads_all_present(ravdess_shards, tmp_path):
-    from avdali.data.build import build_loader
-    from avdali.data.config import DataConfig
-
-    out = format1_copy(ravdess_shards, tmp_path / "v1")
-    cfg = DataConfig(loader="torch", shards=str(out), batch_size=4, frames=2, crop=32, n_mels=16, num_threads=1)
-    batches = list(build_loader(cfg, ["fold1"], train=False))
-    assert batches and all(b.audio_present.all() and b.video_present.all() for b in batches)
 
 
 def test_transcode_for_predict_keeps_a_partial_clip_when_asked(meld_partial_src):
