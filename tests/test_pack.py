@@ -177,7 +177,7 @@ def test_plan_manifest_and_skips(tmp_path):
     assert meta["key"] == "fold1-01" and meta["split"] == "fold1" and meta["actor"] == 2
     assert meta["label_name"] == "happy" and meta["native_label"] == "calm" and meta["native_id"] == 1
     assert meta["source"] == "fold1-01.mp4"
-    assert nums == {"frames": len("fold1-01.mp4"), "label": 1, "native_label": 1, "audio_samples": 112}
+    assert nums == {"frames": len("fold1-01.mp4"), "label": 1, "native_label": 1, "audio_samples": 112, "streams": 3}
 
 
 def test_same_inputs_same_bytes(tmp_path):
