@@ -282,6 +282,7 @@ def _check_options(options: dict, path: Path) -> None:
     integers, numbers = ("size", "shard_size"), ("fps", "max_seconds")
     _need(all(isinstance(given[k], int) and not isinstance(given[k], bool) for k in integers if k in given), path, "options.size/shard_size are not integers")
     _need(all(isinstance(given[k], (int, float)) and not isinstance(given[k], bool) for k in numbers if k in given), path, "options.fps/max_seconds are not numbers")
+    _need(isinstance(options.get("keep_partial", False), bool), path, "options.keep_partial is not true/false")
     try:
         PackOptions(**given)
     except AvdaliError as e:
