@@ -224,3 +224,28 @@ def test_transcode_for_predict_keeps_a_partial_clip_when_asked(meld_partial_src)
         assert (batch.audio_present.tolist(), batch.video_present.tolist()) == ([audio], [video])
     whole = transcode_input(path["black_video"], PackOptions())  # default: a black clip is a whole clip
     assert (whole.audio_present, whole.video_present, whole.missing) == (True, True, {})
+
+
+def test_ravdess_synth_partial_clips_pack_with_keep_partial(tmp_path):
+    """``make_ravdess(partial=True)``: four 01- clips lack a stream; every other file keeps its default bytes."""
+    from avdali.synth.ravdess import PARTIAL_KINDS, make_ravdess
+
+    kw = dict(actors=(1, 2, 3, 8), trials_per_actor=2, size=(192, 144), seed=0, layout="kaggle")
+    summary = make_ravdess(tmp_path / "partial", partial=True, **kw)
+    make_ravdess(tmp_path / "plain", **kw)
+    assert [f.kind for f in summary.faults] == list(PARTIAL_KINDS)
+    broken = {f.path.relative_to(tmp_path / "partial") for f in summary.faults}
+    plain = {p.relative_to(tmp_path / "plain"): p.read_bytes() for p in (tmp_path / "plain").rglob("*") if p.is_file()}
+    made = {p.relative_to(tmp_path / "partial"): p.read_bytes() for p in (tmp_path / "partial").rglob("*") if p.is_file()}
+    no_video = next(f for f in summary.faults if f.kind == "no_video").path.relative_to(tmp_path / "partial")
+    twin = no_video.with_name("02" + no_video.name[2:])
+    assert set(plain) - set(made) == {twin}  # a clip without a picture has no video-only twin
+    twins = {p.with_name("02" + p.name[2:]) for p in broken}
+    for path, data in made.items():
+        if path not in broken and path not in twins:
+            assert data == plain[path], path
+    out = tmp_path / "shards"
+    pack("ravdess", tmp_path / "partial", out, PackOptions(max_seconds=4.0, shard_size=4, workers=1, keep_partial=True))
+    manifest = read_manifest(out)
+    assert manifest.partial == {"no_audio": 1, "no_video": 2} and len(manifest.skipped) == 1
+    assert manifest.samples == 7

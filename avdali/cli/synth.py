@@ -78,6 +78,7 @@ def ravdess(
     layout: Annotated[
         str, typer.Option("--layout", help="release: Zenodo's zips unpacked into OUT; kaggle: one folder per zip, as the Kaggle mirror.")
     ] = "release",
+    partial: Annotated[bool, typer.Option("--partial", help="Make 4 AV clips lack a stream (no audio, no video, black video, black without audio) for `avdali shard --keep-partial`.")] = False,
     seed: SeedOpt = 0,
     workers: WorkersOpt = 1,
 ) -> None:
@@ -91,7 +92,7 @@ def ravdess(
         out,
         lambda progress: make_ravdess(
             out, actors=actor_spec, size=frame_size, trials_per_actor=trials, song=song, flat=flat, seed=seed,
-            workers=workers, progress=progress, layout=layout,
+            workers=workers, progress=progress, layout=layout, partial=partial,
         ),  # fmt: skip
     )
     _report(summary)
