@@ -249,3 +249,13 @@ def test_ravdess_synth_partial_clips_pack_with_keep_partial(tmp_path):
     manifest = read_manifest(out)
     assert manifest.partial == {"no_audio": 1, "no_video": 2} and len(manifest.skipped) == 1
     assert manifest.samples == 7
+
+
+def test_shard_cli_keep_partial_summary(meld_partial_src, meld_partial_shards, tmp_path):
+    out = tmp_path / "cli"
+    result = runner.invoke(app, ["shard", "meld", str(meld_partial_src), str(out), "--size", "128", "--fps", "15",
+                                 "--max-seconds", "4", "--shard-size", "4", "--workers", "2", "--keep-partial"])
+    assert result.exit_code == 0, result.output
+    assert "partial (--keep-partial): 1 without audio, 2 without usable video" in result.output
+    assert "neither stream is usable" in result.output
+    assert folder_bytes(out) == folder_bytes(meld_partial_shards)  # the CLI flag is the option the fixture used
