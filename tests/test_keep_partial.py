@@ -259,3 +259,28 @@ def test_shard_cli_keep_partial_summary(meld_partial_src, meld_partial_shards, t
     assert "partial (--keep-partial): 1 without audio, 2 without usable video" in result.output
     assert "neither stream is usable" in result.output
     assert folder_bytes(out) == folder_bytes(meld_partial_shards)  # the CLI flag is the option the fixture used
+
+
+def test_a_video_track_that_fails_to_decode_keeps_the_audio(meld_partial_src, monkeypatch):
+    """Under --keep-partial a corrupt video track (FFmpeg fails mid-stream) is "no usable video"; the audio is read
+    in a second pass. By default the clip stays a skip with the same reason as before."""
+    from avdali.packing import transcode as tc
+
+    record = json.loads((meld_partial_src / "avdali_synth.json").read_text())
+    faulty = {f["path"] for f in record["faults"]}
+    path = next(p for p in sorted(meld_partial_src.rglob("*.mp4")) if str(p.relative_to(meld_partial_src)) not in faulty)
+    real = tc._decode_source
+
+    def broken_video(container, video, audio, *args):
+        if video is not None:
+            raise tc.ClipError("corrupt video: Invalid data found when processing input")
+        return real(container, video, audio, *args)
+
+    monkeypatch.setattr(tc, "_decode_source", broken_video)
+    with pytest.raises(tc.ClipError, match="^corrupt video: Invalid data"):
+        tc.transcode_clip(path, PackOptions())
+    clip = tc.transcode_clip(path, PackOptions(keep_partial=True))
+    assert (clip.audio_present, clip.video_present) == (True, False)
+    assert clip.missing == {"video": "corrupt video: Invalid data found when processing input"}
+    wav, _ = sf.read(io.BytesIO(clip.flac), dtype="int16")
+    assert wav.any() and clip.frames == count_webm_frames(clip.webm) >= 1

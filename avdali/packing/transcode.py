@@ -9,7 +9,8 @@ DALI cannot drop a bad sample at training time (DALI.md), so every clip is check
 With ``keep_partial`` a clip that lacks one stream becomes a sample anyway: the missing stream is replaced by
 a placeholder of the clip's length and ``Transcoded.streams`` says which streams are real. The audio is missing
 when the file has no audio stream or it decodes to no sample. The video is "not usable" when the file has no
-video stream, when it decodes to no frame, or when every kept frame is black (no luma value above
+video stream, when its stream fails to decode ("corrupt video": the audio is then read in a second pass) or decodes
+to no frame, or when every kept frame is black (no luma value above
 ``BLACK_LUMA``; checked only under ``keep_partial`` and only until the first frame that is not black, so it
 costs one ``max`` per clip in practice). A face-less picture is not missing: it gets the centre crop, as
 always. A clip with neither stream is still a ``ClipError``.
@@ -391,7 +392,15 @@ def transcode_clip(
             video.codec_context.thread_count = threads
         source = _source_info(container, video, audio)
         rate = _stored_rate((video.average_rate or video.guessed_rate) if video is not None else None, options.fps)
-        decoded = _decode_source(container, video, audio, rate, options, facemod.FaceFinder(detector))
+        try:
+            decoded = _decode_source(container, video, audio, rate, options, facemod.FaceFinder(detector))
+        except ClipError as e:
+            if not (options.keep_partial and audio is not None and str(e).startswith("corrupt video")):
+                raise
+            decoded = None  # a video track that fails to decode: the audio may still be good
+            broken_video = str(e)
+    if decoded is None:
+        decoded = _decode_audio_only(path, options, broken_video)
     if decoded.missing:
         return _partial_clip(decoded, rate, options, source, threads)
 
@@ -419,6 +428,21 @@ def transcode_clip(
         source=source,
         detect_s=decoded.detect_s,
     )
+
+
+def _decode_audio_only(path: Path, options: PackOptions, video_reason: str) -> _Decoded:
+    """``keep_partial``, after the video track failed to decode: a second pass over the audio alone."""
+    try:
+        with av.open(str(path), "r", metadata_errors="ignore") as container:
+            decoded = _decode_source(container, None, container.streams.audio[0], _stored_rate(None, options.fps),
+                                     options, facemod.FaceFinder(None))
+    except av.FFmpegError as e:
+        raise ClipError(f"corrupt audio: {_one_line(e)}") from None
+    except ClipError as e:  # the audio is broken too
+        audio_reason = "no decodable audio" if str(e).startswith("neither") else str(e)
+        raise ClipError(f"neither stream is usable ({video_reason}, {audio_reason})") from None
+    decoded.missing["video"] = video_reason
+    return decoded
 
 
 def _partial_clip(decoded: _Decoded, rate: Fraction, options: PackOptions, source: dict, threads: int) -> Transcoded:
