@@ -43,8 +43,9 @@ class PackOptions:
     """Fail (non-zero exit) on any skipped source instead of only when nothing could be packed."""
     keep_partial: bool = False
     """Pack a clip with no audio stream, or with no usable video (``transcode.py``: no video stream, a video stream
-    that fails to decode or yields no frame, or every frame black), with a placeholder for the missing stream, marked in ``meta.i32``/json/manifest.
-    Off: such clips are skipped and recorded, as before the option existed. Recorded in the manifest when on."""
+    that fails to decode or yields no frame, or every frame black), with a placeholder for the missing stream,
+    marked in ``meta.i32``/json/manifest. Off: such clips are skipped and recorded, as before the option existed.
+    Recorded in the manifest when on."""
     splits: tuple[str, ...] | None = None
     """Pack only these splits (MELD ``train``/``dev``/``test``, RAVDESS ``fold1``…``fold5``); None packs all."""
 
