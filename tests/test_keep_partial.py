@@ -185,7 +185,7 @@ def _rewrite(out: Path, manifest, name: str, samples: list[dict]) -> None:
     write_manifest(out, manifest)
 
 
-def test_format1_shards_still_read(ravdess_src, ravdess_shards_v1):
+def test_format1_shards_still_read(ravdess_shards_v1):
     out = ravdess_shards_v1
     manifest = read_manifest(out)
     assert manifest.format_version == 1 and manifest.partial == {}
@@ -194,10 +194,6 @@ def test_format1_shards_still_read(ravdess_src, ravdess_shards_v1):
         assert meta.size == 16
     report = inspect_shards(out, decode_per_split=1)
     assert report.ok, report.problems
-    # resuming into a format-1 folder would mix formats: refused
-    options = PackOptions(**manifest.options)
-    with pytest.raises(AvdaliError, match="holds shard format 1, this avdali writes 2"):
-        pack("ravdess", ravdess_src, out, options)
 
 
 def test_transcode_for_predict_keeps_a_partial_clip_when_asked(meld_partial_src):
@@ -284,3 +280,17 @@ def test_a_video_track_that_fails_to_decode_keeps_the_audio(meld_partial_src, mo
     assert clip.missing == {"video": "corrupt video: Invalid data found when processing input"}
     wav, _ = sf.read(io.BytesIO(clip.flac), dtype="int16")
     assert wav.any() and clip.frames == count_webm_frames(clip.webm) >= 1
+
+
+def test_packing_into_a_format1_folder_redoes_every_shard(ravdess_src, ravdess_shards, ravdess_shards_v1, tmp_path):
+    """Re-running ``avdali shard`` on a folder packed by an older avdali (format 1) must not keep its shards (one
+    folder, two formats): it re-packs them all and ends as a fresh pack would."""
+    out = tmp_path / "v1"
+    out.mkdir()
+    for p in ravdess_shards_v1.iterdir():
+        (out / p.name).write_bytes(p.read_bytes())
+    notes = []
+    result = pack("ravdess", ravdess_src, out, PackOptions(**read_manifest(out).options),
+                  lambda e: notes.append(e.text) if e.kind == "note" else None)
+    assert result.shards_kept == 0 and any("shard format 1, this avdali writes 2: re-packing every shard" in n for n in notes)
+    assert folder_bytes(out) == folder_bytes(ravdess_shards)

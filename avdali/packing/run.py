@@ -276,8 +276,6 @@ def _previous_manifest(out: Path, dataset: str, options: PackOptions, overwrite:
         raise AvdaliError(f"{e}; {advice}") from None
     if previous.dataset != dataset:
         raise AvdaliError(f"{path} holds {previous.dataset} shards, not {dataset}; {advice}")
-    if previous.format_version != fmt.FORMAT_VERSION:  # a resume would mix two formats in one folder
-        raise AvdaliError(f"{path} holds shard format {previous.format_version}, this avdali writes {fmt.FORMAT_VERSION}; {advice}")
     # every content option, a missing one read as its default: an option left at its default is not recorded
     # (keyint, keep_partial), and a run that recorded one must not be resumed by a run that leaves it out
     defaults = PackOptions().content_options() | {"keyint": 0, "keep_partial": False}
@@ -436,6 +434,11 @@ def _pack_locked(
     # the splits the reader found count even with no record left, so an empty split is reported, never dropped
     splits = sorted(set(scan.splits) | {g.split for g in groups})
     old_entries = {s.name: s for s in previous.shards} if previous else {}
+    if previous is not None and previous.format_version != fmt.FORMAT_VERSION:
+        # keeping them would mix two formats in one folder: every shard is redone (same options, new format)
+        notify(PackEvent("note", text=f"{out / fmt.MANIFEST_NAME}: shard format {previous.format_version}, this avdali "
+                                      f"writes {fmt.FORMAT_VERSION}: re-packing every shard"))
+        old_entries = {}
     entries: dict[str, ShardEntry] = {}
     empty_group_skips: list[dict] = []
     todo: list[_Group] = []
