@@ -46,11 +46,11 @@ def meld_src(tmp_path_factory, meld_csv_dir) -> Path:
     return root
 
 
-def _pack(dataset: str, src: Path, out: Path) -> Path:
+def _pack(dataset: str, src: Path, out: Path, **options) -> Path:
     from avdali.packing.run import pack
     from avdali.shardformat.options import PackOptions
 
-    pack(dataset, src, out, PackOptions(size=128, fps=15, max_seconds=4.0, shard_size=4, workers=2))
+    pack(dataset, src, out, PackOptions(size=128, fps=15, max_seconds=4.0, shard_size=4, workers=2, **options))
     return out
 
 
@@ -64,6 +64,23 @@ def ravdess_shards(tmp_path_factory, ravdess_src) -> Path:
 def meld_shards(tmp_path_factory, meld_src) -> Path:
     """Shards packed from ``meld_src``."""
     return _pack("meld", meld_src, tmp_path_factory.mktemp("meld_shards"))
+
+
+@pytest.fixture(scope="session")
+def meld_partial_src(tmp_path_factory, meld_csv_dir) -> Path:
+    """A small MELD-like tree with one clip each lacking audio, lacking video, with black video, and with black video
+    and no audio (``make_meld(partial=True)``)."""
+    from avdali.synth.meld import make_meld
+
+    root = tmp_path_factory.mktemp("meld_partial_raw")
+    make_meld(root, csv_dir=meld_csv_dir, limit=4, size=(256, 144), max_seconds=2.5, seed=0, partial=True)
+    return root
+
+
+@pytest.fixture(scope="session")
+def meld_partial_shards(tmp_path_factory, meld_partial_src) -> Path:
+    """``meld_partial_src`` packed with ``--keep-partial``."""
+    return _pack("meld", meld_partial_src, tmp_path_factory.mktemp("meld_partial_shards"), keep_partial=True)
 
 
 def tiny_run_toml(
@@ -99,3 +116,30 @@ freeze_backbone = {str(freeze_backbone).lower()}
 [train]
 {train}
 """
+
+
+@pytest.fixture(scope="session")
+def ravdess_shards_v1(tmp_path_factory, ravdess_shards) -> Path:
+    """``ravdess_shards`` rewritten as format 1 (before ``--keep-partial``): 16-byte ``meta.i32`` without
+    ``streams``, ``format_version`` 1, tars re-hashed in the manifest. Readers must take it as all streams real."""
+    from avdali import shardformat as fmt
+    from avdali.packing.writer import write_shard
+    from avdali.shardformat.manifest import read_manifest, write_manifest
+    from avdali.shardformat.members import decode_meta_i32, read_members
+
+    out = tmp_path_factory.mktemp("ravdess_shards_v1")
+    manifest = read_manifest(ravdess_shards)
+    for entry in manifest.shards:
+        samples: list[dict] = []
+        for key, ext, data in read_members(ravdess_shards / entry.name):
+            if not samples or samples[-1]["__key__"] != key:
+                samples.append({"__key__": key})
+            samples[-1][ext] = data
+        for sample in samples:
+            assert decode_meta_i32(sample["meta.i32"])["streams"] == fmt.STREAMS_ALL
+            sample["meta.i32"] = sample["meta.i32"][: 4 * len(fmt.META_FIELDS_V1)]
+        shard = write_shard(out, entry.name, samples)
+        entry.sha256, entry.bytes = shard.sha256, shard.bytes
+    manifest.format_version = 1
+    write_manifest(out, manifest)
+    return out

@@ -102,3 +102,51 @@ def test_dali_log_mel_matches_torchaudio(ravdess_shards):
         assert got.shape == expected.shape == (64, sampling.feature_frames(len(wav)))
         loud = expected > expected.max() - 60  # compare where there is signal; near the floor dB is noise
         assert (got - expected)[loud].abs().max() < 0.05, "log-mel differs from torchaudio by ≥ 0.05 dB"
+
+
+def presence(cfg: DataConfig, splits) -> dict[int, tuple]:
+    out = {}
+    for batch in build_loader(cfg, splits, train=False):
+        for j in range(len(batch)):
+            if batch.valid[j]:
+                out[int(batch.index[j])] = (bool(batch.audio_present[j]), bool(batch.video_present[j]),
+                                            batch.video[j], batch.audio[j], int(batch.label[j]))
+    return out
+
+
+def test_loaders_agree_on_keep_partial_shards(meld_partial_shards):
+    """A --keep-partial folder: both loaders give the same presence masks (those of meta.i32 and the manifest),
+    and the same placeholder frames and features as for any clip."""
+    from avdali.shardformat.manifest import read_manifest
+
+    shards = meld_partial_shards
+    splits = list(list_splits(shards))
+    base = dict(shards=str(shards), batch_size=4, frames=4, crop=64, audio_seconds=2.0, num_threads=1)
+    dali = presence(DataConfig(loader="dali", **base), splits)
+    torch_ = presence(DataConfig(loader="torch", **base), splits)
+    assert dali.keys() == torch_.keys() == set(range(sum(list_splits(shards).values())))
+    # the manifest's partial keys, as sample indexes (manifest split order, then tar order)
+    manifest = read_manifest(shards)
+    order = [k for split in splits for s in manifest.shards if s.split == split for k in s.keys]
+    partial = manifest.partial_keys
+    expected = {i: (key not in partial["no_audio"], key not in partial["no_video"]) for i, key in enumerate(order)}
+    assert {i: v[:2] for i, v in dali.items()} == {i: v[:2] for i, v in torch_.items()} == expected
+    assert sorted(expected.values()).count((True, True)) == len(expected) - 3  # the three partial clips
+    for i in dali:
+        assert dali[i][4] == torch_[i][4]
+        diff = (dali[i][2].float() - torch_[i][2].float()).abs()
+        assert diff.mean() <= FRAME_MEAN_TOL and diff.max() <= FRAME_MAX_TOL
+        assert (dali[i][3] - torch_[i][3]).abs().max() <= FEATURE_TOL
+        if not expected[i][1]:
+            assert torch_[i][2].max() <= 2  # black placeholder frames
+        if not expected[i][0]:
+            assert torch_[i][3].abs().max() == 0  # silence normalises to zeros
+
+
+def test_dali_reads_format1_shards_as_whole(ravdess_shards_v1):
+    """A format-1 folder (16-byte meta.i32, no streams) reads as both streams present in DALI, as in torch."""
+    out = ravdess_shards_v1
+    base = dict(shards=str(out), batch_size=4, frames=2, crop=32, n_mels=16, num_threads=1)
+    for loader in ("dali", "torch"):
+        got = presence(DataConfig(loader=loader, **base), ["fold1"])
+        assert got and all(v[:2] == (True, True) for v in got.values()), loader

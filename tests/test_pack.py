@@ -133,10 +133,15 @@ def test_idx_equals_dali_index_creator(tmp_path):
 def test_meta_i32_round_trip_and_length_check():
     values = {"frames": 60, "label": 6, "native_label": 7, "audio_samples": 64000}
     data = encode_meta_i32(values)
-    assert np.frombuffer(data, "<i4").tolist() == [60, 6, 7, 64000]
-    assert decode_meta_i32(data) == values
+    assert np.frombuffer(data, "<i4").tolist() == [60, 6, 7, 64000, 3]  # streams: both real unless said
+    assert decode_meta_i32(data) == {**values, "streams": 3}
+    assert decode_meta_i32(encode_meta_i32({**values, "streams": 2}))["streams"] == 2
+    # a format-1 vector (no streams) reads as both streams real
+    assert decode_meta_i32(np.array([60, 6, 7, 64000], "<i4").tobytes()) == {**values, "streams": 3}
     with pytest.raises(ValueError):
         decode_meta_i32(data[:-1])
+    with pytest.raises(ValueError, match="streams"):
+        decode_meta_i32(np.array([60, 6, 7, 64000, 4], "<i4").tobytes())
 
 
 # --- runner with a fake transcode ---------------------------------------------------------------
@@ -172,7 +177,7 @@ def test_plan_manifest_and_skips(tmp_path):
     assert meta["key"] == "fold1-01" and meta["split"] == "fold1" and meta["actor"] == 2
     assert meta["label_name"] == "happy" and meta["native_label"] == "calm" and meta["native_id"] == 1
     assert meta["source"] == "fold1-01.mp4"
-    assert nums == {"frames": len("fold1-01.mp4"), "label": 1, "native_label": 1, "audio_samples": 112}
+    assert nums == {"frames": len("fold1-01.mp4"), "label": 1, "native_label": 1, "audio_samples": 112, "streams": 3}
 
 
 def test_same_inputs_same_bytes(tmp_path):

@@ -45,11 +45,19 @@ def inspect(
     manifest = report.manifest
     faces = manifest.faces
     console.print(
-        f"faces detected {faces.get('detected', 0)}, centre crop {faces.get('centre', 0)}; "
+        f"faces detected {faces.get('detected', 0)}, centre crop {faces.get('centre', 0)}"
+        f"{', placeholder picture ' + str(faces['none']) if faces.get('none') else ''}; "
         f"{len(manifest.skipped)} sources skipped when packing; {report.decoded} clips decoded",
         highlight=False,
         soft_wrap=True,
     )
+    if manifest.partial:
+        from avdali.cli.shard import partial_line
+
+        console.print(partial_line(manifest), highlight=False, soft_wrap=True)
+        for kind, keys in manifest.partial_keys.items():
+            if keys:
+                console.print(f"  {kind}: {escape(', '.join(keys))}", highlight=False, soft_wrap=True)
     if not report.ok:
         for problem in report.problems:
             err_console.print(f"[red]mismatch[/] {escape(problem)}", highlight=False, soft_wrap=True)

@@ -30,6 +30,11 @@ KeyintOpt = Annotated[int, typer.Option("--keyint", help="Longest keyframe inter
                                         "(0: one keyframe per clip at the defaults; shorter helps NVDEC, costs bytes).")]
 WorkersOpt = Annotated[int, typer.Option("--workers", "-j", help="Transcode processes (0 = all cores).")]
 StrictOpt = Annotated[bool, typer.Option("--strict", help="Fail when any source is skipped.")]
+KeepPartialOpt = Annotated[bool, typer.Option(
+    "--keep-partial",
+    help="Pack clips with no audio stream or no usable video (no video stream, no decodable or only black frames) "
+    "with a silent / black placeholder, marked in meta.i32, the sample json and manifest.json (default: skip them).",
+)]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an earlier run in OUT instead of resuming it.")]
 
 
@@ -107,6 +112,8 @@ def print_summary(result: PackResult) -> None:
             console.print(f"  {n:6d}  {escape(reason)}", highlight=False, soft_wrap=True)
     faces = manifest.faces
     console.print(f"faces: detected {faces.get('detected', 0)}, centre crop {faces.get('centre', 0)}", highlight=False, soft_wrap=True)
+    if manifest.partial:
+        console.print(partial_line(manifest), highlight=False, soft_wrap=True)
     console.print(
         f"this run: {result.clips_transcoded} clips in {result.elapsed_s:.1f} s = {result.clips_per_s:.2f} clips/s "
         f"with {result.workers} workers; {result.shards_written} shards written, {result.shards_kept} kept",
@@ -121,6 +128,13 @@ def print_summary(result: PackResult) -> None:
             highlight=False,
         soft_wrap=True,
         )
+
+
+def partial_line(manifest) -> str:
+    """``--keep-partial``'s count: samples packed with a placeholder stream."""
+    p = manifest.partial
+    return (f"partial (--keep-partial): {p.get('no_audio', 0)} without audio, {p.get('no_video', 0)} without usable video "
+            "(placeholders, listed in manifest.json)")
 
 
 def _missing_ravdess_folds(manifest) -> list[str]:
@@ -176,6 +190,7 @@ def ravdess(
     splits: Annotated[
         str | None, typer.Option("--splits", help="Pack only these actor folds, e.g. fold1,fold2 (default: every fold found).")
     ] = None,
+    keep_partial: KeepPartialOpt = False,
     strict: StrictOpt = False,
     overwrite: OverwriteOpt = False,
 ) -> None:
@@ -185,7 +200,7 @@ def ravdess(
     folder, or a folder up to a few levels above either (/kaggle/input)."""
     options = PackOptions(
         size=size, fps=fps, max_seconds=max_seconds, shard_size=shard_size, keyint=keyint, workers=workers,
-        include_song=include_song, strict=strict, splits=parse_splits(splits),
+        include_song=include_song, strict=strict, splits=parse_splits(splits), keep_partial=keep_partial,
     )
     run_shard("ravdess", src, out, options, overwrite)
 
@@ -204,6 +219,7 @@ def meld(
     splits: Annotated[
         str | None, typer.Option("--splits", help="Pack only these splits, e.g. train,dev (default: all three, each must be there).")
     ] = None,
+    keep_partial: KeepPartialOpt = False,
     strict: StrictOpt = False,
     overwrite: OverwriteOpt = False,
 ) -> None:
@@ -213,6 +229,6 @@ def meld(
     archives unpacked (in place, beside it, or macOS-style into folders named after them)."""
     options = PackOptions(
         size=size, fps=fps, max_seconds=max_seconds, shard_size=shard_size, keyint=keyint, workers=workers,
-        strict=strict, splits=parse_splits(splits),
+        strict=strict, splits=parse_splits(splits), keep_partial=keep_partial,
     )
     run_shard("meld", src, out, options, overwrite)

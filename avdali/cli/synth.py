@@ -78,6 +78,7 @@ def ravdess(
     layout: Annotated[
         str, typer.Option("--layout", help="release: Zenodo's zips unpacked into OUT; kaggle: one folder per zip, as the Kaggle mirror.")
     ] = "release",
+    partial: Annotated[bool, typer.Option("--partial", help="Make 4 AV clips lack a stream (no audio, no video, black video, black without audio) for `avdali shard --keep-partial`.")] = False,
     seed: SeedOpt = 0,
     workers: WorkersOpt = 1,
 ) -> None:
@@ -91,7 +92,7 @@ def ravdess(
         out,
         lambda progress: make_ravdess(
             out, actors=actor_spec, size=frame_size, trials_per_actor=trials, song=song, flat=flat, seed=seed,
-            workers=workers, progress=progress, layout=layout,
+            workers=workers, progress=progress, layout=layout, partial=partial,
         ),  # fmt: skip
     )
     _report(summary)
@@ -110,6 +111,7 @@ def meld(
     max_seconds: Annotated[float, typer.Option("--max-seconds", help="Cap on a clip's length (CSV timings reach minutes).")] = 6.0,
     encoding: Annotated[str, typer.Option("--encoding", help="CSV encoding: utf-8 (repository) or cp1252 (release archive).")] = "utf-8",
     faults: Annotated[bool, typer.Option("--faults", help="Imitate the release's bad files: missing, empty, truncated, no-audio and unlabelled clips.")] = False,
+    partial: Annotated[bool, typer.Option("--partial", help="Add clips lacking a stream (no audio, no video, black video, black without audio) for `avdali shard --keep-partial`.")] = False,
     layout: Annotated[
         str, typer.Option("--layout", help="release: MELD.Raw/ with the inner archives unpacked; kaggle: MELD-RAW/MELD.Raw/ as the Kaggle mirror.")
     ] = "release",
@@ -131,6 +133,7 @@ def meld(
         lambda progress: make_meld(
             out, csv_dir=csv_dir, limit=limit or None, size=frame_size, max_seconds=max_seconds, seed=seed,
             encoding=encoding, faults=faults, workers=workers, progress=progress, layout=layout,
+            partial=partial,
         ),  # fmt: skip
     )
     _report(summary)

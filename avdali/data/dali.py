@@ -32,7 +32,7 @@ from avdali.data.normalize import IMAGENET_MEAN, IMAGENET_STD
 from avdali.data.shards import ShardSet
 from avdali.errors import AvdaliError
 
-OUTPUTS = ("video", "audio", "audio_len", "label", "info")
+OUTPUTS = ("video", "audio", "audio_len", "label", "info", "streams")
 RANDOM_AREA = (0.35, 1.0)
 """Random resized crop: share of the frame area kept (faces: a mild zoom, never a tiny patch)."""
 RANDOM_ASPECT = (3 / 4, 4 / 3)
@@ -77,7 +77,8 @@ def av_pipeline(
     info_len: int,
     decode: str = "gpu",
 ):
-    """Reader → video frames (N,T,H,W,C) + audio features (N,F,A) + audio_len + label + source_info.
+    """Reader → video frames (N,T,H,W,C) + audio features (N,F,A) + audio_len + label + source_info + streams
+    (the real-streams bitmask of ``meta.i32``; a format-1 sample's shorter vector reads as both real).
 
     ``device``: ``"cpu"`` or ``"gpu"``; ``decode`` (``device="gpu"`` only): ``"gpu"`` decodes on NVDEC, ``"cpu"``
     on the CPU threads with the frames moved to the GPU before the crop; ``frame_size``: (height, width) of the
@@ -177,7 +178,14 @@ def av_pipeline(
     audio_len = fn.cast(1 + valid // sampling.HOP, dtype=types.INT64)
 
     label = fn.cast(meta[1] if cfg.label_space == "unified" else meta[2], dtype=types.INT64)
-    return video, feats, audio_len, label, info
+    return video, feats, audio_len, label, info, meta_streams(meta)
+
+
+def meta_streams(meta):
+    """``streams`` of ``meta.i32`` in the graph, per sample: a format-1 vector (4 values, no ``streams``) is padded
+    with ``STREAMS_ALL`` first, so shards of both formats read alike, even mixed in one batch."""
+    index = fmt.META_FIELDS.index("streams")
+    return fn.pad(meta, axes=[0], shape=[len(fmt.META_FIELDS)], fill_value=fmt.STREAMS_ALL)[index]
 
 
 @pipeline_def
@@ -318,6 +326,7 @@ class DaliLoader:
         valid = torch.arange(position, position + n) < self.rank_samples
         index = self._index_of(out["info"])
         self._check_labels(out["label"], index)
+        streams = out["streams"]  # CPU (from meta.i32, like the label)
         return Batch(
             video=out["video"].permute(0, 1, 4, 2, 3),  # N,T,H,W,C memory → N,T,C,H,W view (channels-last)
             audio=out["audio"],
@@ -325,6 +334,8 @@ class DaliLoader:
             label=out["label"].to(target, non_blocking=True),
             index=index.to(target, non_blocking=True),
             valid=valid.to(target, non_blocking=True),
+            audio_present=((streams & fmt.STREAM_AUDIO) != 0).to(target, non_blocking=True),
+            video_present=((streams & fmt.STREAM_VIDEO) != 0).to(target, non_blocking=True),
         )
 
     def _check_labels(self, label: torch.Tensor, index: torch.Tensor) -> None:

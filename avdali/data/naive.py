@@ -4,9 +4,9 @@ Per item it opens the raw mp4, decodes every frame to RGB, picks T evenly spaced
 the crop size, decodes and resamples the AAC track to 16 kHz and computes MFCCs, all inside DataLoader
 workers. It reads the raw tree, so it pays the full H.264 720p decode that packing pays only once.
 
-It reads only the clips the shards' manifest packed: the raw tree also holds files the packer skipped
-(truncated, corrupt, without audio), which the notebook's loader would crash on, and the comparison with the
-shard loaders must be over the same clips.
+It reads only the clips the shards' manifest packed whole: the raw tree also holds files the packer skipped
+(truncated, corrupt, without audio) or packed with a placeholder (``--keep-partial``), which the notebook's loader
+would crash on, and the comparison with the shard loaders must be over the same clips.
 """
 
 from __future__ import annotations
@@ -68,6 +68,7 @@ def packed_records(dataset: str, root: str | Path, splits: list[str] | None, man
     if dataset != manifest.dataset:
         raise AvdaliError(f"--dataset {dataset}, but the shards hold {manifest.dataset}")
     packed = {k for s in manifest.shards if splits is None or s.split in splits for k in s.keys}
+    packed -= {p["key"] for s in manifest.shards for p in s.partial}  # --keep-partial clips: the notebook's reader needs both streams
     # the same reader options as the pack, so every packed key has its record (songs, a --splits subset)
     found = scan(dataset, Path(root), include_song=bool(manifest.options.get("include_song")),
                  splits=manifest.options.get("splits")).records

@@ -11,17 +11,24 @@ import torch
 
 from avdali.data.batch import Batch
 from avdali.data.config import DataConfig
+from avdali import shardformat as fmt
 from avdali.data.torch_loader import decode_clip
 from avdali.shardformat.members import encode_meta_i32
 
 
-def clip_batch(webm: bytes, flac: bytes, frames: int, cfg: DataConfig, *, source: str = "clip") -> Batch:
+def clip_batch(
+    webm: bytes, flac: bytes, frames: int, cfg: DataConfig, *, source: str = "clip", audio_present: bool = True,
+    video_present: bool = True,
+) -> Batch:
     """A Batch of one clip (the packer's webm + flac bytes, ``frames`` decoded frames) with ``cfg``'s eval transforms.
 
     ``label`` is 0 and meaningless (the clip is unlabelled); ``index`` 0; ``valid`` True.
-    ``source`` names the clip in decode errors.
+    ``source`` names the clip in decode errors. ``audio_present``/``video_present``: False for a stream that is a
+    placeholder (``transcode_clip`` with ``keep_partial``: ``Transcoded.audio_present``/``video_present``); the
+    Batch carries them as a shard sample's ``meta.i32`` would.
     """
-    meta = encode_meta_i32({"frames": frames, "label": 0, "native_label": 0, "audio_samples": 0})
+    streams = (fmt.STREAM_AUDIO if audio_present else 0) | (fmt.STREAM_VIDEO if video_present else 0)
+    meta = encode_meta_i32({"frames": frames, "label": 0, "native_label": 0, "audio_samples": 0, "streams": streams})
     decoded = decode_clip(webm, flac, meta, cfg, rng=None, source=source)
     return Batch(
         video=decoded["video"].unsqueeze(0),
@@ -30,4 +37,6 @@ def clip_batch(webm: bytes, flac: bytes, frames: int, cfg: DataConfig, *, source
         label=torch.tensor([decoded["label"]], dtype=torch.int64),
         index=torch.zeros(1, dtype=torch.int64),
         valid=torch.ones(1, dtype=torch.bool),
+        audio_present=torch.tensor([decoded["audio_present"]], dtype=torch.bool),
+        video_present=torch.tensor([decoded["video_present"]], dtype=torch.bool),
     )

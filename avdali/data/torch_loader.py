@@ -211,11 +211,13 @@ class ClipStream(IterableDataset):
 
 def decode_clip(webm: bytes, flac: bytes, meta_i32: bytes, cfg: DataConfig, rng: np.random.Generator | None,
                 source: str, features: AudioFeatures | None = None) -> dict:
-    """One clip's members → tensors (video T,C,H,W, audio F,A, audio_len, label): the per-sample work of the torch
-    loader, also what ``avdali predict`` runs on a clip that is in no shard. ``rng`` (None: evaluation) picks frames,
-    the crop window and the audio window; ``source`` names the clip in errors; ``features`` may be reused across
-    calls (building the mel filter bank costs more than applying it)."""
-    frame_count, label = _check_meta(meta_i32, cfg, source)
+    """One clip's members → tensors (video T,C,H,W, audio F,A, audio_len, label) and its real streams
+    (audio_present, video_present from ``meta.i32``): the per-sample work of the torch loader, also what
+    ``avdali predict`` runs on a clip that is in no shard. ``rng`` (None: evaluation) picks frames, the crop window
+    and the audio window; ``source`` names the clip in errors; ``features`` may be reused across calls (building
+    the mel filter bank costs more than applying it). A placeholder stream (``--keep-partial``) is decoded like a
+    real one, as DALI does: the flags, not the data, tell the model it is missing."""
+    frame_count, label, streams = _check_meta(meta_i32, cfg, source)
     frames = decode_frames(webm, sampling.frame_indices(frame_count, cfg.frames, rng), source)
     video = torch.from_numpy(frames).permute(0, 3, 1, 2)  # T,C,H,W uint8, a view
     video = crop_video(video, cfg, augment=rng is not None)
@@ -233,7 +235,8 @@ def decode_clip(webm: bytes, flac: bytes, meta_i32: bytes, cfg: DataConfig, rng:
     start = sampling.audio_start(len(wav), window, rng)
     features = features or AudioFeatures(cfg)
     audio, audio_len = features(torch.from_numpy(np.ascontiguousarray(wav[start : start + window])))
-    return dict(video=video, audio=audio, audio_len=audio_len, label=label)
+    return dict(video=video, audio=audio, audio_len=audio_len, label=label,
+                audio_present=bool(streams & fmt.STREAM_AUDIO), video_present=bool(streams & fmt.STREAM_VIDEO))
 
 
 def crop_video(video: torch.Tensor, cfg: DataConfig, augment: bool) -> torch.Tensor:
@@ -270,9 +273,10 @@ MAX_FRAMES = 1_000_000
 """More frames than any clip holds (a 24 h clip at 10 fps): a larger count in ``meta.i32`` is corruption."""
 
 
-def _check_meta(data: bytes, cfg: DataConfig, source: str) -> tuple[int, int]:
-    """Frame count and label (of ``cfg.label_space``) from ``meta.i32``, refused unless plausible: a corrupt
-    value would otherwise pick wild frame indices or fail later in the loss without naming the sample."""
+def _check_meta(data: bytes, cfg: DataConfig, source: str) -> tuple[int, int, int]:
+    """Frame count, label (of ``cfg.label_space``) and the real-streams bitmask from ``meta.i32`` (format 1: both
+    real), refused unless plausible: a corrupt value would otherwise pick wild frame indices or fail later in the
+    loss without naming the sample."""
     try:
         meta = decode_meta_i32(data)
     except ValueError as e:
@@ -282,7 +286,7 @@ def _check_meta(data: bytes, cfg: DataConfig, source: str) -> tuple[int, int]:
         raise AvdaliError(f"{source}: meta.i32 says {meta['frames']} frames (corrupt shard?)")
     if not 0 <= label < cfg.num_classes:
         raise AvdaliError(f"{source}: label {label} is outside the {cfg.num_classes} classes of {cfg.label_space} (corrupt shard?)")
-    return meta["frames"], label
+    return meta["frames"], label, meta["streams"]
 
 
 def _describe(error: BaseException) -> str:
@@ -308,6 +312,8 @@ def _collate(samples: list[dict]) -> dict:
         label=torch.tensor([s["label"] for s in samples], dtype=torch.int64),
         index=torch.tensor([s["index"] for s in samples], dtype=torch.int64),
         valid=torch.ones(len(samples), dtype=torch.bool),
+        audio_present=torch.tensor([s["audio_present"] for s in samples], dtype=torch.bool),
+        video_present=torch.tensor([s["video_present"] for s in samples], dtype=torch.bool),
     )
 
 

@@ -31,7 +31,7 @@ from avdali import shardformat as fmt
 from avdali.errors import AvdaliError
 from avdali.files import TMP_SUFFIX, file_sha256
 from avdali.folder_lock import hold_folder
-from avdali.packing.writer import encode_sample, face_kind, write_shard
+from avdali.packing.writer import encode_sample, face_kind, missing_streams, write_shard
 from avdali.shardformat.index import tar_index
 from avdali.shardformat.manifest import Manifest, ShardEntry, build_manifest, read_manifest, write_manifest
 from avdali.shardformat.options import PackOptions
@@ -276,9 +276,13 @@ def _previous_manifest(out: Path, dataset: str, options: PackOptions, overwrite:
         raise AvdaliError(f"{e}; {advice}") from None
     if previous.dataset != dataset:
         raise AvdaliError(f"{path} holds {previous.dataset} shards, not {dataset}; {advice}")
-    recorded = {k: previous.options.get(k) for k in options.content_options()}
-    if recorded != options.content_options():
-        changed = ", ".join(f"{k} {recorded[k]!r} → {v!r}" for k, v in options.content_options().items() if recorded[k] != v)
+    # every content option, a missing one read as its default: an option left at its default is not recorded
+    # (keyint, keep_partial), and a run that recorded one must not be resumed by a run that leaves it out
+    defaults = PackOptions().content_options() | {"keyint": 0, "keep_partial": False}
+    current = defaults | options.content_options()
+    recorded = {k: previous.options.get(k, defaults[k]) for k in current}
+    if recorded != current:
+        changed = ", ".join(f"{k} {recorded[k]!r} → {v!r}" for k, v in current.items() if recorded[k] != v)
         raise AvdaliError(f"{path} was packed with other options ({changed}); {advice}")
     return previous
 
@@ -355,9 +359,9 @@ def _manifest_options(options: PackOptions) -> dict:
 
 def _group_entry(group: _Group, outcomes: list[tuple[ClipRecord, Any, str | None]], src: Path, out: Path):
     """Write the shard of a finished group (when any clip is good) → (entry | None, skipped rows, samples)."""
-    samples, skipped = [], []
+    samples, skipped, partial = [], [], []
     label_counts = dict.fromkeys(labels.UNIFIED, 0)
-    faces = {"detected": 0, "centre": 0}
+    faces = {"detected": 0, "centre": 0}  # + "none" (placeholder picture) only when there is one
     for record, clip, reason in outcomes:
         source = relative_source(record.video_path, src)
         if clip is None:
@@ -365,11 +369,14 @@ def _group_entry(group: _Group, outcomes: list[tuple[ClipRecord, Any, str | None
             continue
         samples.append(encode_sample(record, clip, source))
         label_counts[labels.UNIFIED[record.label]] += 1
-        faces[face_kind(clip)] += 1
+        kind = face_kind(clip)
+        faces[kind] = faces.get(kind, 0) + 1
+        for stream, why in missing_streams(clip).items():
+            partial.append({"key": record.key, "source": source, "missing": stream, "reason": why})
     if not samples:
         return None, skipped, samples
     shard = write_shard(out, group.name, samples)
-    return ShardEntry.from_file(shard, group.split, label_counts, faces, skipped), skipped, samples
+    return ShardEntry.from_file(shard, group.split, label_counts, faces, skipped, partial), skipped, samples
 
 
 def pack(
@@ -427,6 +434,11 @@ def _pack_locked(
     # the splits the reader found count even with no record left, so an empty split is reported, never dropped
     splits = sorted(set(scan.splits) | {g.split for g in groups})
     old_entries = {s.name: s for s in previous.shards} if previous else {}
+    if previous is not None and previous.format_version != fmt.FORMAT_VERSION:
+        # keeping them would mix two formats in one folder: every shard is redone (same options, new format)
+        notify(PackEvent("note", text=f"{out / fmt.MANIFEST_NAME}: shard format {previous.format_version}, this avdali "
+                                      f"writes {fmt.FORMAT_VERSION}: re-packing every shard"))
+        old_entries = {}
     entries: dict[str, ShardEntry] = {}
     empty_group_skips: list[dict] = []
     todo: list[_Group] = []

@@ -55,11 +55,31 @@ def native_id(record: ClipRecord) -> int:
 
 
 def face_kind(clip: Any) -> str:
-    """``detected`` when the crop follows a detected face, ``centre`` when it fell back to a centre crop."""
+    """``detected`` when the crop follows a detected face, ``centre`` when it fell back to a centre crop, ``none``
+    when the picture is a placeholder (``--keep-partial``, no usable video)."""
     face = getattr(clip, "face", None)
+    if face == "none" and not clip_streams(clip) & fmt.STREAM_VIDEO:
+        return "none"
     if isinstance(face, str):
         return "detected" if face.lower().startswith("detect") else "centre"
     return "detected" if face else "centre"
+
+
+def clip_streams(clip: Any) -> int:
+    """The ``meta.i32`` ``streams`` bitmask of a transcoded clip (a clip without the attribute is whole)."""
+    return int(getattr(clip, "streams", fmt.STREAMS_ALL))
+
+
+def missing_streams(clip: Any) -> dict[str, str]:
+    """``audio``/``video`` → why that stream is a placeholder; empty for a whole clip."""
+    if clip_streams(clip) == fmt.STREAMS_ALL:
+        return {}
+    reasons = dict(getattr(clip, "missing", {}) or {})
+    out = {}
+    for name, bit in (("audio", fmt.STREAM_AUDIO), ("video", fmt.STREAM_VIDEO)):
+        if not clip_streams(clip) & bit:
+            out[name] = str(reasons.get(name, f"no {name}"))
+    return out
 
 
 def sample_metadata(record: ClipRecord, clip: Any, source: str) -> dict:
@@ -85,6 +105,11 @@ def sample_metadata(record: ClipRecord, clip: Any, source: str) -> dict:
     source_info = getattr(clip, "source", None)
     if source_info is not None and not isinstance(source_info, str):
         meta["source_media"] = source_info
+    missing = missing_streams(clip)
+    if missing:  # only partial samples carry these, so a whole clip's json is what it was before --keep-partial
+        streams = clip_streams(clip)
+        meta["streams"] = {"audio": bool(streams & fmt.STREAM_AUDIO), "video": bool(streams & fmt.STREAM_VIDEO)}
+        meta["missing"] = missing
     return meta
 
 
@@ -98,6 +123,7 @@ def encode_sample(record: ClipRecord, clip: Any, source: str) -> dict:
         "label": record.label,
         "native_label": native_id(record),
         "audio_samples": clip.audio_samples,
+        "streams": clip_streams(clip),
     }
     return {
         "__key__": record.key,

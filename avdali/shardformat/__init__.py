@@ -23,12 +23,19 @@ extension = everything after the first dot), written in sorted extension order:
 ``webm``       VP9 video in WebM, square face crop, ``size``x``size`` at ``fps`` (decodes on CPU and NVDEC)
 =============  =========================================================================
 
+A clip packed with ``--keep-partial`` that lacks a stream still has every member: the missing stream is a
+placeholder (silent FLAC as long as the video, or black VP9 frames covering the audio) and ``streams`` in
+``meta.i32`` (and ``streams``/``missing`` in the json) say which streams are real.
+
 Shards are ``{dataset}-{split}-{index:06d}.tar`` with a DALI index ``.idx`` beside each
 (the format ``wds2idx`` writes) and ``manifest.json`` at the root.
 """
 
-FORMAT_VERSION = 1
-"""Bumped on any change a reader of older shards would misread; readers refuse other versions."""
+FORMAT_VERSION = 2
+"""Bumped on any change a reader of older shards would misread; readers refuse versions not in ``READABLE_VERSIONS``.
+2: ``meta.i32`` gained ``streams`` (clips packed with ``--keep-partial`` may lack a real stream)."""
+READABLE_VERSIONS = (1, 2)
+"""Versions readers accept. A format-1 sample's ``meta.i32`` has no ``streams``: both streams are real."""
 
 VIDEO_EXT = "webm"
 AUDIO_EXT = "flac"
@@ -36,9 +43,19 @@ LABEL_EXT = "cls"
 META_EXT = "json"
 NUMS_EXT = "meta.i32"
 
-META_FIELDS = ("frames", "label", "native_label", "audio_samples")
+META_FIELDS = ("frames", "label", "native_label", "audio_samples", "streams")
 """Order of the int32 values in ``meta.i32``: decoded frame count of the webm, unified label id,
-native label id (RAVDESS 8-class id; MELD: same as unified), number of 16 kHz audio samples."""
+native label id (RAVDESS 8-class id; MELD: same as unified), number of 16 kHz audio samples, and the bitmask of
+real streams (``STREAM_AUDIO | STREAM_VIDEO`` = 3 for a whole clip). Format 1 wrote the first four only; new
+fields are only ever appended, so ``meta[0..3]`` mean the same in both."""
+META_FIELDS_V1 = META_FIELDS[:4]
+"""``meta.i32`` of a format-1 shard (16 bytes): read as ``streams = STREAMS_ALL``."""
+
+STREAM_AUDIO = 1
+"""``streams`` bit: the flac holds the clip's real audio (clear: a silent placeholder of the clip's length)."""
+STREAM_VIDEO = 2
+"""``streams`` bit: the webm holds the clip's real picture (clear: black placeholder frames at the pack fps)."""
+STREAMS_ALL = STREAM_AUDIO | STREAM_VIDEO
 
 AUDIO_RATE = 16_000
 MANIFEST_NAME = "manifest.json"

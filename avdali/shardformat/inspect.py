@@ -45,8 +45,19 @@ def _group_samples(members: list[tuple[str, str, bytes]]) -> list[tuple[str, dic
     return samples
 
 
-def _check_sample(key: str, parts: dict[str, bytes], split: str, limits: tuple[int, int]) -> tuple[int, list[str]]:
-    """Label consistency and the sizes ``meta.i32`` declares (within ``limits``) of one sample → (label id, problems)."""
+def _json_streams(meta: dict) -> int:
+    """The ``streams`` bitmask a sample's json declares (no ``streams`` object: a whole clip)."""
+    streams = meta.get("streams")
+    if not isinstance(streams, dict):
+        return fmt.STREAMS_ALL
+    return (fmt.STREAM_AUDIO if streams.get("audio") is True else 0) | (fmt.STREAM_VIDEO if streams.get("video") is True else 0)
+
+
+def _check_sample(
+    key: str, parts: dict[str, bytes], split: str, limits: tuple[int, int], partial: dict[str, str] | None = None
+) -> tuple[int, list[str]]:
+    """Label consistency, the sizes ``meta.i32`` declares (within ``limits``) and the real streams (``meta.i32``,
+    json and the manifest's ``partial`` entry: stream → missing) of one sample → (label id, problems)."""
     problems = []
     missing = [ext for ext in SAMPLE_EXTS if ext not in parts]
     if missing or len(parts) != len(SAMPLE_EXTS):
@@ -65,6 +76,14 @@ def _check_sample(key: str, parts: dict[str, bytes], split: str, limits: tuple[i
         problems.append(f"{key}: cls {label}, json {meta.get('label')}, meta.i32 {nums['label']} disagree")
     if meta.get("frames") != nums["frames"] or meta.get("audio_samples") != nums["audio_samples"]:
         problems.append(f"{key}: json frames/audio_samples disagree with meta.i32")
+    manifest_streams = fmt.STREAMS_ALL
+    for stream in partial or {}:
+        manifest_streams &= ~(fmt.STREAM_AUDIO if stream == "audio" else fmt.STREAM_VIDEO)
+    if not nums["streams"] or len({nums["streams"], _json_streams(meta), manifest_streams}) != 1:
+        problems.append(
+            f"{key}: real streams disagree: meta.i32 {nums['streams']}, json {_json_streams(meta)}, manifest {manifest_streams}"
+            " (1 audio, 2 video)"
+        )
     max_frames, max_audio = limits
     if not 1 <= nums["frames"] <= max_frames or not 0 <= nums["audio_samples"] <= max_audio:
         problems.append(
@@ -146,8 +165,11 @@ def inspect_shards(out: Path, decode_per_split: int = 3, progress=None) -> Inspe
         if len(keys) != shard.samples or keys != shard.keys:
             problems.append(f"{where}: holds {len(keys)} samples, manifest lists {shard.samples} (keys differ)" if len(keys) != shard.samples else f"{where}: sample keys differ from the manifest")
         split_labels = report.labels.setdefault(shard.split, dict.fromkeys(labels.UNIFIED, 0))
+        partial: dict[str, dict[str, str]] = {}
+        for p in shard.partial:
+            partial.setdefault(p["key"], {})[p["missing"]] = p["reason"]
         for key, parts in samples:
-            label, sample_problems = _check_sample(key, parts, shard.split, limits)
+            label, sample_problems = _check_sample(key, parts, shard.split, limits, partial.get(key))
             problems.extend(f"{where}: {p}" for p in sample_problems)
             if label >= 0:
                 split_labels[labels.UNIFIED[label]] += 1

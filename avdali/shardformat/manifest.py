@@ -28,6 +28,9 @@ SHARD_NAME_RE = re.compile(r"^[a-z0-9]+-[A-Za-z0-9_]+-\d{6}\.tar$")
 """Shard tar names the writer produces; anything else (slashes, ``..``) is refused on read."""
 
 FACE_KINDS = ("detected", "centre")
+"""Always counted. A third kind, ``none`` (placeholder picture, ``--keep-partial``), appears only when non-zero."""
+PARTIAL_KINDS = {"audio": "no_audio", "video": "no_video"}
+"""Missing stream → its count's name in ``Manifest.partial``."""
 
 
 @dataclass
@@ -62,13 +65,20 @@ class ShardEntry(ShardFile):
     """Clips of this shard's group that could not be packed: ``{key, source, reason}``.
     The group's planned keys are ``keys`` plus these keys (resume compares them)."""
 
+    partial: list[dict] = field(default_factory=list)
+    """Samples packed under ``--keep-partial`` with a placeholder stream: ``{key, source, missing, reason}``, where
+    ``missing`` is ``audio`` or ``video``. Not written when empty (a default run's manifest has no such field)."""
+
     @property
     def planned_keys(self) -> set[str]:
         return set(self.keys) | {s["key"] for s in self.skipped}
 
     @classmethod
-    def from_file(cls, shard: ShardFile, split: str, labels_: dict, faces: dict, skipped: list[dict]) -> ShardEntry:
-        return cls(**{**asdict(shard), "keys": list(shard.keys)}, split=split, labels=labels_, faces=faces, skipped=skipped)
+    def from_file(
+        cls, shard: ShardFile, split: str, labels_: dict, faces: dict, skipped: list[dict], partial: list[dict] | None = None
+    ) -> ShardEntry:
+        return cls(**{**asdict(shard), "keys": list(shard.keys)}, split=split, labels=labels_, faces=faces, skipped=skipped,
+                   partial=list(partial or []))
 
 
 @dataclass
@@ -88,7 +98,7 @@ class Manifest:
     """The content of ``manifest.json``."""
 
     format_version: int
-    """``format.FORMAT_VERSION`` of the writer; readers refuse other versions."""
+    """``format.FORMAT_VERSION`` of the writer; readers refuse versions not in ``READABLE_VERSIONS``."""
     dataset: str
     """``ravdess`` or ``meld``."""
     avdali_version: str
@@ -107,13 +117,32 @@ class Manifest:
     """Samples with a detected face vs a centre crop, all splits."""
     skipped: list[dict]
     """Every source not packed, ``{source, reason}``, sorted: reader skips and transcode failures."""
+    partial: dict[str, int] = field(default_factory=dict)
+    """``--keep-partial``: samples packed with a placeholder, ``{no_audio: n, no_video: n}`` (the keys are in the
+    shards' ``partial`` lists). Not written when no sample is partial."""
 
     @property
     def samples(self) -> int:
         return sum(s.samples for s in self.shards)
 
     def to_json(self) -> bytes:
-        return (json.dumps(asdict(self), sort_keys=True, indent=1, ensure_ascii=False) + "\n").encode()
+        d = asdict(self)
+        # the partial fields only where there is something to say: a default run's manifest keeps its old fields
+        for shard in d["shards"]:
+            if not shard["partial"]:
+                del shard["partial"]
+        if not any(d["partial"].values()):
+            del d["partial"]
+        return (json.dumps(d, sort_keys=True, indent=1, ensure_ascii=False) + "\n").encode()
+
+    @property
+    def partial_keys(self) -> dict[str, list[str]]:
+        """``no_audio``/``no_video`` → the keys of those samples, in shard order."""
+        out: dict[str, list[str]] = {name: [] for name in PARTIAL_KINDS.values()}
+        for shard in self.shards:
+            for p in shard.partial:
+                out[PARTIAL_KINDS[p["missing"]]].append(p["key"])
+        return out
 
     def shard_paths(self, root: Path, split: str | None = None) -> list[Path]:
         """Tar paths of all shards (or of one split), in order."""
@@ -144,6 +173,7 @@ def build_manifest(
             label_totals[name] = label_totals.get(name, 0) + n
         for kind, n in shard.faces.items():
             face_totals[kind] = face_totals.get(kind, 0) + n
+    partial = partial_totals(shards)
     skipped_rows = {
         (s["source"], s["reason"]) if isinstance(s, dict) else (s.source, s.reason) for s in skipped
     }
@@ -158,7 +188,17 @@ def build_manifest(
         labels=label_totals,
         faces=face_totals,
         skipped=[{"source": src, "reason": reason} for src, reason in sorted(skipped_rows)],
+        partial=partial,
     )
+
+
+def partial_totals(shards: Iterable[ShardEntry]) -> dict[str, int]:
+    """``{no_audio, no_video}`` counts over the shards' ``partial`` lists (empty when there are none)."""
+    totals = dict.fromkeys(PARTIAL_KINDS.values(), 0)
+    for shard in shards:
+        for p in shard.partial:
+            totals[PARTIAL_KINDS[p["missing"]]] += 1
+    return totals if any(totals.values()) else {}
 
 
 def write_manifest(out: Path, manifest: Manifest) -> None:
@@ -209,6 +249,17 @@ def _shard_from_dict(d, path: Path, i: int) -> ShardEntry:
         path,
         f"{where}.skipped is malformed",
     )
+    partial = d.get("partial", [])
+    _need(
+        isinstance(partial, list)
+        and all(
+            isinstance(p, dict) and all(isinstance(p.get(k), str) for k in ("key", "source", "reason"))
+            and p.get("missing") in PARTIAL_KINDS and p["key"] in keys
+            for p in partial
+        ),
+        path,
+        f"{where}.partial is malformed (each needs key of this shard, source, missing audio|video, reason)",
+    )
     return ShardEntry(
         name=name,
         index_name=d["index_name"],
@@ -220,6 +271,7 @@ def _shard_from_dict(d, path: Path, i: int) -> ShardEntry:
         labels=_count_map(d.get("labels", {}), path, f"{where}.labels is malformed"),
         faces=_count_map(d.get("faces", {}), path, f"{where}.faces is malformed"),
         skipped=[dict(s) for s in skipped],
+        partial=[{k: p[k] for k in ("key", "source", "missing", "reason")} for p in partial],
     )
 
 
@@ -230,6 +282,7 @@ def _check_options(options: dict, path: Path) -> None:
     integers, numbers = ("size", "shard_size"), ("fps", "max_seconds")
     _need(all(isinstance(given[k], int) and not isinstance(given[k], bool) for k in integers if k in given), path, "options.size/shard_size are not integers")
     _need(all(isinstance(given[k], (int, float)) and not isinstance(given[k], bool) for k in numbers if k in given), path, "options.fps/max_seconds are not numbers")
+    _need(isinstance(options.get("keep_partial", False), bool), path, "options.keep_partial is not true/false")
     try:
         PackOptions(**given)
     except AvdaliError as e:
@@ -250,9 +303,10 @@ def read_manifest(out: Path) -> Manifest:
     _need(isinstance(d, dict), path, "not a JSON object")
     version = d.get("format_version")
     _need(
-        version == fmt.FORMAT_VERSION,
+        version in fmt.READABLE_VERSIONS and not isinstance(version, bool),
         path,
-        f"shard format version {version!r}, this avdali reads {fmt.FORMAT_VERSION}; re-pack with `avdali shard`",
+        f"shard format version {version!r}, this avdali reads {' or '.join(map(str, fmt.READABLE_VERSIONS))}; "
+        "re-pack with `avdali shard`",
     )
     _need(isinstance(d.get("dataset"), str), path, "dataset is missing")
     _need(isinstance(d.get("options"), dict), path, "options is missing")
@@ -284,6 +338,7 @@ def read_manifest(out: Path) -> Manifest:
         labels=_count_map(d.get("labels", {}), path, "labels is malformed"),
         faces=_count_map(d.get("faces", {}), path, "faces is malformed"),
         skipped=[{"source": s["source"], "reason": s["reason"]} for s in skipped],
+        partial=partial_totals(shards),
     )
 
 

@@ -19,16 +19,23 @@ SAMPLE_EXTS = (fmt.LABEL_EXT, fmt.AUDIO_EXT, fmt.META_EXT, fmt.NUMS_EXT, fmt.VID
 
 
 def encode_meta_i32(values: Mapping[str, int]) -> bytes:
-    """Little-endian int32 vector in ``META_FIELDS`` order."""
+    """Little-endian int32 vector in ``META_FIELDS`` order; ``streams`` defaults to both streams real."""
+    values = {"streams": fmt.STREAMS_ALL, **values}
     return struct.pack(f"<{len(fmt.META_FIELDS)}i", *(int(values[name]) for name in fmt.META_FIELDS))
 
 
 def decode_meta_i32(data: bytes) -> dict[str, int]:
-    """Inverse of ``encode_meta_i32``; ``ValueError`` when the length is not ``4 * len(META_FIELDS)``."""
+    """Inverse of ``encode_meta_i32``, also for a format-1 vector (no ``streams``: both real). ``ValueError`` when
+    the length is neither, or ``streams`` has bits other than audio/video."""
+    if len(data) == 4 * len(fmt.META_FIELDS_V1):
+        return {**dict(zip(fmt.META_FIELDS_V1, struct.unpack(f"<{len(fmt.META_FIELDS_V1)}i", data))), "streams": fmt.STREAMS_ALL}
     expected = 4 * len(fmt.META_FIELDS)
     if len(data) != expected:
-        raise ValueError(f"meta.i32 has {len(data)} bytes, expected {expected}")
-    return dict(zip(fmt.META_FIELDS, struct.unpack(f"<{len(fmt.META_FIELDS)}i", data)))
+        raise ValueError(f"meta.i32 has {len(data)} bytes, expected {expected} (or {4 * len(fmt.META_FIELDS_V1)}, format 1)")
+    values = dict(zip(fmt.META_FIELDS, struct.unpack(f"<{len(fmt.META_FIELDS)}i", data)))
+    if not 0 <= values["streams"] <= fmt.STREAMS_ALL:
+        raise ValueError(f"meta.i32 streams is {values['streams']}, not a bitmask of audio (1) and video (2)")
+    return values
 
 
 def split_member_name(name: str) -> tuple[str, str]:

@@ -41,6 +41,11 @@ class PackOptions:
     """RAVDESS: also pack the song recordings (vocal channel 02)."""
     strict: bool = False
     """Fail (non-zero exit) on any skipped source instead of only when nothing could be packed."""
+    keep_partial: bool = False
+    """Pack a clip with no audio stream, or with no usable video (``transcode.py``: no video stream, a video stream
+    that fails to decode or yields no frame, or every frame black), with a placeholder for the missing stream,
+    marked in ``meta.i32``/json/manifest. Off: such clips are skipped and recorded, as before the option existed.
+    Recorded in the manifest when on."""
     splits: tuple[str, ...] | None = None
     """Pack only these splits (MELD ``train``/``dev``/``test``, RAVDESS ``fold1``…``fold5``); None packs all."""
 
@@ -78,6 +83,8 @@ class PackOptions:
             d.pop(k)
         if d["keyint"] == 0:
             d.pop("keyint")  # the default: manifests (and resumes of shards) from before --keyint existed stay equal
+        if not d["keep_partial"]:
+            d.pop("keep_partial")  # likewise: a default run records the options it always did
         if d["splits"] is not None:
             d["splits"] = list(d["splits"])  # what the manifest's JSON reads back, so a resume compares equal
         return d

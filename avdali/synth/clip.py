@@ -18,8 +18,12 @@ from avdali.synth.identity import Identity, seeded_rng
 from avdali.synth.media import copy_video_only, write_mp4, write_wav
 from avdali.synth.voice import Speech, synth_voice
 
-FAULT_KINDS = ("missing", "empty", "truncated", "no_audio", "unlabelled")
-"""Known-bad-file imitations (MELD): clip absent, zero bytes, cut mid-file, no audio stream, no CSV row."""
+FAULT_KINDS = ("missing", "empty", "truncated", "no_audio", "unlabelled", "no_video", "black_video", "black_no_audio")
+"""Known-bad-file imitations (MELD): clip absent, zero bytes, cut mid-file, no audio stream, no CSV row; and the
+partial clips ``--keep-partial`` packs: no video stream (audio-only mp4), every frame black (with sound), and
+black frames without an audio stream (neither stream usable: skipped even then)."""
+BLACK_FAULTS = ("black_video", "black_no_audio")
+NO_AUDIO_FAULTS = ("no_audio", "black_no_audio")
 
 
 @dataclass(frozen=True)
@@ -85,6 +89,9 @@ def render_clip(job: ClipJob) -> list[Path]:
 
     def frames():
         for t, speech_open in zip(times, mouth):
+            if job.fault in BLACK_FAULTS:
+                yield np.zeros((height, width, 3), np.uint8)
+                continue
             frame = background.copy()
             pose = head_pose(person, float(t), width=width, height=height, phase=phase, speech_open=float(speech_open))
             draw_face(frame, person, expr, pose)
@@ -92,8 +99,8 @@ def render_clip(job: ClipJob) -> list[Path]:
 
     if job.mp4_path is not None:
         job.mp4_path.parent.mkdir(parents=True, exist_ok=True)
-        audio = None if job.fault == "no_audio" else voice.samples
-        write_mp4(job.mp4_path, frames(), fps=job.fps, size=job.size, audio=audio)
+        audio = None if job.fault in NO_AUDIO_FAULTS else voice.samples
+        write_mp4(job.mp4_path, None if job.fault == "no_video" else frames(), fps=job.fps, size=job.size, audio=audio)
         written.append(job.mp4_path)
         if job.video_only_path is not None:
             job.video_only_path.parent.mkdir(parents=True, exist_ok=True)

@@ -23,10 +23,10 @@ Progress = Callable[[int, int], None]
 
 @dataclass(frozen=True)
 class Fault:
-    """A deliberately broken file in a synthetic MELD tree."""
+    """A deliberately broken file in a synthetic tree (MELD ``faults``/``partial``, RAVDESS ``partial``)."""
 
     split: str
-    """``train``, ``dev`` or ``test``."""
+    """MELD: ``train``, ``dev`` or ``test``; RAVDESS: the actor folder (``Actor_05``)."""
     clip: str
     """Clip stem as in the tree and CSV, e.g. ``dia3_utt1`` or ``final_videos_testdia101_utt0``."""
     kind: str
@@ -55,7 +55,7 @@ class SynthSummary:
     seconds: float
     """Wall time of the rendering."""
     faults: list[Fault] = field(default_factory=list)
-    """Files broken on purpose (MELD ``faults=True``), for tests of the packer."""
+    """Files broken on purpose (MELD ``faults=True``, ``partial=True`` for both datasets), for tests of the packer."""
 
     @property
     def clips_per_s(self) -> float:

@@ -24,7 +24,7 @@ _BITEXACT = {"fflags": "+bitexact"}
 
 def write_mp4(
     path: Path,
-    frames: Iterable[np.ndarray],
+    frames: Iterable[np.ndarray] | None,
     *,
     fps: Fraction,
     size: tuple[int, int],
@@ -32,22 +32,26 @@ def write_mp4(
     audio_rate: int = 48_000,
 ) -> None:
     """Encode BGR uint8 frames of ``size`` (w, h) and, unless ``audio`` is None, a mono float32 track
-    (written as stereo AAC) into one mp4. With ``audio=None`` the file has no audio stream at all."""
+    (written as stereo AAC) into one mp4. With ``audio=None`` the file has no audio stream at all, with
+    ``frames=None`` no video stream (an audio-only mp4)."""
     width, height = size
     with av.open(str(path), "w", format="mp4", options=_BITEXACT) as out:
-        video = out.add_stream("libx264", rate=fps, options=X264_OPTIONS)
-        video.width, video.height, video.pix_fmt = width, height, "yuv420p"
-        video.codec_context.time_base = 1 / fps
+        video = None
+        if frames is not None:
+            video = out.add_stream("libx264", rate=fps, options=X264_OPTIONS)
+            video.width, video.height, video.pix_fmt = width, height, "yuv420p"
+            video.codec_context.time_base = 1 / fps
         sound = None
         if audio is not None:
             sound = out.add_stream("aac", rate=audio_rate, layout="stereo")
             sound.codec_context.time_base = Fraction(1, audio_rate)
-        for i, bgr in enumerate(frames):
+        for i, bgr in enumerate(frames or ()):
             frame = av.VideoFrame.from_ndarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2YUV_I420), format="yuv420p")
             frame.pts = i
             frame.time_base = video.codec_context.time_base
             out.mux(video.encode(frame))
-        out.mux(video.encode(None))
+        if video is not None:
+            out.mux(video.encode(None))
         if sound is not None:
             stereo = np.ascontiguousarray(np.stack([audio, audio]).astype(np.float32))
             for start in range(0, stereo.shape[1], AUDIO_CHUNK):

@@ -62,6 +62,13 @@ _FAULT_SPLITS = {
     "empty": ("train", "test", "dev"),
     "no_audio": ("test", "dev", "train"),
 }
+_PARTIAL_SPLITS = {
+    "no_audio": ("test", "dev", "train"),
+    "no_video": ("train", "dev", "test"),
+    "black_video": ("dev", "train", "test"),
+    "black_no_audio": ("test", "train", "dev"),
+}
+"""``partial=True``: clips that lack a stream (what ``avdali shard --keep-partial`` packs), one of each kind."""
 _TIME = re.compile(r"^(\d+):(\d{2}):(\d{2}),(\d+)$")
 
 
@@ -210,10 +217,10 @@ def _clip_job(
     )
 
 
-def _assign_faults(selected: dict[str, list[MeldRow]], seed: int) -> dict[tuple[str, str], str]:
+def _assign_faults(selected: dict[str, list[MeldRow]], seed: int, kinds: dict | None = None) -> dict[tuple[str, str], str]:
     """(split, clip) → fault kind, one of each kind, on distinct rows, where the real release had it."""
     faults: dict[tuple[str, str], str] = {}
-    for kind, splits in _FAULT_SPLITS.items():
+    for kind, splits in (kinds or _FAULT_SPLITS).items():
         for split in splits:
             free = [r for r in selected[split] if (split, r.clip) not in faults]
             if free:
@@ -233,8 +240,10 @@ def plan_meld(
     seed: int = 0,
     faults: bool = False,
     layout: str = "release",
+    partial: bool = False,
 ) -> tuple[dict[str, bytes], list[ClipJob], list[Fault]]:
-    """Dry run: the CSV subsets (``{split: header+rows}`` as utf-8 bytes), the render jobs and the faults."""
+    """Dry run: the CSV subsets (``{split: header+rows}`` as utf-8 bytes), the render jobs and the faults
+    (``partial``: also the clips lacking a stream, ``_PARTIAL_SPLITS``)."""
     size = check_size(size)
     if layout not in LAYOUTS:
         raise AvdaliError(f"--layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
@@ -248,7 +257,8 @@ def plan_meld(
     for split in SPLITS:
         header, rows = read_rows(csv_dir / CSV_NAME.format(split=split), split)
         headers[split], selected[split] = header, select_rows(rows, limit, seed=seed)
-    fault_of = _assign_faults(selected, seed) if faults else {}
+    kinds = {**(_FAULT_SPLITS if faults else {}), **(_PARTIAL_SPLITS if partial else {})}
+    fault_of = _assign_faults(selected, seed, kinds) if kinds else {}
 
     identities: dict[str, Identity] = {}
     jobs, fault_list = [], []
@@ -289,15 +299,18 @@ def make_meld(
     workers: int = 1,
     progress: Progress | None = None,
     layout: str = "release",
+    partial: bool = False,
 ) -> SynthSummary:
     """Write a MELD-like tree under ``out``: ``limit`` stratified real rows per split (None: all), a
-    clip per row lasting the row's EndTime-StartTime (at least 1 s, at most ``max_seconds``)."""
+    clip per row lasting the row's EndTime-StartTime (at least 1 s, at most ``max_seconds``). ``partial`` adds one
+    clip each with no audio stream, no video stream, all-black frames, and black frames without audio."""
     check_workers(workers)
     if encoding not in ENCODINGS:
         raise AvdaliError(f"--encoding must be one of {', '.join(ENCODINGS)}, got {encoding!r}")
     out = Path(out)
     tables, jobs, fault_list = plan_meld(
-        out, csv_dir=csv_dir, limit=limit, size=size, max_seconds=max_seconds, seed=seed, faults=faults, layout=layout
+        out, csv_dir=csv_dir, limit=limit, size=size, max_seconds=max_seconds, seed=seed, faults=faults, layout=layout,
+        partial=partial,
     )
     meld_root = out / MELD_ROOT[layout]
     meld_root.mkdir(parents=True, exist_ok=True)
@@ -318,6 +331,7 @@ def make_meld(
         "max_seconds": max_seconds,
         "encoding": encoding,
         **({"layout": layout} if layout != "release" else {}),  # the default tree's bytes stay as they were
+        **({"partial": True} if partial else {}),
         "clips": len(jobs),
         "faults": [{"split": f.split, "clip": f.clip, "kind": f.kind, "path": str(f.path.relative_to(out))} for f in fault_list],
     }

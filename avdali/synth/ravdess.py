@@ -17,7 +17,7 @@ The files' bytes do not depend on the layout.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
 
@@ -26,7 +26,7 @@ from avdali.labels import RAVDESS_EMOTIONS
 from avdali.synth.clip import ClipJob
 from avdali.synth.expression import INTENSITY_SCALE
 from avdali.synth.identity import make_identity, seeded_rng
-from avdali.synth.jobs import Progress, SynthSummary, check_size, check_workers, timed_render
+from avdali.synth.jobs import Fault, Progress, SynthSummary, check_size, check_workers, timed_render
 from avdali.synth.voice import Speech
 
 ACTORS = range(1, 25)
@@ -38,6 +38,9 @@ FPS = Fraction(30)
 MIN_SECONDS, MAX_SECONDS = 2.94, 5.27
 LAYOUTS = ("release", "kaggle")
 """``release``: Zenodo's zips unpacked into one folder; ``kaggle``: one folder per zip (the Kaggle mirror)."""
+PARTIAL_KINDS = ("no_audio", "no_video", "black_video", "black_no_audio")
+"""``partial=True``: the first trial of the first four actors (of the trials planned) becomes a ``01-`` clip lacking a
+stream, in this order (fewer actors: the next trials). Not in the real release; for ``avdali shard --keep-partial``."""
 
 
 @dataclass(frozen=True, order=True)
@@ -158,8 +161,10 @@ def plan_ravdess(
     flat: bool = False,
     seed: int = 0,
     layout: str = "release",
+    partial: bool = False,
 ) -> list[ClipJob]:
-    """The render jobs of a tree (a dry run: names, durations, identities; nothing is written)."""
+    """The render jobs of a tree (a dry run: names, durations, identities; nothing is written); ``partial`` marks
+    the jobs of ``PARTIAL_KINDS``."""
     size = check_size(size)
     check_layout(layout, flat)
     identities = {}
@@ -189,6 +194,22 @@ def plan_ravdess(
                 wav_path=wav,
             )
         )
+    return _with_partial(jobs) if partial else jobs
+
+
+def _with_partial(jobs: list[ClipJob]) -> list[ClipJob]:
+    """The first job of each of the first actors (then the next jobs) turned into the ``PARTIAL_KINDS`` clips."""
+    firsts, seen = [], set()
+    for i, job in enumerate(jobs):
+        actor = job.name.rsplit("-", 1)[1]
+        if actor not in seen:
+            seen.add(actor)
+            firsts.append(i)
+    picks = (firsts + [i for i in range(len(jobs)) if i not in firsts])[: len(PARTIAL_KINDS)]
+    jobs = list(jobs)
+    for i, kind in zip(picks, PARTIAL_KINDS):
+        # a clip without a picture has no video-only twin either
+        jobs[i] = replace(jobs[i], fault=kind, video_only_path=None if kind == "no_video" else jobs[i].video_only_path)
     return jobs
 
 
@@ -204,15 +225,19 @@ def make_ravdess(
     workers: int = 1,
     progress: Progress | None = None,
     layout: str = "release",
+    partial: bool = False,
 ) -> SynthSummary:
     """Write a RAVDESS-like tree under ``out``. ``actors=N`` means actors 1..N, a sequence picks actors;
     ``trials_per_actor=k`` keeps k trials per actor (stratified over emotions, rotated across actors);
-    ``layout`` is ``release`` or ``kaggle`` (see the module doc)."""
+    ``layout`` is ``release`` or ``kaggle`` (see the module doc); ``partial`` adds ``01-`` clips lacking a stream
+    (``PARTIAL_KINDS``, listed in the summary's ``faults``)."""
     check_workers(workers)
     out = Path(out)
     jobs = plan_ravdess(
-        out, actors=actors, size=size, trials_per_actor=trials_per_actor, song=song, flat=flat, seed=seed, layout=layout
+        out, actors=actors, size=size, trials_per_actor=trials_per_actor, song=song, flat=flat, seed=seed, layout=layout,
+        partial=partial,
     )
     out.mkdir(parents=True, exist_ok=True)
     files, seconds = timed_render(jobs, workers=workers, progress=progress)
-    return SynthSummary(root=out, dataset="ravdess", clips=len(jobs), files=files, seconds=seconds)
+    faults = [Fault(job.mp4_path.parent.name, job.name, job.fault, job.mp4_path) for job in jobs if job.fault]
+    return SynthSummary(root=out, dataset="ravdess", clips=len(jobs), files=files, seconds=seconds, faults=faults)

@@ -68,18 +68,25 @@ def pack_options_for(cfg: RunConfig) -> tuple[PackOptions, str]:
         return PackOptions(), "defaults"
 
 
-def transcode_input(path: str | Path, options: PackOptions) -> Transcoded:
-    """``transcode_clip`` with user-facing errors: missing file, not a video, no audio stream, zero-length clip."""
+def transcode_input(path: str | Path, options: PackOptions, *, keep_partial: bool = False) -> Transcoded:
+    """``transcode_clip`` with user-facing errors: missing file, not a video, no audio stream, zero-length clip.
+
+    ``keep_partial`` (not taken from ``options``, whose value may come from a shard manifest): a clip with no audio
+    stream, or no usable video, comes back with a placeholder for it; ``Transcoded.audio_present`` /
+    ``video_present`` (and ``missing``: stream → reason) say which streams are real. A clip with neither is still
+    an error."""
     path = Path(path)
     if not path.exists():
         raise AvdaliError(f"{path}: file not found")
     if not path.is_file():
         raise AvdaliError(f"{path}: not a file")
     try:
-        clip = transcode_clip(path, options)
+        clip = transcode_clip(path, dataclasses.replace(options, keep_partial=keep_partial))
     except ClipError as e:
         reason = str(e)
-        if reason.startswith("corrupt video") or reason == "no video stream":
+        if reason.startswith(("neither stream", "no audio or video")):
+            reason = f"no usable audio or video ({reason})"
+        elif reason.startswith("corrupt video") or reason == "no video stream":
             reason = f"not a readable video ({reason})"
         elif reason == "zero-byte file":
             reason = "zero-length clip (empty file)"
