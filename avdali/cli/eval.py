@@ -102,12 +102,11 @@ def robustness_table(robustness: dict, config: dict) -> Table:
     for title, _ in columns:
         table.add_column(title, justify="right")
     names = {"both": "both", "audio": "audio only", "video": "video only"}
-    servable = servable_modalities(config)
     for modality in MODALITIES:
         if modality in robustness:
             table.add_row(names[modality], *(f"{robustness[modality][key]:.4f}" for _, key in columns))
-        elif modality not in servable:
-            table.add_row(names[modality], f"[dim]{unservable_reason(modality)}[/]", *([""] * (len(columns) - 1)))
+    servable = servable_modalities(config)
+    table.caption = "; ".join(f"{names[m]}: {unservable_reason(m)}" for m in MODALITIES if m not in servable) or None
     return table
 
 
