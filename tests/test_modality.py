@@ -176,8 +176,8 @@ def test_servable_modalities_rule():
 # --- avdali eval --------------------------------------------------------------------------------------------
 
 
-def _reference_acc(ckpt, shards, split: str) -> dict[str, float]:
-    """Single-stream accuracies from our own loop over a fresh loader, the removed stream replaced by noise (which
+def _reference(ckpt, shards, split: str) -> dict[str, tuple[float, float]]:
+    """Single-stream (accuracy, mean cross-entropy) from our own loop over a fresh loader, the removed stream replaced by noise (which
     must not matter)."""
     from avdali.data.build import build_loader
     from avdali.data.normalize import prepare_video
@@ -185,7 +185,7 @@ def _reference_acc(ckpt, shards, split: str) -> dict[str, float]:
     loaded = load_model(ckpt, "cpu")
     data_cfg = loaded.config.data.loader_config()
     data_cfg.shards = str(shards)
-    correct, total = {"audio": 0, "video": 0}, 0
+    correct, loss, total = {"audio": 0, "video": 0}, {"audio": 0.0, "video": 0.0}, 0
     for batch in build_loader(data_cfg, [split], train=False):
         video, audio = prepare_video(batch.video), batch.audio
         yes = torch.ones(len(batch), dtype=torch.bool)
@@ -195,11 +195,11 @@ def _reference_acc(ckpt, shards, split: str) -> dict[str, float]:
                          "video": (video, torch.randn_like(audio), ~yes, yes)}
             for modality in correct:
                 v, a, audio_present, video_present = inputs_of[modality]
-                pred = loaded.model(v, a, batch.audio_len, audio_present=audio_present,
-                                    video_present=video_present).argmax(1)
-                correct[modality] += int((pred[keep] == batch.label[keep]).sum())
+                logits = loaded.model(v, a, batch.audio_len, audio_present=audio_present, video_present=video_present)
+                correct[modality] += int((logits.argmax(1)[keep] == batch.label[keep]).sum())
+                loss[modality] += float(nn.functional.cross_entropy(logits[keep], batch.label[keep], reduction="sum"))
         total += int(keep.sum())
-    return {m: c / total for m, c in correct.items()}
+    return {m: (correct[m] / total, loss[m] / total) for m in correct}
 
 
 @pytest.mark.slow  # two evaluations and two reference passes: ~40 s on 2 shared cores
@@ -221,9 +221,12 @@ def test_eval_modality_and_robustness_table(tmp_path, ravdess_shards):
     for text in ("robustness", "audio only", "video only"):
         assert text in result.output
 
-    reference = _reference_acc(ckpt, ravdess_shards, "fold2")
+    reference = _reference(ckpt, ravdess_shards, "fold2")
     for modality in ("audio", "video"):
-        assert report["robustness"][modality]["acc"] == pytest.approx(reference[modality])
+        acc, loss = reference[modality]
+        assert report["robustness"][modality]["acc"] == pytest.approx(acc)
+        assert report["robustness"][modality]["loss"] == pytest.approx(loss, rel=1e-5)
+        assert loss != pytest.approx(report["metrics"]["loss"], rel=1e-3)  # a stream removed changes the outputs
 
     single = tmp_path / "audio.json"
     result = run("eval", "-k", ckpt, "-s", ravdess_shards, "--modality", "audio", "--json", single)
