@@ -121,7 +121,7 @@ class TrainResult:
     test: dict[str, float] = field(default_factory=dict)
     """best.pt's test metrics (empty when there are no test splits or ``train.test_at_end`` is false)."""
     robustness: dict[str, dict[str, float]] = field(default_factory=dict)
-    """best.pt's test metrics per modality it can serve ("both" = ``test``, "audio", "video"; ``train.modality``)."""
+    """best.pt's test metrics per modality it can serve ("both" = ``test``, "audio", "video"; ``avdali.train.modality``)."""
     bad_steps: int = 0
     """Steps skipped for a non-finite loss or gradient."""
     ranks: list[RankReport] = field(default_factory=list)
@@ -391,11 +391,11 @@ class Trainer:
         # A non-finite batch also poisons BatchNorm running statistics in the forward; keep a copy to put back.
         saved_buffers = [b.clone() for b in self.buffers]
         audio_present, video_present = batch.audio_present.bool(), batch.video_present.bool()
-        train = self.cfg.train
-        if train.drop_audio > 0 or train.drop_video > 0:  # else no draw: runs without dropout stay as they were
+        run = self.cfg.train
+        if run.drop_audio > 0 or run.drop_video > 0:  # modality dropout; without it nothing is drawn
             audio_present, video_present = dropout_masks(
-                audio_present, video_present, drop_audio=train.drop_audio, drop_video=train.drop_video,
-                seed=train.seed, rank=self.info.rank, step=self.step)
+                audio_present, video_present, drop_audio=run.drop_audio, drop_video=run.drop_video,
+                seed=run.seed, rank=self.info.rank, step=self.step)
         with autocast(self.device, self.amp_dtype):
             logits = self.model(video, batch.audio, batch.audio_len,
                                 audio_present=audio_present, video_present=video_present)
