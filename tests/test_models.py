@@ -12,7 +12,7 @@ from torch import nn
 
 from avdali.errors import AvdaliError, ConfigError
 from avdali.models.audio import MaskedBiLSTM, sinusoidal_positions
-from avdali.models.avfusion import AVFusionModel, build_model
+from avdali.models.avfusion import MISSING_KEYS, AVFusionModel, build_model
 from avdali.models.config import ModelConfig
 from avdali.models.fusion import AdditiveAttentionFusion
 from avdali.models.video import build_backbone
@@ -129,7 +129,7 @@ def test_gradients_reach_every_parameter(fusion):
     logits = model(video, audio, torch.tensor([A, 50]), torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]], dtype=torch.bool))
     nn.functional.cross_entropy(logits, torch.tensor([1, 5])).backward()
     without = [name for name, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
-    assert without == []
+    assert without == list(MISSING_KEYS)  # both streams present: the missing-stream embeddings are not read
 
 
 def test_frozen_backbone_gets_no_gradients_and_keeps_its_statistics():
@@ -354,15 +354,17 @@ def test_compiles_with_graph_breaks_only_at_the_lstms():
     video, audio = inputs()
     audio_len = torch.tensor([A, 61])
     mask = torch.tensor([[1, 1, 1, 0], [1, 0, 1, 1]], dtype=torch.bool)
+    # one sample without video, one without audio: the missing-stream stand-ins trace too, and every parameter learns
+    present = dict(audio_present=torch.tensor([True, False]), video_present=torch.tensor([False, True]))
     with torch.no_grad():
-        eager = model(video, audio, audio_len, mask)
+        eager = model(video, audio, audio_len, mask, **present)
     torch._dynamo.reset()
-    explained = torch._dynamo.explain(model)(video, audio, audio_len, mask)
+    explained = torch._dynamo.explain(model)(video, audio, audio_len, mask, **present)
     assert explained.break_reasons and all("LSTM" in b.reason for b in explained.break_reasons)
     compiled = torch.compile(model, backend="aot_eager")
     with torch.no_grad():
-        torch.testing.assert_close(compiled(video, audio, audio_len, mask), eager, atol=ATOL, rtol=0)
+        torch.testing.assert_close(compiled(video, audio, audio_len, mask, **present), eager, atol=ATOL, rtol=0)
     model.train()
-    compiled(video, audio, audio_len, mask).sum().backward()
+    compiled(video, audio, audio_len, mask, **present).sum().backward()
     assert all(p.grad is not None for p in model.parameters())
     torch._dynamo.reset()

@@ -31,7 +31,7 @@ def test_metrics_match_sklearn(seed):
 class Constant(torch.nn.Module):
     """Predicts the class written in the audio's first value (so predictions are known)."""
 
-    def forward(self, video, audio, audio_len=None):
+    def forward(self, video, audio, audio_len=None, audio_present=None, video_present=None):
         assert video.dtype == torch.float32  # uint8 went through prepare_video
         return torch.nn.functional.one_hot(audio[:, 0, 0].long(), 7).float() * 5
 

@@ -165,9 +165,12 @@ def test_training_learns_and_writes_run(tmp_path, fake_loader):
     assert len(result.ranks) == 1 and len(result.ranks[0].last_epoch_indices) == 3 * PER_SPLIT
 
 
-def test_resume_continues_exactly(tmp_path, fake_loader, monkeypatch):
+@pytest.mark.parametrize("modality_dropout", [
+    (), pytest.param(("train.drop_audio=0.3", "train.drop_video=0.3"), marks=pytest.mark.slow)  # ~15-50 s
+], ids=["plain", "modality_dropout"])
+def test_resume_continues_exactly(tmp_path, fake_loader, monkeypatch, modality_dropout):
     shards = fake_shards(tmp_path / "shards")
-    extra = ("train.epochs=2", "model.dropout=0.2", "train.test_at_end=false")
+    extra = ("train.epochs=2", "model.dropout=0.2", "train.test_at_end=false", *modality_dropout)
     straight = train(*tiny_config(shards, tmp_path / "straight", *extra))
 
     class CrashInSecondEpoch(FakeLoader):

@@ -13,6 +13,7 @@ from rich.table import Table
 from avdali.cli.common import check_choice, console, err_console, user_errors
 from avdali.data.config import LOADERS
 from avdali.train.config import DEVICE_CHOICES
+from avdali.train.modality import MODALITIES, servable_modalities, unservable_reason
 
 
 @user_errors
@@ -25,21 +26,25 @@ def eval_checkpoint(
     device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda.")] = "auto",
     loader: Annotated[Optional[str], typer.Option("--loader", help="dali | torch (default: the checkpoint's data.loader).", show_default=False)] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Clips per batch (default: the checkpoint's).", show_default=False)] = None,
+    modality: Annotated[Optional[str], typer.Option("--modality", help="both | audio | video: evaluate with only that stream (audio: video removed). Default: both, plus a robustness table of every modality the checkpoint can serve.", show_default=False)] = None,
 ) -> None:
     """Evaluate a checkpoint on shards: accuracy, unweighted accuracy, macro and weighted F1, per-class table and
     confusion matrix. Data settings (frames, crop, features, audio window) come from the checkpoint; a model trained
     in the unified 7-class space evaluates on either dataset."""
     from avdali.train.inference import evaluate_checkpoint, load_model
-    from avdali.train.report import report_dict, write_confusion_png, write_json
+    from avdali.train.report import report_dict, robustness_dict, write_confusion_png, write_json
 
     check_choice("--device", device, DEVICE_CHOICES)
     check_choice("--loader", loader, LOADERS)
+    check_choice("--modality", modality, MODALITIES)
     with err_console.status(f"loading {checkpoint}"):
         loaded = load_model(checkpoint, device)
+    if modality is not None:
+        loaded.require_modality(modality)  # before the shards are read
     with err_console.status(f"evaluating on {shards}"):
-        result = evaluate_checkpoint(loaded, shards, split or (), loader=loader, batch_size=batch_size)
+        result = evaluate_checkpoint(loaded, shards, split or (), loader=loader, batch_size=batch_size, modality=modality)
     m = result.metrics
-    where = f"{result.dataset} {'+'.join(result.splits)}"
+    where = f"{result.dataset} {'+'.join(result.splits)}" + ("" if result.modality == "both" else f" ({result.modality} only)")
     console.print(
         f"[bold]{escape(str(checkpoint))}[/] (epoch {loaded.epoch}, {loaded.label_space}) on [bold]{escape(where)}[/]: "
         f"{m['num_samples']} clips · {result.loader} loader on {loaded.device.type} · {result.seconds:.1f} s",
@@ -47,10 +52,13 @@ def eval_checkpoint(
         soft_wrap=True,
     )
     console.print(summary_table(m))
+    if modality is None:
+        console.print(robustness_table(result.robustness, loaded.config.to_dict()))
     console.print(class_table(m["confusion"], loaded.class_names))
     console.print(confusion_table(m["confusion"], loaded.class_names))
 
-    png = png or checkpoint.with_name(f"{checkpoint.stem}-{result.dataset}-{'+'.join(result.splits)}-confusion.png")
+    suffix = "" if result.modality == "both" else f"-{result.modality}"
+    png = png or checkpoint.with_name(f"{checkpoint.stem}-{result.dataset}-{'+'.join(result.splits)}{suffix}-confusion.png")
     title = f"{checkpoint.name} on {where}: acc {m['acc']:.3f}, ua {m['ua']:.3f}, wF1 {m['weighted_f1']:.3f}"
     write_confusion_png(png, m["confusion"], loaded.class_names, title=title)
     console.print(f"confusion matrix → {escape(str(png))}", highlight=False, soft_wrap=True)
@@ -68,7 +76,9 @@ def eval_checkpoint(
             loader=result.loader,
             device=loaded.device.type,
             seconds=round(result.seconds, 3),
+            modality=result.modality,
         )
+        report["robustness"] = robustness_dict(result.robustness)
         write_json(json_path, report)
         console.print(f"metrics → {escape(str(json_path))}", highlight=False, soft_wrap=True)
 
@@ -80,6 +90,23 @@ def summary_table(metrics: dict) -> Table:
     for title, _ in columns:
         table.add_column(title, justify="right")
     table.add_row(*(f"{metrics[key]:.4f}" for _, key in columns))
+    return table
+
+
+def robustness_table(robustness: dict, config: dict) -> Table:
+    """The headline numbers per modality: both streams, audio only, video only; a modality the checkpoint cannot
+    serve says which ``[train]`` key would have trained it."""
+    table = Table(title="robustness (a stream removed)", header_style="bold")
+    table.add_column("input")
+    columns = (("accuracy", "acc"), ("unweighted acc", "ua"), ("weighted F1", "weighted_f1"), ("macro F1", "macro_f1"))
+    for title, _ in columns:
+        table.add_column(title, justify="right")
+    names = {"both": "both", "audio": "audio only", "video": "video only"}
+    for modality in MODALITIES:
+        if modality in robustness:
+            table.add_row(names[modality], *(f"{robustness[modality][key]:.4f}" for _, key in columns))
+    servable = servable_modalities(config)
+    table.caption = "; ".join(f"{names[m]}: {unservable_reason(m)}" for m in MODALITIES if m not in servable) or None
     return table
 
 

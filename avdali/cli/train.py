@@ -53,6 +53,8 @@ def train(
     if result.rank != 0:
         return  # under torchrun every rank returns here; rank 0 speaks
     test = f" · test {result.metric} {result.test[result.metric]:.4f}" if result.metric in result.test else ""
+    single = [f"{m} only {r[result.metric]:.4f}" for m, r in result.robustness.items() if m != "both" and result.metric in r]
+    test += f" ({', '.join(single)})" if single else ""
     Console().print(
         f"[bold green]done[/] {result.epoch} epochs, {result.step} steps · best val {result.metric} "
         f"{result.best_metric:.4f}{test} · {result.run_dir}",

@@ -131,7 +131,14 @@ class TrainConfig:
     """Stop when this many steps in a row had a non-finite loss or gradient (those steps are skipped).
     Checked at logging steps, so up to ``log_every`` more skipped steps can pass before the stop."""
     test_at_end: bool = True
-    """Evaluate best.pt on the test splits after the last epoch (logged as ``test/*``)."""
+    """Evaluate best.pt on the test splits after the last epoch (logged as ``test/*``; also ``test/audio_only/*`` and
+    ``test/video_only/*`` when modality dropout trained the model for them)."""
+    drop_audio: float = 0.0
+    """Modality dropout: probability that a training sample's audio is treated as absent (the model's learned
+    "missing audio" embedding stands in), in [0, 1). > 0 lets the checkpoint serve video-only input."""
+    drop_video: float = 0.0
+    """Probability that a training sample's video is treated as absent, in [0, 1); never together with its audio
+    (drop_audio + drop_video ≤ 1). > 0 lets the checkpoint serve audio-only input."""
     run_dir: str = ""
     """Run folder (config, checkpoints, TensorBoard events); empty = a new ``output/<name>-<time>`` folder."""
     name: str = "run"
@@ -146,6 +153,13 @@ class TrainConfig:
         _choice("train.metric", self.metric, METRIC_CHOICES)
         _at_least("train.log_every", self.log_every, 1)
         _at_least("train.max_bad_steps", self.max_bad_steps, 1)
+        _in_unit("train.drop_audio", self.drop_audio)
+        _in_unit("train.drop_video", self.drop_video)
+        if self.drop_audio + self.drop_video > 1:
+            raise ConfigError(
+                f"train.drop_audio + train.drop_video must be ≤ 1 (one stream is dropped per sample at most), "
+                f"got {self.drop_audio} + {self.drop_video}"
+            )
         if not self.name or "/" in self.name:
             raise ConfigError(f"train.name must be a non-empty name without '/', got {self.name!r}")
 

@@ -253,7 +253,8 @@ def run_cross(
         for j, column in enumerate(table.columns):
             cell = table.cells[i][j]
             tic = time.perf_counter()
-            result = evaluate_checkpoint(model, column.shards, cell.splits, loader=loader, batch_size=batch_size)
+            result = evaluate_checkpoint(model, column.shards, cell.splits, loader=loader, batch_size=batch_size,
+                                         modality="both")  # the table is both streams; no robustness passes
             cell.metrics = {k: result.metrics[k] for k in CELL_KEYS}
             cell.seconds = time.perf_counter() - tic
             if progress is not None:

@@ -9,6 +9,7 @@ and macro F1 (over classes present in labels or predictions), and the confusion 
 
 from __future__ import annotations
 
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -16,9 +17,9 @@ import torch.nn.functional as F
 
 from avdali.train.distributed import all_gather_objects
 from avdali.train.inputs import autocast, model_video, to_device
+from avdali.train.modality import presence
 
 
-@torch.no_grad()
 def evaluate(
     model: torch.nn.Module,
     loader,
@@ -27,31 +28,57 @@ def evaluate(
     num_classes: int,
     amp_dtype: torch.dtype | None = None,
     channels_last: bool = False,
+    modality: str = "both",
 ) -> dict:
     """Metrics of ``model`` over one pass of ``loader`` (all ranks together; every rank gets the same dict).
 
-    Returns ``loss`` (mean cross-entropy), ``acc``, ``ua``, ``weighted_f1``, ``macro_f1``,
-    ``confusion`` (num_classes² int64 array, rows = true class), ``num_samples``.
+    ``modality`` (``avdali.train.modality.MODALITIES``): "both" uses the batch's own presence masks; "audio" marks
+    every clip's video absent, "video" every clip's audio. Returns ``loss`` (mean cross-entropy), ``acc``, ``ua``,
+    ``weighted_f1``, ``macro_f1``, ``confusion`` (num_classes² int64 array, rows = true class), ``num_samples``.
     """
+    return evaluate_modalities(model, loader, (modality,), device=device, num_classes=num_classes,
+                               amp_dtype=amp_dtype, channels_last=channels_last)[modality]
+
+
+@torch.no_grad()
+def evaluate_modalities(
+    model: torch.nn.Module,
+    loader,
+    modalities: Sequence[str],
+    *,
+    device: torch.device,
+    num_classes: int,
+    amp_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+) -> dict[str, dict]:
+    """``evaluate``'s metrics for each of ``modalities`` (modality → dict), from one pass of ``loader``: each batch
+    is read once and run through the model once per modality."""
     was_training = model.training
     model.eval()
-    preds, labels, indices, losses = [], [], [], []
+    parts = {m: ([], [], [], []) for m in modalities}  # preds, labels, indices, losses
     try:
         for batch in loader:
             batch = to_device(batch, device)
             video = model_video(batch.video, channels_last)
-            with autocast(device, amp_dtype):
-                logits = model(video, batch.audio, batch.audio_len)
-            logits = logits.float()
             keep = batch.valid.bool()
-            loss = F.cross_entropy(logits, batch.label, reduction="none")
-            preds.append(logits.argmax(1)[keep].cpu())
-            labels.append(batch.label[keep].cpu())
-            indices.append(batch.index[keep].cpu())
-            losses.append(loss[keep].cpu())
+            for modality, (preds, labels, indices, losses) in parts.items():
+                audio_present, video_present = presence(modality, batch.audio_present.bool(), batch.video_present.bool())
+                with autocast(device, amp_dtype):
+                    logits = model(video, batch.audio, batch.audio_len,
+                                   audio_present=audio_present, video_present=video_present)
+                logits = logits.float()
+                loss = F.cross_entropy(logits, batch.label, reduction="none")
+                preds.append(logits.argmax(1)[keep].cpu())
+                labels.append(batch.label[keep].cpu())
+                indices.append(batch.index[keep].cpu())
+                losses.append(loss[keep].cpu())
     finally:
         model.train(was_training)
-    local = tuple(_cat(x) for x in (preds, labels, indices, losses))
+    return {m: _score(lists, num_classes) for m, lists in parts.items()}
+
+
+def _score(lists: tuple[list, list, list, list], num_classes: int) -> dict:
+    local = tuple(_cat(x) for x in lists)
     gathered = all_gather_objects(local)
     pred, label, index, loss = (np.concatenate([g[i] for g in gathered]) for i in range(4))
     # Rank padding repeats real samples: keep each index once.

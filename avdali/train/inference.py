@@ -9,7 +9,7 @@ the backbone's anyway, and "imagenet" must not trigger a download (or fail offli
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -18,13 +18,14 @@ import torch
 from avdali.data.build import build_loader
 from avdali.errors import AvdaliError, ConfigError
 from avdali.labels import LABEL_SPACES
-from avdali.models.avfusion import AVFusionModel, build_model
+from avdali.models.avfusion import AVFusionModel, build_model, with_missing_embeddings
 from avdali.shardformat.manifest import Manifest, read_manifest
 from avdali.train import checkpoint as ckpt
 from avdali.train.config import RunConfig, config_from_dict
 from avdali.train.distributed import resolve_device
-from avdali.train.evaluate import evaluate
+from avdali.train.evaluate import evaluate_modalities
 from avdali.train.inputs import AMP_DTYPES, autocast
+from avdali.train.modality import require_modality, servable_modalities
 from avdali.train.protocol import ravdess_fold_splits
 
 @dataclass
@@ -45,6 +46,15 @@ class LoadedModel:
     """Epochs trained when the checkpoint was written (-1 when not recorded)."""
     step: int
     """Optimizer steps taken when the checkpoint was written (-1 when not recorded)."""
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        """The modalities this checkpoint can serve (``avdali.train.modality.servable_modalities``)."""
+        return servable_modalities(self.config.to_dict())
+
+    def require_modality(self, modality: str) -> None:
+        """AvdaliError naming the checkpoint unless it can serve ``modality`` (``modality.require_modality``)."""
+        require_modality(self.path, self.config.to_dict(), modality)
 
     @property
     def label_space(self) -> str:
@@ -85,8 +95,11 @@ def load_model(path: str | Path, device: str = "auto", *, label_space: str | Non
             f"{label_space!r} ({len(LABEL_SPACES[label_space])} classes) asked for"
         )
     model = build_model(cfg.model)
+    # Checkpoints written before the missing-stream embeddings existed lack them: their config has no modality
+    # dropout, so they serve both streams only (``modality.servable_modalities``) and the stand-ins are never read.
+    weights, _ = with_missing_embeddings(state["model"], model)
     try:
-        model.load_state_dict(state["model"])
+        model.load_state_dict(weights)
     except RuntimeError as e:
         first = " ".join(str(e).strip().splitlines()[0].split()) if str(e).strip() else type(e).__name__
         raise AvdaliError(f"{path}: the weights do not fit the model its config describes ({first})") from None
@@ -153,7 +166,7 @@ class EvalResult:
     """What ``evaluate_checkpoint`` measured, and on what."""
 
     metrics: dict
-    """``evaluate``'s dict: acc, ua, weighted_f1, macro_f1, loss, num_samples, confusion (ndarray)."""
+    """``evaluate``'s dict for ``modality``: acc, ua, weighted_f1, macro_f1, loss, num_samples, confusion (ndarray)."""
     dataset: str
     """Dataset of the evaluated shards (``ravdess`` / ``meld``)."""
     shards: Path
@@ -164,6 +177,11 @@ class EvalResult:
     """Loader used (``dali`` / ``torch``)."""
     seconds: float
     """Wall time of the pass over the shards (model + loader)."""
+    modality: str = "both"
+    """The modality ``metrics`` are for ("both" unless one was asked for)."""
+    robustness: dict = field(default_factory=dict)
+    """Modality → ``evaluate``'s dict, for every modality evaluated: each one the checkpoint can serve when no
+    modality was asked for, else only the one asked for."""
 
 
 def evaluate_checkpoint(
@@ -174,13 +192,18 @@ def evaluate_checkpoint(
     loader: str | None = None,
     batch_size: int | None = None,
     num_threads: int | None = None,
+    modality: str | None = None,
 ) -> EvalResult:
     """Run ``loaded`` over ``splits`` of ``shards`` (default: the dataset's test split) with the checkpoint's data settings.
 
     ``loader``, ``batch_size``, ``num_threads`` override the checkpoint's (they do not change what a sample is).
+    ``modality``: evaluate with only that stream ("both", "audio", "video"; AvdaliError if the checkpoint cannot
+    serve it); None = "both", and in the same pass every other modality it can serve (``EvalResult.robustness``).
     """
     import time
 
+    if modality is not None:
+        loaded.require_modality(modality)
     shards = Path(shards)
     manifest = read_manifest(shards)
     check_label_space(loaded, manifest, shards)
@@ -204,12 +227,16 @@ def evaluate_checkpoint(
     batches = build_loader(data_cfg, splits, train=False, device=loaded.device.type)
     batches.set_epoch(0)
     start = time.perf_counter()
-    metrics = evaluate(
+    modalities = (modality,) if modality is not None else loaded.modalities
+    per_modality = evaluate_modalities(
         loaded.model,
         batches,
+        modalities,
         device=loaded.device,
         num_classes=len(loaded.class_names),
         amp_dtype=loaded.amp_dtype,
         channels_last=loaded.config.train.channels_last,
     )
-    return EvalResult(metrics, manifest.dataset, shards, splits, data_cfg.loader, time.perf_counter() - start)
+    chosen = modality or "both"
+    return EvalResult(per_modality[chosen], manifest.dataset, shards, splits, data_cfg.loader,
+                      time.perf_counter() - start, modality=chosen, robustness=per_modality)

@@ -52,9 +52,10 @@ from avdali.train.distributed import (
     resolve_device,
     under_launcher,
 )
-from avdali.train.evaluate import evaluate
+from avdali.train.evaluate import evaluate, evaluate_modalities
 from avdali.train.inputs import AMP_DTYPES, autocast, model_video, to_device
 from avdali.train.metrics_writer import MetricsWriter
+from avdali.train.modality import dropout_masks, hparam_metrics, servable_modalities, test_tag
 from avdali.shardformat.manifest import read_manifest
 from avdali.train.window import LogWindow, WindowSums
 from avdali.train.protocol import SplitPlan, balanced_class_weights, check_shards_fit, default_metric, plan_splits
@@ -119,6 +120,8 @@ class TrainResult:
     """Last epoch's validation metrics (scalars only)."""
     test: dict[str, float] = field(default_factory=dict)
     """best.pt's test metrics (empty when there are no test splits or ``train.test_at_end`` is false)."""
+    robustness: dict[str, dict[str, float]] = field(default_factory=dict)
+    """best.pt's test metrics per modality it can serve ("both" = ``test``, "audio", "video"; ``avdali.train.modality``)."""
     bad_steps: int = 0
     """Steps skipped for a non-finite loss or gradient."""
     ranks: list[RankReport] = field(default_factory=list)
@@ -272,6 +275,7 @@ class Trainer:
         self.best_metric = -math.inf
         self.bad_steps_total = 0
         self.last_val: dict[str, float] = {}
+        self.test_robustness: dict[str, dict[str, float]] = {}  # modality → best.pt's test metrics (``_test``)
         self._epoch_indices: list[torch.Tensor] = []
         if resume:
             self._load(self.run_dir / ckpt.LAST)
@@ -321,7 +325,7 @@ class Trainer:
             ranks = self._rank_reports()
             test = self._test() if cfg.test_at_end and self.plan.test else {}
             self.writer.hparams(_flatten(self.cfg.to_dict()), {f"val_best_{cfg.metric}": self.best_metric,
-                                                                **{f"test_{k}": v for k, v in test.items()}})
+                                                                **hparam_metrics(self.test_robustness)})
         finally:
             failing = sys.exc_info()[1] is not None
             self.reporter.close()
@@ -338,6 +342,7 @@ class Trainer:
             best_metric=self.best_metric,
             val=self.last_val,
             test=test,
+            robustness=self.test_robustness,
             bad_steps=self.bad_steps_total,
             ranks=ranks,
             rank=self.info.rank,
@@ -385,8 +390,15 @@ class Trainer:
         video = model_video(batch.video, self.cfg.train.channels_last)
         # A non-finite batch also poisons BatchNorm running statistics in the forward; keep a copy to put back.
         saved_buffers = [b.clone() for b in self.buffers]
+        audio_present, video_present = batch.audio_present.bool(), batch.video_present.bool()
+        run = self.cfg.train
+        if run.drop_audio > 0 or run.drop_video > 0:  # modality dropout; without it nothing is drawn
+            audio_present, video_present = dropout_masks(
+                audio_present, video_present, drop_audio=run.drop_audio, drop_video=run.drop_video,
+                seed=run.seed, rank=self.info.rank, step=self.step)
         with autocast(self.device, self.amp_dtype):
-            logits = self.model(video, batch.audio, batch.audio_len)
+            logits = self.model(video, batch.audio, batch.audio_len,
+                                audio_present=audio_present, video_present=video_present)
         loss = self._loss(logits.float(), batch.label, batch.valid)
         self.scaler.scale(loss).backward()
         if self.scaler.is_enabled():
@@ -479,16 +491,21 @@ class Trainer:
         loader = build_loader(self.cfg.data.loader_config(), self.plan.test, train=False, device=self.device.type,
                               rank=self.info.rank, world_size=self.info.world_size, seed=self.cfg.train.seed)
         loader.set_epoch(0)
-        metrics = self._evaluate(loader)
-        scalars = {k: v for k, v in metrics.items() if k != "confusion"}
-        self.writer.scalars("test", scalars, self.step)
-        self.writer.confusion("test/confusion", metrics["confusion"], self.class_names, self.step)
-        self.reporter.message(
-            f"test ({', '.join(self.plan.test)}, best.pt from epoch {best['epoch']}): "
-            + " ".join(f"{k} {v:.4f}" for k, v in scalars.items() if k != "num_samples")
-            + f" on {scalars['num_samples']} clips"
-        )
-        return scalars
+        # One pass: both streams, plus each single stream the run trained a missing embedding for (modality.py).
+        per_modality = evaluate_modalities(
+            self.eval_model, loader, servable_modalities(self.cfg.to_dict()), device=self.device,
+            num_classes=len(self.class_names), amp_dtype=self.amp_dtype, channels_last=self.cfg.train.channels_last)
+        for modality, metrics in per_modality.items():
+            scalars = {k: v for k, v in metrics.items() if k != "confusion"}
+            self.test_robustness[modality] = scalars
+            self.writer.scalars(test_tag(modality), scalars, self.step)
+            self.writer.confusion(f"{test_tag(modality)}/confusion", metrics["confusion"], self.class_names, self.step)
+            self.reporter.message(
+                f"{test_tag(modality)} ({', '.join(self.plan.test)}, best.pt from epoch {best['epoch']}): "
+                + " ".join(f"{k} {v:.4f}" for k, v in scalars.items() if k != "num_samples")
+                + f" on {scalars['num_samples']} clips"
+            )
+        return self.test_robustness["both"]
 
     def _state(self, val: dict[str, float]) -> dict[str, Any]:
         counters = ckpt.Counters(self.step, self.epoch, self.best_metric, self.bad_steps_total, val)

@@ -71,6 +71,12 @@ def report_dict(metrics: dict, class_names: Sequence[str], **context: Any) -> di
     }
 
 
+def robustness_dict(robustness: dict[str, dict]) -> dict[str, dict]:
+    """``eval --json``'s "robustness": modality ("both", "audio", "video") → its scalar metrics (``SUMMARY_KEYS``),
+    for each modality evaluated."""
+    return {modality: {k: _plain(m[k]) for k in SUMMARY_KEYS if k in m} for modality, m in robustness.items()}
+
+
 def write_json(path: str | Path, report: dict) -> Path:
     """Write ``report`` as indented JSON (atomically: ``*.tmp`` then rename); AvdaliError naming the file on failure."""
     path = Path(path)
