@@ -139,3 +139,71 @@ def test_predict_bad_inputs(tmp_path, ravdess_shards, ravdess_src):
         assert "Traceback" not in result.output
     with pytest.raises(AvdaliError, match="no audio stream"):
         transcode_input(video_only, PackOptions())
+
+
+# --- a clip that lacks a stream (issue 12: predict from the stream it has) ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def partial_clips(meld_partial_src) -> dict[str, Path]:
+    """kind (no_audio, no_video, black_video, black_no_audio) → the synthetic MELD clip of that kind."""
+    record = json.loads((meld_partial_src / "avdali_synth.json").read_text())
+    return {f["kind"]: meld_partial_src / f["path"] for f in record["faults"]}
+
+
+@pytest.mark.parametrize("kind, used, missing", [
+    ("no_audio", "video", {"audio": "no audio stream"}),
+    ("no_video", "audio", {"video": "no video stream"}),
+    ("black_video", "audio", {"video": "black video"}),
+])
+def test_predict_uses_the_stream_a_partial_clip_has(tmp_path, meld_partial_shards, partial_clips, kind, used, missing):
+    ckpt = make_checkpoint(tmp_path / "best.pt", meld_partial_shards, "train.drop_audio=0.2", "train.drop_video=0.2")
+    loaded = load_model(ckpt, "cpu")
+    prediction = predict_clip(loaded, partial_clips[kind])
+    assert (prediction.modality, prediction.missing) == (used, missing)
+    assert sum(prediction.probabilities.values()) == pytest.approx(1.0, abs=1e-6)
+
+    # The reference: the same clip packed with --keep-partial, as the torch loader hands it to evaluate() (its
+    # meta.i32 marks the missing stream); the placeholder never reaches the prediction.
+    manifest = read_manifest(meld_partial_shards)
+    entry = next(e for e in manifest.shards for p in e.partial if Path(p["source"]).name == partial_clips[kind].name)
+    key = next(p["key"] for p in entry.partial if Path(p["source"]).name == partial_clips[kind].name)
+    shardset = resolve(meld_partial_shards, [entry.split])
+    index = next(f.first + f.keys.index(key) for f in shardset.files if key in f.keys)
+    loader = build_loader(loaded.config.data.loader_config(), [entry.split], train=False)
+    batch = next(b for b in loader if (b.index == index).any())
+    row = int((batch.index == index).nonzero()[0])
+    assert (bool(batch.audio_present[row]), bool(batch.video_present[row])) == (used == "audio", used == "video")
+    torch.testing.assert_close(torch.tensor(prediction.logits), logits_of(loaded, batch)[row], rtol=1e-4, atol=1e-4)
+
+
+def test_predict_partial_clip_needs_a_checkpoint_trained_without_that_stream(tmp_path, meld_partial_shards, partial_clips):
+    both_only = make_checkpoint(tmp_path / "plain" / "best.pt", meld_partial_shards)
+    result = run("predict", partial_clips["no_audio"], "-k", both_only, "--device", "cpu")
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "no audio stream" in lines[0] and "cannot predict from the video alone" in lines[0]
+    assert "train.drop_audio = 0" in lines[0]
+
+    trained = make_checkpoint(tmp_path / "dropout" / "best.pt", meld_partial_shards, "train.drop_audio=0.2")
+    result = run("predict", partial_clips["no_audio"], "-k", trained, "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert "from video only (no audio stream)" in result.output
+    # a clip without audio cannot serve --modality both or audio; a checkpoint without drop_video cannot serve audio
+    result = run("predict", partial_clips["no_audio"], "-k", trained, "--device", "cpu", "--modality", "both")
+    assert result.exit_code == 1 and "--modality both needs its audio, but the clip has no audio stream" in result.output
+    result = run("predict", partial_clips["no_video"], "-k", trained, "--device", "cpu")
+    assert result.exit_code == 1 and "cannot predict from the audio alone" in result.output
+    result = run("predict", partial_clips["no_audio"], "-k", trained, "--device", "cpu", "--modality", "sound")
+    assert result.exit_code == 1 and "--modality must be one of both, audio, video" in result.output
+
+
+def test_predict_modality_forces_one_stream_of_a_whole_clip(tmp_path, ravdess_shards, av_clip):
+    loaded = load_model(make_checkpoint(tmp_path / "best.pt", ravdess_shards, "train.drop_audio=0.3",
+                                        "train.drop_video=0.3"), "cpu")
+    both, audio_only = predict_clip(loaded, av_clip), predict_clip(loaded, av_clip, modality="audio")
+    assert (both.modality, audio_only.modality, audio_only.missing) == ("both", "audio", {})
+    assert both.logits != audio_only.logits
+    clip = transcode_input(av_clip, PackOptions(**{k: v for k, v in both.pack_options.items() if k != "from"}))
+    batch = clip_batch(clip.webm, clip.flac, clip.frames, loaded.config.data.loader_config())
+    torch.testing.assert_close(torch.tensor(audio_only.logits), logits_of(loaded, batch, "audio")[0])

@@ -23,6 +23,7 @@ from avdali.shardformat.options import PackOptions
 from avdali.train.config import RunConfig
 from avdali.train.inference import LoadedModel
 from avdali.train.inputs import model_video, to_device
+from avdali.train.modality import MODALITIES, presence, unservable_reason
 
 
 @dataclass
@@ -41,6 +42,10 @@ class Prediction:
     """What the packer made of the clip: frames, fps, duration_s, audio_samples, face (detected/centre)."""
     pack_options: dict = field(default_factory=dict)
     """The pack options used (size, fps, max_seconds …) and ``from``: the manifest they came from, or "defaults"."""
+    modality: str = "both"
+    """The streams the prediction used: "both", "audio" (audio only) or "video" (video only)."""
+    missing: dict[str, str] = field(default_factory=dict)
+    """Streams the clip lacks → why (``{"audio": "no audio stream"}``); the prediction did without them."""
 
     def ranked(self) -> list[tuple[str, float]]:
         """(class, probability), most probable first."""
@@ -99,19 +104,29 @@ def transcode_input(path: str | Path, options: PackOptions, *, keep_partial: boo
 
 
 @torch.no_grad()
-def predict_clip(loaded: LoadedModel, path: str | Path, options: PackOptions | None = None) -> Prediction:
-    """Probabilities of every class of ``loaded`` for the clip at ``path`` (any audio+video file PyAV reads).
+def predict_clip(loaded: LoadedModel, path: str | Path, options: PackOptions | None = None,
+                 modality: str | None = None) -> Prediction:
+    """Probabilities of every class of ``loaded`` for the clip at ``path`` (any file PyAV reads with audio, video or
+    both).
 
-    ``options``: pack options for the transcode (default: ``pack_options_for(loaded.config)``).
+    ``options``: pack options for the transcode (default: ``pack_options_for(loaded.config)``). ``modality``: the
+    streams to use (``MODALITIES``); None = every stream the clip has. A clip without audio (no audio stream) or
+    without usable video (no video stream, nothing decodable, an all-black picture) is predicted from the stream it
+    has, when the checkpoint was trained to do without the other one (``train.drop_audio`` / ``drop_video`` > 0);
+    otherwise, and for a ``modality`` the clip or the checkpoint cannot serve, one-line AvdaliError.
     """
     native.require((*native.PACK_PARTS, *native.loader_parts("torch")))  # transcode + the torch loader's features
     path = Path(path)
+    if modality is not None and modality not in MODALITIES:
+        raise AvdaliError(f"--modality must be one of {', '.join(MODALITIES)}, got {modality!r}")
     origin = "given"
     if options is None:
         options, origin = pack_options_for(loaded.config)
-    clip = transcode_input(path, options)
-    batch = clip_batch(clip.webm, clip.flac, clip.frames, loaded.config.data.loader_config(), source=str(path))
-    logits = logits_of(loaded, batch)[0]
+    clip = transcode_input(path, options, keep_partial=True)
+    used = _modality_for(loaded, path, clip, modality)
+    batch = clip_batch(clip.webm, clip.flac, clip.frames, loaded.config.data.loader_config(), source=str(path),
+                       audio_present=clip.audio_present, video_present=clip.video_present)
+    logits = logits_of(loaded, batch, used)[0]
     probs = torch.softmax(logits, dim=0).tolist()
     names = loaded.class_names
     return Prediction(
@@ -122,14 +137,40 @@ def predict_clip(loaded: LoadedModel, path: str | Path, options: PackOptions | N
         clip={"frames": clip.frames, "fps": clip.fps, "duration_s": clip.duration_s,
               "audio_samples": clip.audio_samples, "face": clip.face},
         pack_options={**options.content_options(), "from": origin},
+        modality=used,
+        missing=dict(clip.missing),
     )
 
 
+def _modality_for(loaded: LoadedModel, path: Path, clip: Transcoded, asked: str | None) -> str:
+    """The modality a prediction of ``clip`` uses: ``asked``, or what the clip's real streams allow; AvdaliError when
+    the clip lacks a stream it needs or the checkpoint cannot do without the one the clip lacks."""
+    has = {"audio": clip.audio_present, "video": clip.video_present}
+    if asked is None:
+        asked = "both" if all(has.values()) else ("audio" if has["audio"] else "video")
+        lacking = next((s for s, real in has.items() if not real), None)
+        if lacking is not None and asked not in loaded.modalities:
+            raise AvdaliError(
+                f"{path}: {clip.missing[lacking]}, and {loaded.path} cannot predict from the {asked} alone: "
+                f"{unservable_reason(asked)}"
+            )
+        return asked
+    needed = ("audio", "video") if asked == "both" else (asked,)
+    for stream in needed:
+        if not has[stream]:
+            raise AvdaliError(f"{path}: --modality {asked} needs its {stream}, but the clip has {clip.missing[stream]}")
+    loaded.require_modality(asked)
+    return asked
+
+
 @torch.no_grad()
-def logits_of(loaded: LoadedModel, batch) -> torch.Tensor:
-    """float32 logits N,C of a loader Batch, computed as ``evaluate`` does (same normalisation and precision)."""
+def logits_of(loaded: LoadedModel, batch, modality: str = "both") -> torch.Tensor:
+    """float32 logits N,C of a loader Batch, computed as ``evaluate`` does (same normalisation, precision and stream
+    masks: the batch's own for "both", the removed stream marked absent for "audio" / "video")."""
     batch = to_device(batch, loaded.device)
     video = model_video(batch.video, loaded.config.train.channels_last)
+    audio_present, video_present = presence(modality, batch.audio_present, batch.video_present)
     with loaded.autocast():
-        logits = loaded.model(video, batch.audio, batch.audio_len)
+        logits = loaded.model(video, batch.audio, batch.audio_len, audio_present=audio_present,
+                              video_present=video_present)
     return logits.float().cpu()
