@@ -56,7 +56,7 @@ def pack_options_for(cfg: RunConfig) -> tuple[PackOptions, str]:
 
     Falls back to ``PackOptions()`` (and ``"defaults"``) when those shards are not readable here.
     """
-    shards = Path(cfg.data.shards)
+    shards = Path(cfg.data.shard_folders()[0])  # a joint run's first folder
     try:
         recorded = read_manifest(shards).options
     except AvdaliError:
@@ -103,7 +103,7 @@ def predict_clip(loaded: LoadedModel, path: str | Path, options: PackOptions | N
     if options is None:
         options, origin = pack_options_for(loaded.config)
     clip = transcode_input(path, options)
-    batch = clip_batch(clip.webm, clip.flac, clip.frames, loaded.config.data.loader_config(), source=str(path))
+    batch = clip_batch(clip.webm, clip.flac, clip.frames, loaded.config.data.loader_config(loaded.config.data.shard_folders()[0]), source=str(path))
     logits = logits_of(loaded, batch)[0]
     probs = torch.softmax(logits, dim=0).tolist()
     names = loaded.class_names
