@@ -196,6 +196,19 @@ def test_mixture_class_weights_match_a_hand_computation(tmp_path, fake_loader):
     trainer.writer.close()
 
 
+def test_best_rule_names_and_values(tmp_path):
+    from avdali.train.joint import joint_value, rule_text
+
+    rav, meld = two_datasets(tmp_path)
+    per_dataset = {"ravdess": {"ua": 0.6, "acc": 0.5, "weighted_f1": 0.1}, "meld": {"ua": 0.3, "acc": 0.9, "weighted_f1": 0.2}}
+    cases = [([], "mean(ravdess/ua, meld/weighted_f1)", 0.4), (["train.joint_metric=meld"], "meld/weighted_f1", 0.2),
+             (["train.metric=acc"], "mean(ravdess/acc, meld/acc)", 0.7), (["train.joint_metric=ravdess"], "ravdess/ua", 0.6)]
+    for extra, text, value in cases:
+        cfg, plan = resolve_config(load_config(None, [shards_override(rav, meld), "train.device=cpu", *extra]))
+        assert rule_text(cfg.train, plan) == text
+        assert joint_value(cfg.train, plan, per_dataset) == pytest.approx(value)
+
+
 # --- a joint run, fake loaders -----------------------------------------------------------------------------
 
 
@@ -226,6 +239,33 @@ def test_joint_run_logs_per_dataset_and_keeps_best_by_the_rule(tmp_path, fake_lo
     # the training indices of the two datasets stay apart (MELD's shifted by the RAVDESS training clips)
     indices = result.ranks[0].last_epoch_indices
     assert len(indices) == 7 * 8 and max(indices) < 4 * PER_SPLIT
+
+
+@pytest.mark.slow  # two short runs
+def test_joint_resume_continues_exactly(tmp_path, fake_loader, monkeypatch):
+    rav, meld = two_datasets(tmp_path)
+    extra = (shards_override(rav, meld), "data.mix=[1, 2]", "train.epochs=2", "model.dropout=0.2", "train.test_at_end=false")
+    straight = train(*tiny_config(rav, tmp_path / "straight", *extra))
+
+    class CrashInSecondEpoch(FakeLoader):
+        def set_epoch(self, epoch):
+            if self.train and epoch >= PASS_STRIDE:  # the mixture's epoch 1 starts its loaders' passes at 1000
+                raise RuntimeError("simulated crash")
+            super().set_epoch(epoch)
+
+    cfg, plan = tiny_config(rav, tmp_path / "resumed", *extra)
+    monkeypatch.setattr(loop, "build_loader", CrashInSecondEpoch)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(cfg, plan)
+    monkeypatch.setattr(loop, "build_loader", FakeLoader)
+    resumed = train(cfg, plan, resume=True)
+    assert resumed.step == straight.step == 2 * 7
+    a = ckpt.load_checkpoint(tmp_path / "straight" / "last.pt")
+    b = ckpt.load_checkpoint(tmp_path / "resumed" / "last.pt")
+    for k in a["model"]:
+        torch.testing.assert_close(a["model"][k], b["model"][k], rtol=0, atol=0, msg=k)
+    assert a["best_metric"] == b["best_metric"] and a["val"] == b["val"]
+    assert straight.ranks[0].last_epoch_indices == resumed.ranks[0].last_epoch_indices
 
 
 # --- real loaders on the tiny synthetic shards --------------------------------------------------------------
