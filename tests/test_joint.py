@@ -175,6 +175,23 @@ def test_mixture_weights_set_the_proportions():
         MixtureLoader([a, b], [1, 0], batch_size=4)
 
 
+def test_mixture_rows_keep_every_field_and_the_dali_memory_layout():
+    from avdali.data.mixture import concat_batches, select_rows
+
+    def batch(n, start):
+        memory = torch.arange(start, start + n * 2 * 4 * 4 * 3, dtype=torch.int64).reshape(n, 2, 4, 4, 3)
+        return Batch(video=memory.permute(0, 1, 4, 2, 3), audio=torch.rand(n, 2, 5), audio_len=torch.full((n,), 5),
+                     label=torch.arange(n), index=torch.arange(start, start + n), valid=torch.ones(n, dtype=torch.bool),
+                     video_present=torch.arange(n) % 2 == 1)
+
+    a, b = batch(3, 0), batch(2, 1000)
+    both = concat_batches([select_rows(a, torch.tensor([0, 2])), b])
+    assert both.video.shape == (4, 2, 3, 4, 4) and both.video.permute(0, 1, 3, 4, 2).is_contiguous()
+    torch.testing.assert_close(both.video, torch.cat([a.video[[0, 2]], b.video]))
+    assert both.index.tolist() == [0, 2, 1000, 1001] and both.video_present.tolist() == [False, False, False, True]
+    assert both.audio_present.all() and torch.equal(both.audio, torch.cat([a.audio[[0, 2]], b.audio]))
+
+
 def test_mixture_class_weights_match_a_hand_computation(tmp_path, fake_loader):
     rav = fake_shards(tmp_path / "rav")  # per split: neutral 4, happy..fearful 2, disgust 1, surprised 1 (of 14)
     meld = tmp_path / "meld"
