@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from avdali.errors import AvdaliError, ConfigError
+from avdali.errors import ConfigError
 from avdali.labels import UNIFIED
 from avdali.shardformat.manifest import read_manifest
 from avdali.train.protocol import SplitPlan, check_shards_fit, default_metric, plan_splits
