@@ -126,7 +126,7 @@ def test_sections_check_themselves_when_built_directly():
     assert DataSection(fold=2).loader_config().batch_size == DataSection().batch_size
 
 
-@pytest.mark.parametrize("name", ["ravdess", "meld", "demo"])
+@pytest.mark.parametrize("name", ["ravdess", "meld", "demo", "joint"])
 def test_shipped_configs_load_and_round_trip(name):
     path = REPO / "configs" / f"{name}.toml"
     cfg = load_config(path)

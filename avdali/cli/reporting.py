@@ -58,11 +58,18 @@ class RichReporter:
         self._stop_bar()
         train = getattr(self, "_last_train", {})
         metric = summary["metric"]
+        if "loss" in summary:
+            val = (f"val loss {summary['loss']:.3f} acc {summary['acc']:.3f} "
+                   f"ua {summary['ua']:.3f} wf1 {summary['weighted_f1']:.3f}")
+        else:  # a joint run: each dataset's ("ravdess/ua" …) and the joint value
+            datasets = dict.fromkeys(k.split("/")[0] for k in summary if "/" in k)
+            val = " · ".join(f"val {d} acc {summary[f'{d}/acc']:.3f} ua {summary[f'{d}/ua']:.3f} "
+                             f"wf1 {summary[f'{d}/weighted_f1']:.3f}" for d in datasets)
+            val += f" · {metric} {summary[metric]:.3f}"
         self.console.print(
             f"epoch {epoch}/{epochs} step {summary['step']} · train loss {train.get('loss', float('nan')):.3f} "
             f"acc {train.get('acc', 0):.3f} {train.get('clips_per_s', 0):.1f} clips/s "
-            f"wait {train.get('data_wait_frac', 0):.0%} · val loss {summary['loss']:.3f} acc {summary['acc']:.3f} "
-            f"ua {summary['ua']:.3f} wf1 {summary['weighted_f1']:.3f} · best {metric} {summary['best']:.4f}",
+            f"wait {train.get('data_wait_frac', 0):.0%} · {val} · best {metric} {summary['best']:.4f}",
             highlight=False,
         )
 

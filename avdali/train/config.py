@@ -34,15 +34,23 @@ METRIC_CHOICES = ("auto", "ua", "weighted_f1", "acc", "macro_f1")
 CLASS_WEIGHT_CHOICES = ("none", "balanced")
 NUM_FOLDS = 5
 DATASET_CHOICES = ("", "ravdess", "meld")
+JOINT_METRIC_CHOICES = ("mean", "ravdess", "meld")
 
 
 @dataclass
 class DataSection(DataConfig):
     """``[data]``: the loader's DataConfig plus which splits of the shards to train, validate and test on."""
 
+    shards: str | list[str] = "shards/ravdess"
+    """Folder with ``manifest.json`` and the shards' ``.tar`` + ``.idx`` files; or a list of such folders, one per
+    dataset (``["shards/ravdess", "shards/meld"]``): a joint run (``avdali.train.joint``) in the unified space."""
+    mix: list[float] = field(default_factory=list)
+    """Joint runs: sampling weight of each ``shards`` folder, in its order (positive numbers, normalised to sum 1);
+    empty = proportional to each folder's training clips (a plain union of the training splits)."""
     dataset: str = ""
     """Dataset the shards must hold: "ravdess" or "meld"; empty = whatever their manifest says. Checked against
-    the manifest before a run writes anything (``protocol.check_shards_fit``)."""
+    the manifest before a run writes anything (``protocol.check_shards_fit``). Joint runs: the folders' datasets
+    joined by "+" in ``shards`` order ("ravdess+meld")."""
     fold: int = 1
     """RAVDESS actor fold held out for testing (1-5); validation uses fold ``fold % 5 + 1``, training the other three.
     Ignored for MELD (train/dev/test)."""
@@ -57,14 +65,31 @@ class DataSection(DataConfig):
         parent_check = getattr(super(), "__post_init__", None)
         if parent_check is not None:
             parent_check()
-        _choice("data.dataset", self.dataset, DATASET_CHOICES)
         if not 1 <= self.fold <= NUM_FOLDS:
             raise ConfigError(f"data.fold must be between 1 and {NUM_FOLDS}, got {self.fold}")
+        from avdali.train.joint import check_joint_data  # the joint rules live with the joint run
 
-    def loader_config(self) -> DataConfig:
-        """The plain DataConfig the loaders take (without the split fields)."""
+        check_joint_data(self, DATASET_CHOICES)
+
+    @property
+    def joint(self) -> bool:
+        """Several shard folders: a joint run over their datasets (``avdali.train.joint``)."""
+        return isinstance(self.shards, list)
+
+    def shard_folders(self) -> list[str]:
+        """The shard folders, one for a single-dataset run."""
+        return list(self.shards) if isinstance(self.shards, list) else [self.shards]
+
+    def loader_config(self, shards: str | None = None) -> DataConfig:
+        """The plain DataConfig the loaders take (without the split fields), for ``shards`` (one folder; required
+        for a joint run, whose ``data.shards`` is a list)."""
         names = {f.name for f in dataclasses.fields(DataConfig)}
-        return DataConfig(**{k: v for k, v in dataclasses.asdict(self).items() if k in names})
+        values = {k: v for k, v in dataclasses.asdict(self).items() if k in names}
+        if shards is not None:
+            values["shards"] = str(shards)
+        elif self.joint:
+            raise AvdaliError("a joint run's loaders are built per shard folder (loader_config(shards=FOLDER))")
+        return DataConfig(**values)
 
 
 @dataclass
@@ -122,7 +147,11 @@ class TrainConfig:
     """Run the frame CNN in channels-last memory format (faster convolutions on tensor cores)."""
     metric: str = "auto"
     """Validation metric that picks best.pt: "ua" (unweighted accuracy), "weighted_f1", "acc", "macro_f1";
-    "auto" = ua for RAVDESS, weighted_f1 for MELD."""
+    "auto" = ua for RAVDESS, weighted_f1 for MELD (in a joint run: each dataset's own, when "auto")."""
+    joint_metric: str = "mean"
+    """Joint runs: the rule that picks best.pt from the per-dataset validation metrics (each dataset's ``metric``):
+    "mean" = their mean (RAVDESS UA and MELD weighted F1 by default), or a dataset name ("ravdess", "meld") = that
+    dataset's alone. Logged as ``val/joint``; ignored by single-dataset runs."""
     seed: int = 0
     """Seed of model initialisation, data order and augmentation (each rank and epoch derive their own)."""
     log_every: int = 20
@@ -151,6 +180,7 @@ class TrainConfig:
         if self.compile not in (True, False, "auto"):
             raise ConfigError(f'train.compile must be one of true, false, "auto"; got {self.compile!r}')
         _choice("train.metric", self.metric, METRIC_CHOICES)
+        _choice("train.joint_metric", self.joint_metric, JOINT_METRIC_CHOICES)
         _at_least("train.log_every", self.log_every, 1)
         _at_least("train.max_bad_steps", self.max_bad_steps, 1)
         _in_unit("train.drop_audio", self.drop_audio)
@@ -286,7 +316,8 @@ def _build_section(section: str, cls: type, given: dict, origins: dict[str, str]
         return cls(**kwargs)
     except AvdaliError as e:
         # The section's own checks name the key; add which file or --set it came from.
-        key = next((k for k in kwargs if f"{section}.{k}" in str(e)), None)
+        named = [k for k in kwargs if f"{section}.{k}" in str(e)]  # the key the message starts with, if several
+        key = min(named, key=lambda k: str(e).index(f"{section}.{k}")) if named else None
         where = _where(origins, f"{section}.{key}") if key else ""
         raise ConfigError(f"{where}{e}") from None
     except (TypeError, ValueError) as e:

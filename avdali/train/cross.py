@@ -154,7 +154,7 @@ def training_dataset(loaded: LoadedModel) -> str:
     if data.dataset:
         return data.dataset
     try:
-        return read_manifest(Path(data.shards)).dataset
+        return "+".join(read_manifest(Path(folder)).dataset for folder in data.shard_folders())
     except AvdaliError:
         pass
     if data.label_space == "ravdess8":
@@ -181,7 +181,7 @@ def cell_splits(loaded: LoadedModel, trained_on: str, manifest: Manifest, shards
     """The splits one cell reads (the module docstring's rule); AvdaliError naming the folder for a missing split."""
     if chosen:
         splits = chosen
-    elif trained_on == manifest.dataset:
+    elif manifest.dataset in trained_on.split("+"):
         splits = default_eval_splits(loaded.config, manifest, shards)
     elif manifest.dataset == "ravdess":
         splits = tuple(s for s in sorted(manifest.splits) if manifest.splits[s].samples > 0)
@@ -230,8 +230,8 @@ def plan_cross(
         for s, manifest in zip(shards, manifests):
             check_label_space(model, manifest, s)
             read = cell_splits(model, trained_on, manifest, s, splits.get(manifest.dataset))
-            in_domain = trained_on == manifest.dataset
-            seen = tuple(x for x in read if x in seen_splits(model, trained_on)) if in_domain else ()
+            in_domain = manifest.dataset in trained_on.split("+")  # a joint run ("ravdess+meld") knows both
+            seen = tuple(x for x in read if x in seen_splits(model, manifest.dataset)) if in_domain else ()
             line.append(CrossCell(in_domain, read, seen))
         cells.append(line)
     return models, CrossTable(rows, columns, cells, device=models[0].device.type)

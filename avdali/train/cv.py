@@ -105,6 +105,8 @@ def check_cv_config(cfg: RunConfig) -> None:
     explicit = [name for name in ("train_splits", "val_splits", "test_splits") if getattr(cfg.data, name)]
     if explicit:
         raise ConfigError(f"cv runs the RAVDESS fold protocol; remove data.{', data.'.join(explicit)} from the config")
+    if cfg.data.joint:
+        raise ConfigError("cv runs the RAVDESS fold protocol on one shard folder; data.shards lists several (a joint run)")
     dataset = plan_splits(cfg.data.shards, 1).dataset
     if dataset != "ravdess":
         raise AvdaliError(f"{cfg.data.shards}: cv needs RAVDESS shards (actor folds), these hold {dataset!r}")

@@ -213,7 +213,7 @@ def evaluate_checkpoint(
         raise AvdaliError(
             f"{shards}: no split {', '.join(map(repr, missing))}; it holds {', '.join(sorted(manifest.splits))}"
         )
-    overrides = {"shards": str(shards)}
+    overrides = {"shards": str(shards), "mix": [], "dataset": ""}  # one folder, even for a joint checkpoint
     if loader is not None:
         overrides["loader"] = loader
     if batch_size is not None:

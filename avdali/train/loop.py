@@ -59,6 +59,7 @@ from avdali.train.modality import dropout_masks, hparam_metrics, servable_modali
 from avdali.shardformat.manifest import read_manifest
 from avdali.train.window import LogWindow, WindowSums
 from avdali.train.protocol import SplitPlan, balanced_class_weights, check_shards_fit, default_metric, plan_splits
+from avdali.train.joint import JOINT_METRIC, JointPlan, JointRun, check_joint_metric, plan_joint
 
 
 class TrainingStopped(AvdaliError):
@@ -139,10 +140,14 @@ def resolve_config(cfg: RunConfig, *, resume: bool = False, now: datetime | None
     packing finished, dataset, label space, stored frame size) is checked before anything is written, for every
     entry point (``avdali train``, ``cv``, ``demo``, ``bench train``)."""
     device = resolve_device(cfg.train.device)
-    manifest = read_manifest(Path(cfg.data.shards))
-    check_shards_fit(cfg.data, manifest)
-    plan = plan_splits(cfg.data.shards, cfg.data.fold, cfg.data.train_splits, cfg.data.val_splits,
-                       cfg.data.test_splits, manifest=manifest)
+    if cfg.data.joint:  # several shard folders: one plan per dataset (joint.py)
+        plan = plan_joint(cfg.data)
+        check_joint_metric(cfg.train, plan)
+    else:
+        manifest = read_manifest(Path(cfg.data.shards))
+        check_shards_fit(cfg.data, manifest)
+        plan = plan_splits(cfg.data.shards, cfg.data.fold, cfg.data.train_splits, cfg.data.val_splits,
+                           cfg.data.test_splits, manifest=manifest)
     train = cfg.train
     run_dir = train.run_dir
     if not run_dir:
@@ -155,7 +160,8 @@ def resolve_config(cfg: RunConfig, *, resume: bool = False, now: datetime | None
         device=device,
         amp=train.amp if train.amp != "auto" else ("bf16" if device == "cuda" else "none"),
         compile=train.compile if train.compile != "auto" else device == "cuda",
-        metric=train.metric if train.metric != "auto" else default_metric(plan.dataset),
+        # a joint run keeps "auto": each dataset's own metric (joint.dataset_metric)
+        metric=train.metric if train.metric != "auto" or cfg.data.joint else default_metric(plan.dataset),
         run_dir=run_dir,
     )
     # Written down so that a checkpoint says which dataset it learned from after its shards move (`avdali cross`).
@@ -193,7 +199,7 @@ def _run_training_locked(
     return train(cfg, plan, resume=resume, reporter=reporter)
 
 
-def train(cfg: RunConfig, plan: SplitPlan, resume: bool = False, reporter: Reporter | None = None) -> TrainResult:
+def train(cfg: RunConfig, plan: SplitPlan | JointPlan, resume: bool = False, reporter: Reporter | None = None) -> TrainResult:
     """One rank's whole run (``cfg`` and ``plan`` from ``resolve_config``); joins and leaves the process group."""
     info = init_distributed(resolve_device(cfg.train.device))
     try:
@@ -223,7 +229,7 @@ def lr_at(step: int, *, lr: float, min_lr: float, warmup_steps: int, total_steps
 class Trainer:
     """Holds one rank's model, optimizer, loaders and counters; ``fit`` runs the epochs."""
 
-    def __init__(self, cfg: RunConfig, plan: SplitPlan, info: DistInfo, *, resume: bool = False,
+    def __init__(self, cfg: RunConfig, plan: SplitPlan | JointPlan, info: DistInfo, *, resume: bool = False,
                  reporter: Reporter | None = None):
         self.cfg = cfg
         self.info = info
@@ -245,10 +251,16 @@ class Trainer:
             self.raw_model = self.raw_model.to(memory_format=torch.channels_last)
         torch.manual_seed(cfg.train.seed + 1000 * info.rank)
 
-        data_cfg = cfg.data.loader_config()
         common = dict(device=self.device.type, rank=info.rank, world_size=info.world_size, seed=cfg.train.seed)
-        self.train_loader = build_loader(data_cfg, self.plan.train, train=True, **common)
-        self.val_loader = build_loader(data_cfg, self.plan.val, train=False, **common)
+        self.joint = JointRun(cfg, plan, build_loader, **common) if isinstance(plan, JointPlan) else None
+        self.metric = JOINT_METRIC if self.joint else cfg.train.metric
+        """The validation value that picks best.pt (``val/<metric>``)."""
+        if self.joint:
+            self.train_loader, self.val_loader = self.joint.train_loader, None
+        else:
+            data_cfg = cfg.data.loader_config()
+            self.train_loader = build_loader(data_cfg, self.plan.train, train=True, **common)
+            self.val_loader = build_loader(data_cfg, self.plan.val, train=False, **common)
         self.steps_per_epoch = len(self.train_loader)
         if self.steps_per_epoch < 1:
             raise AvdaliError(f"{cfg.data.shards}: training splits {', '.join(self.plan.train)} give no batch per rank")
@@ -324,8 +336,9 @@ class Trainer:
                 self._validate_and_save()
             ranks = self._rank_reports()
             test = self._test() if cfg.test_at_end and self.plan.test else {}
-            self.writer.hparams(_flatten(self.cfg.to_dict()), {f"val_best_{cfg.metric}": self.best_metric,
-                                                                **hparam_metrics(self.test_robustness)})
+            self.writer.hparams(_flatten(self.cfg.to_dict()), {
+                f"val_best_{self.metric}": self.best_metric, **hparam_metrics(self.test_robustness),
+                **({f"test_{k}": v for k, v in test.items()} if self.joint else {})})
         finally:
             failing = sys.exc_info()[1] is not None
             self.reporter.close()
@@ -338,7 +351,7 @@ class Trainer:
             run_dir=self.run_dir,
             step=self.step,
             epoch=self.epoch,
-            metric=cfg.metric,
+            metric=self.metric,
             best_metric=self.best_metric,
             val=self.last_val,
             test=test,
@@ -463,17 +476,20 @@ class Trainer:
 
     def _validate_and_save(self) -> None:
         broadcast_buffers(self.raw_model)
-        self.val_loader.set_epoch(0)
-        metrics = self._evaluate(self.val_loader)
-        scalars = {k: v for k, v in metrics.items() if k != "confusion"}
-        value = scalars[self.cfg.train.metric]
+        if self.joint:  # each dataset's val splits apart: val/<dataset>/*, and val/joint by the declared rule
+            scalars = self.joint.evaluate("val", self._evaluate, self.writer, self.step, self.class_names)
+        else:
+            self.val_loader.set_epoch(0)
+            metrics = self._evaluate(self.val_loader)
+            scalars = {k: v for k, v in metrics.items() if k != "confusion"}
+            self.writer.scalars("val", scalars, self.step)
+            self.writer.confusion("val/confusion", metrics["confusion"], self.class_names, self.step)
+        value = scalars[self.metric]
         improved = value > self.best_metric
         if improved:
             self.best_metric = value
         self.last_val = scalars
-        self.writer.scalars("val", scalars, self.step)
-        self.writer.scalars("val", {f"best_{self.cfg.train.metric}": self.best_metric}, self.step)
-        self.writer.confusion("val/confusion", metrics["confusion"], self.class_names, self.step)
+        self.writer.scalars("val", {f"best_{self.metric}": self.best_metric}, self.step)
         self.writer.flush()
         state = self._state(scalars)
         if self.info.is_main:
@@ -481,13 +497,15 @@ class Trainer:
             if improved:
                 ckpt.save_checkpoint(self.run_dir / ckpt.BEST, state)
         self.reporter.epoch_end(self.epoch, self.cfg.train.epochs, {**scalars, "best": self.best_metric,
-                                                                     "metric": self.cfg.train.metric,
+                                                                     "metric": self.metric,
                                                                      "step": self.step})
 
     def _test(self) -> dict[str, float]:
         barrier()  # rank 0 wrote best.pt; the others read it
         best = ckpt.load_checkpoint(self.run_dir / ckpt.BEST, map_location=self.device)
         self.raw_model.load_state_dict(best["model"])
+        if self.joint:
+            return self._joint_test(best)
         loader = build_loader(self.cfg.data.loader_config(), self.plan.test, train=False, device=self.device.type,
                               rank=self.info.rank, world_size=self.info.world_size, seed=self.cfg.train.seed)
         loader.set_epoch(0)
@@ -507,15 +525,28 @@ class Trainer:
             )
         return self.test_robustness["both"]
 
+    def _joint_test(self, best: dict) -> dict[str, float]:
+        """Each dataset's test splits apart (``test/<dataset>/*``, ``test/joint``)."""
+        scalars = self.joint.evaluate("test", self._evaluate, self.writer, self.step, self.class_names,
+                                      self.joint.test_loaders())
+        self.reporter.message(
+            f"test (best.pt from epoch {best['epoch']}): "
+            + " ".join(f"{k} {v:.4f}" for k, v in scalars.items() if not k.endswith(("num_samples", "loss")))
+        )
+        return scalars
+
     def _state(self, val: dict[str, float]) -> dict[str, Any]:
         counters = ckpt.Counters(self.step, self.epoch, self.best_metric, self.bad_steps_total, val)
-        return ckpt.training_state(
+        state = ckpt.training_state(
             self.raw_model, self.optimizer, self.scaler, counters,
             schedule={"kind": "warmup_cosine", "warmup_steps": self.warmup_steps, "total_steps": self.total_steps,
                       "lr": self.cfg.optim.lr, "min_lr": self.cfg.optim.min_lr},
-            metric=self.cfg.train.metric, world_size=self.info.world_size, config=self.cfg.to_dict(),
+            metric=self.metric, world_size=self.info.world_size, config=self.cfg.to_dict(),
             rng=all_gather_objects(ckpt.rng_state()),  # every rank's streams, so a resume continues each exactly
         )  # fmt: skip
+        if self.joint:
+            state["metric_rule"] = self.joint.rule  # e.g. "mean(ravdess/ua, meld/weighted_f1)"
+        return state
 
     def _load(self, path: Path) -> None:
         counters = ckpt.resume_training_state(path, self.raw_model, self.optimizer, self.scaler, device=self.device,
@@ -526,6 +557,12 @@ class Trainer:
 
     def _summary(self) -> str:
         c = self.cfg
+        if self.joint:
+            return (
+                f"{self.joint.summary()} · {c.data.loader} loader · {self.info.world_size} rank(s) on "
+                f"{self.device.type} · amp {c.train.amp} · compile {c.train.compile} · "
+                f"{self.steps_per_epoch} steps/epoch × {c.train.epochs} epochs"
+            )
         return (
             f"{self.plan.dataset}: train {'+'.join(self.plan.train)} ({self.train_loader.num_samples} clips), "
             f"val {'+'.join(self.plan.val)}, test {'+'.join(self.plan.test) or '-'} · {c.data.loader} loader · "

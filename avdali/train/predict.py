@@ -61,7 +61,7 @@ def pack_options_for(cfg: RunConfig) -> tuple[PackOptions, str]:
 
     Falls back to ``PackOptions()`` (and ``"defaults"``) when those shards are not readable here.
     """
-    shards = Path(cfg.data.shards)
+    shards = Path(cfg.data.shard_folders()[0])  # a joint run's first folder
     try:
         recorded = read_manifest(shards).options
     except AvdaliError:
@@ -124,7 +124,8 @@ def predict_clip(loaded: LoadedModel, path: str | Path, options: PackOptions | N
         options, origin = pack_options_for(loaded.config)
     clip = transcode_input(path, options, keep_partial=True)
     used = _modality_for(loaded, path, clip, modality)
-    batch = clip_batch(clip.webm, clip.flac, clip.frames, loaded.config.data.loader_config(), source=str(path),
+    data = loaded.config.data.loader_config(loaded.config.data.shard_folders()[0])  # a joint run: same transforms
+    batch = clip_batch(clip.webm, clip.flac, clip.frames, data, source=str(path),
                        audio_present=clip.audio_present, video_present=clip.video_present)
     logits = logits_of(loaded, batch, used)[0]
     probs = torch.softmax(logits, dim=0).tolist()
