@@ -404,6 +404,13 @@ def transcode_clip(
     if decoded.missing:
         return _partial_clip(decoded, rate, options, source, threads)
 
+    webm, frames, face, face_box = _face_webm(decoded, rate, options, threads)
+    return _transcoded(webm, _encode_flac(decoded.audio), frames, float(rate), face, face_box, source, decoded,
+                       STREAMS_ALL)
+
+
+def _face_webm(decoded: _Decoded, rate: Fraction, options: PackOptions, threads: int) -> tuple[bytes, int, str, list | None]:
+    """The decoded frames as the stored VP9 face crop: (webm, frames in it, face "detected"/"centre", face box)."""
     width, height = decoded.frames[0].width, decoded.frames[0].height
     boxes = facemod.smooth_track(decoded.detections, len(decoded.frames), width, height)
     face = "detected" if boxes else "centre"
@@ -413,9 +420,11 @@ def transcode_clip(
         webm = _encode_webm(decoded.frames, boxes, rate, options.size, threads, options.keyint)
     except av.FFmpegError as e:
         raise ClipError(f"VP9 encode failed: {_one_line(e)}") from None
-    flac = _encode_flac(decoded.audio)
-    frames = _count_webm_frames(webm, options.size, expected=len(decoded.frames))
-    fps = float(rate)
+    return webm, _count_webm_frames(webm, options.size, expected=len(decoded.frames)), face, face_box
+
+
+def _transcoded(webm: bytes, flac: bytes, frames: int, fps: float, face: str, face_box, source: dict,
+                decoded: _Decoded, streams: int) -> Transcoded:
     return Transcoded(
         webm=webm,
         flac=flac,
@@ -427,6 +436,8 @@ def transcode_clip(
         face_box=face_box,
         source=source,
         detect_s=decoded.detect_s,
+        streams=streams,
+        missing=dict(decoded.missing),
     )
 
 
@@ -461,31 +472,9 @@ def _partial_clip(decoded: _Decoded, rate: Fraction, options: PackOptions, sourc
         flac, face, face_box = _encode_flac(decoded.audio), "none", None
         streams = STREAM_AUDIO
     else:
-        width, height = decoded.frames[0].width, decoded.frames[0].height
-        boxes = facemod.smooth_track(decoded.detections, len(decoded.frames), width, height)
-        face = "detected" if boxes else "centre"
-        face_box = facemod.median_box(boxes) if boxes else None
-        boxes = boxes or [facemod.centre_box(width, height)] * len(decoded.frames)
-        try:
-            webm = _encode_webm(decoded.frames, boxes, rate, options.size, threads, options.keyint)
-        except av.FFmpegError as e:
-            raise ClipError(f"VP9 encode failed: {_one_line(e)}") from None
-        frames = _count_webm_frames(webm, options.size, expected=len(decoded.frames))
+        webm, frames, face, face_box = _face_webm(decoded, rate, options, threads)
         fps = float(rate)
         # silence as long as the stored picture
         flac = _encode_flac(np.zeros(max(1, round(frames * AUDIO_RATE / fps)), np.int16))
         streams = STREAM_VIDEO
-    return Transcoded(
-        webm=webm,
-        flac=flac,
-        frames=frames,
-        fps=fps,
-        audio_samples=_count_flac_samples(flac),
-        duration_s=round(frames / fps, 3),
-        face=face,
-        face_box=face_box,
-        source=source,
-        detect_s=decoded.detect_s,
-        streams=streams,
-        missing=dict(decoded.missing),
-    )
+    return _transcoded(webm, flac, frames, fps, face, face_box, source, decoded, streams)
