@@ -49,7 +49,7 @@ class DemoSize:
     """Frame size of the synthetic mp4s. The packer crops the face to 128² anyway; 720p sources would only
     make synthesis and decoding ~10× slower."""
     pack: PackOptions = field(default_factory=lambda: PackOptions(size=128, fps=10.0, max_seconds=6.0, shard_size=24))
-    """Shard options: 10 fps is plenty for 8 sampled frames, and halves encoding and decoding against 15-30 fps."""
+    """Shard options: 10 fps is plenty for 4 sampled frames, and halves encoding and decoding against 15-30 fps."""
     train_overrides: tuple[str, ...] = ()
     """``--set`` overrides applied on top of ``DEMO_CONFIG`` (the quick size trains fewer epochs)."""
 
