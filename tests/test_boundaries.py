@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -44,3 +45,17 @@ def test_parse_size_minimum():
     assert parse_size("64x64", minimum=64) == (64, 64)
     with pytest.raises(AvdaliError, match=r"^--size 32x64 is too small \(at least 64x64\)$"):
         parse_size("32x64", minimum=64)
+
+
+def test_cli_makes_openmp_wait_passively_unless_the_user_chose():
+    """``avdali`` sets OMP_WAIT_POLICY=PASSIVE before torch loads (spinning OpenMP threads collapse on a shared CPU),
+    and keeps a value the user set."""
+    # What Python runs before app.py's first line (the packages' __init__) must not load torch: it reads the value once.
+    code = ("import os, sys, avdali, avdali.cli; early = 'torch' in sys.modules; import avdali.cli.app; "
+            "print(os.environ['OMP_WAIT_POLICY'], early)")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["PASSIVE", "False"]
+    env["OMP_WAIT_POLICY"] = "ACTIVE"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.split()[0] == "ACTIVE"

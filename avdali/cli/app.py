@@ -1,16 +1,24 @@
 """The ``avdali`` command: a typer app with one module per command. Commands stay thin and call the package."""
 
-import typer
+import os
 
-from avdali.cli import bench, shard, synth
-from avdali.cli import cross as cross_cmd
-from avdali.cli import cv as cv_cmd
-from avdali.cli import demo as demo_cmd
-from avdali.cli import doctor as doctor_cmd
-from avdali.cli import eval as eval_cmd
-from avdali.cli import inspect as inspect_cmd
-from avdali.cli import predict as predict_cmd
-from avdali.cli import train as train_cmd
+# Before torch loads (every command imports it lazily): OpenMP threads that spin at barriers lose whole scheduler slices
+# whenever another process holds a core — the loader's own decode workers, or any other job on a shared CPU. Measured
+# on the 2-core VM (README, When things go wrong: training): the demo's training 18.8/22.7 clips/s passive against
+# 17.9/19.2 spinning, side by side, and ~10x faster passive with one other busy process. A value the user set wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import typer  # noqa: E402
+
+from avdali.cli import bench, shard, synth  # noqa: E402
+from avdali.cli import cross as cross_cmd  # noqa: E402
+from avdali.cli import cv as cv_cmd  # noqa: E402
+from avdali.cli import demo as demo_cmd  # noqa: E402
+from avdali.cli import doctor as doctor_cmd  # noqa: E402
+from avdali.cli import eval as eval_cmd  # noqa: E402
+from avdali.cli import inspect as inspect_cmd  # noqa: E402
+from avdali.cli import predict as predict_cmd  # noqa: E402
+from avdali.cli import train as train_cmd  # noqa: E402
 
 app = typer.Typer(
     name="avdali",
