@@ -62,11 +62,7 @@ def evaluate_modalities(
             video = model_video(batch.video, channels_last)
             keep = batch.valid.bool()
             for modality, (preds, labels, indices, losses) in parts.items():
-                audio_present, video_present = presence(modality, batch.audio_present.bool(), batch.video_present.bool())
-                with autocast(device, amp_dtype):
-                    logits = model(video, batch.audio, batch.audio_len,
-                                   audio_present=audio_present, video_present=video_present)
-                logits = logits.float()
+                logits = forward_logits(model, batch, video, modality, device, amp_dtype)
                 loss = F.cross_entropy(logits, batch.label, reduction="none")
                 preds.append(logits.argmax(1)[keep].cpu())
                 labels.append(batch.label[keep].cpu())
@@ -75,6 +71,16 @@ def evaluate_modalities(
     finally:
         model.train(was_training)
     return {m: _score(lists, num_classes) for m, lists in parts.items()}
+
+
+def forward_logits(model: torch.nn.Module, batch, video: torch.Tensor, modality: str, device: torch.device,
+                   amp_dtype: torch.dtype | None) -> torch.Tensor:
+    """float32 logits of a Batch already on ``device`` (``video`` = its ``model_video``), with the stream masks of
+    ``modality`` (``presence``): the one forward of evaluation and ``avdali predict``."""
+    audio_present, video_present = presence(modality, batch.audio_present.bool(), batch.video_present.bool())
+    with autocast(device, amp_dtype):
+        logits = model(video, batch.audio, batch.audio_len, audio_present=audio_present, video_present=video_present)
+    return logits.float()
 
 
 def _score(lists: tuple[list, list, list, list], num_classes: int) -> dict:

@@ -24,7 +24,7 @@ from avdali.train import checkpoint as ckpt
 from avdali.train.config import RunConfig, config_from_dict
 from avdali.train.distributed import resolve_device
 from avdali.train.evaluate import evaluate_modalities
-from avdali.train.inputs import AMP_DTYPES, autocast
+from avdali.train.inputs import AMP_DTYPES
 from avdali.train.modality import require_modality, servable_modalities
 from avdali.train.protocol import ravdess_fold_splits
 
@@ -65,10 +65,6 @@ class LoadedModel:
     def amp_dtype(self) -> torch.dtype | None:
         """Autocast dtype for inference: the checkpoint's precision on CUDA, none on CPU (CPU autocast is slower there)."""
         return AMP_DTYPES.get(self.config.train.amp) if self.device.type == "cuda" else None
-
-    def autocast(self):
-        """The autocast context of ``amp_dtype`` (``inputs.autocast``, the one training and evaluation use)."""
-        return autocast(self.device, self.amp_dtype)
 
 
 def load_model(path: str | Path, device: str = "auto", *, label_space: str | None = None) -> LoadedModel:

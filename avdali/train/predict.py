@@ -23,7 +23,8 @@ from avdali.shardformat.options import PackOptions
 from avdali.train.config import RunConfig
 from avdali.train.inference import LoadedModel
 from avdali.train.inputs import model_video, to_device
-from avdali.train.modality import MODALITIES, presence, unservable_reason
+from avdali.train.evaluate import forward_logits
+from avdali.train.modality import MODALITIES, unservable_reason
 
 
 @dataclass
@@ -170,8 +171,4 @@ def logits_of(loaded: LoadedModel, batch, modality: str = "both") -> torch.Tenso
     masks: the batch's own for "both", the removed stream marked absent for "audio" / "video")."""
     batch = to_device(batch, loaded.device)
     video = model_video(batch.video, loaded.config.train.channels_last)
-    audio_present, video_present = presence(modality, batch.audio_present, batch.video_present)
-    with loaded.autocast():
-        logits = loaded.model(video, batch.audio, batch.audio_len, audio_present=audio_present,
-                              video_present=video_present)
-    return logits.float().cpu()
+    return forward_logits(loaded.model, batch, video, modality, loaded.device, loaded.amp_dtype).cpu()
