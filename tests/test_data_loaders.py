@@ -265,60 +265,6 @@ def test_dali_crop_interp_is_used(ravdess_shards, interp):
     assert (values <= set(ramp.ravel().tolist())) == (interp == "nearest")
 
 
-@pytest.mark.parametrize("device", ["cpu", "cuda"])
-def test_dali_random_crop_area_comes_from_the_config(ravdess_shards, device):
-    from avdali.data.dali import DaliLoader
-    from avdali.data.shards import resolve
-
-    cfg = small(ravdess_shards, crop_min_area=0.6)
-    loader = DaliLoader(cfg, resolve(ravdess_shards, SPLITS), train=True, device=device, rank=0, world_size=1, seed=0,
-                        frame_size=(128, 128))
-    pipe = loader.make_pipeline(device_id=0 if device == "cuda" else None)
-    specs, stack = [], [pipe._graph_out[0]]
-    while stack:  # the traced graph upstream of the video output (DALI's private graph objects)
-        op = stack.pop().source
-        if op is not None:
-            specs.append(str(op.spec))
-            stack += list(op.inputs)
-    crops = [spec for spec in specs if "random_area" in spec]
-    assert len(crops) == 1 and "random_area: [0.600000, 1.000000, ]" in crops[0]
-    assert "random_aspect_ratio: [0.750000, 1.333333, ]" in crops[0]
-
-
-@pytest.mark.parametrize("min_area", [1.0, 0.35])
-def test_torch_random_crop_area_comes_from_the_config(min_area):
-    """All of the area kept: every training crop is the whole frame scaled (and maybe mirrored); less: some are not."""
-    from torchvision.transforms.v2 import functional as F
-
-    from avdali.data.torch_loader import crop_video
-
-    torch.manual_seed(0)
-    video = torch.randint(0, 255, (2, 3, 128, 128), dtype=torch.uint8)
-    whole = F.resize(video, [64, 64], antialias=False)
-    cfg = DataConfig(crop=64, crop_min_area=min_area)
-    crops = [crop_video(video, cfg, augment=True) for _ in range(20)]
-    whole_frame = [torch.equal(c, whole) or torch.equal(c, whole.flip(-1)) for c in crops]
-    assert all(whole_frame) if min_area == 1.0 else not any(whole_frame)
-
-
-def test_evaluation_crop_is_seven_eighths_of_the_frame_scaled_to_the_output():
-    """The same share of the frame at every output size: 112 of 128 as is, and that window scaled down for 64."""
-    from torchvision.transforms.v2 import functional as F
-
-    from avdali.data.torch_loader import crop_video
-
-    video = torch.randint(0, 255, (2, 3, 128, 128), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    assert torch.equal(crop_video(video, DataConfig(crop=112), augment=False), video[..., 8:120, 8:120])
-    assert torch.equal(crop_video(video, DataConfig(crop=64), augment=False),
-                       F.resize(video[..., 8:120, 8:120], [64, 64], antialias=True))
-
-
-@pytest.mark.parametrize("bad", [0.0, 1.5, "0.5"])
-def test_bad_crop_area_is_one_line(bad):
-    with pytest.raises(AvdaliError, match="data.crop_min_area must be a number between 0.05 and 1"):
-        DataConfig(crop_min_area=bad)
-
-
 def test_torch_nearest_crop_matches_torchvision():
     from torchvision.transforms.v2 import functional as F
 

@@ -81,9 +81,9 @@ def test_batches_per_epoch_fits_the_largest_rank():
 
 
 def test_center_crop_box():
-    assert sampling.center_crop_box(128, 128) == (8, 8, 112)
-    assert sampling.center_crop_box(128, 160) == (8, 24, 112)
-    assert sampling.center_crop_box(96, 96) == (6, 6, 84)
+    assert sampling.center_crop_box(128, 128, 112) == (8, 8, 112)
+    assert sampling.center_crop_box(128, 160, 112) == (8, 24, 112)
+    assert sampling.center_crop_box(96, 96, 112) == (0, 0, 96)
 
 
 def test_prepare_video_normalises_uint8_and_passes_floats():

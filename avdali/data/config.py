@@ -49,11 +49,7 @@ class DataConfig:
     crop_interp: str = "linear"
     """Resampling of training's random resized crop: ``linear`` (bilinear, what torchvision uses) or ``nearest``
     (cheaper on a CPU: the DALI CPU pipeline runs ~1.3× faster, but crops scaled down by much alias, and the
-    quick demo learned less). Evaluation's centre square is scaled with antialiasing (``sampling.center_crop_box``)."""
-    crop_min_area: float = 0.35
-    """Training's random resized crop keeps between this share of the frame area and all of it (aspect 3:4 to 4:3),
-    then scales it to ``crop``; evaluation takes the whole frame (centre square). A face crop zoomed in further
-    would cut off the brows or the mouth."""
+    quick demo learned less). Evaluation's centre crop never resamples frames at least ``crop`` pixels large."""
     audio_seconds: float = 3.0
     """Fixed audio window; longer clips are cut (random offset in training, centred in evaluation), shorter ones padded."""
     features: str = "logmel"
@@ -95,8 +91,6 @@ class DataConfig:
         _at_least("num_threads", self.num_threads, 1)
         _at_least("prefetch", self.prefetch, 1)
         _at_least("shuffle_buffer", self.shuffle_buffer, 1)
-        if not (isinstance(self.crop_min_area, (int, float)) and 0.05 <= self.crop_min_area <= 1):
-            raise ConfigError(f"data.crop_min_area must be a number between 0.05 and 1, got {self.crop_min_area!r}")
         if not 0.1 <= self.audio_seconds <= 60:
             raise ConfigError(f"data.audio_seconds must be between 0.1 and 60, got {self.audio_seconds!r}")
         if self.features == "mfcc" and self.n_mfcc > self.n_mels:

@@ -23,8 +23,6 @@ NFFT = 512
 the power spectrum of the same windowed samples, sampled on a finer grid)."""
 HOP = 160
 """STFT hop: 10 ms at 16 kHz."""
-CROP_ASPECT = (3 / 4, 4 / 3)
-"""Training's random resized crop: aspect ratio range of the window (its area range is ``data.crop_min_area``)."""
 
 
 def frame_indices(num_frames: int, t: int, rng: np.random.Generator | None = None) -> np.ndarray:
@@ -70,11 +68,8 @@ def batches_per_epoch(num_samples: int, batch_size: int, world_size: int) -> int
     return -(-largest // batch_size)
 
 
-def center_crop_box(height: int, width: int) -> tuple[int, int, int]:
-    """Evaluation crop (top, left, side): the centred square of 7/8 of the shorter side (timm's ``crop_pct``
-    0.875), which the loaders then scale to ``data.crop`` (unless it is that size already: 112 of a 128² packed
-    face). The share, not the output size, fixes what evaluation sees, so it matches training's random crops
-    (``data.crop_min_area`` to all of the frame, scaled to ``crop``) at any ``crop``: a fixed ``crop``-pixel window
-    would show a 64² model only the middle quarter of a 128² face, at a scale training never used."""
-    side = 7 * min(height, width) // 8
+def center_crop_box(height: int, width: int, crop: int) -> tuple[int, int, int]:
+    """Evaluation crop (top, left, side): a ``crop`` square in the centre, or the largest centred square
+    (then resized to ``crop``) when the frame is smaller than ``crop``."""
+    side = min(height, width, crop)
     return (height - side) // 2, (width - side) // 2, side

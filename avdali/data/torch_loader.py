@@ -47,6 +47,10 @@ from avdali.shardformat.members import decode_meta_i32
 
 START_METHOD = "forkserver"
 """Worker start method: fork is unsafe with audio/codec libraries that start threads (STYLE.md)."""
+RANDOM_SCALE = (0.35, 1.0)
+"""Random resized crop: share of the frame area kept (same as the DALI pipeline)."""
+RANDOM_RATIO = (3 / 4, 4 / 3)
+"""Random resized crop: aspect ratio range (same as the DALI pipeline)."""
 DB_AMIN = 1e-10
 """Floor of the mel power before the log (DALI: ``cutoff_db=-100``)."""
 NORM_EPS = 1e-5
@@ -236,20 +240,19 @@ def decode_clip(webm: bytes, flac: bytes, meta_i32: bytes, cfg: DataConfig, rng:
 
 
 def crop_video(video: torch.Tensor, cfg: DataConfig, augment: bool) -> torch.Tensor:
-    """Random resized crop + flip (one window per clip) in training; otherwise the centred square of
-    ``sampling.center_crop_box`` scaled to ``crop``."""
+    """Random resized crop + flip (one window per clip) in training; centre crop otherwise."""
     from torchvision.transforms import v2
     from torchvision.transforms.v2 import functional as F
 
     size = [cfg.crop, cfg.crop]
     if augment:
-        top, left, h, w = v2.RandomResizedCrop.get_params(video, [cfg.crop_min_area, 1.0], list(sampling.CROP_ASPECT))
+        top, left, h, w = v2.RandomResizedCrop.get_params(video, list(RANDOM_SCALE), list(RANDOM_RATIO))
         if cfg.crop_interp == "nearest":
             video = nearest_resized_crop(video, top, left, h, w, cfg.crop)
         else:  # uint8 channels-last bilinear has a vectorised kernel in torch
             video = F.resized_crop(video, top, left, h, w, size, antialias=False)  # as DALI: mostly upscaling
         return video.flip(-1) if torch.rand(()) < 0.5 else video
-    top, left, side = sampling.center_crop_box(video.shape[-2], video.shape[-1])
+    top, left, side = sampling.center_crop_box(video.shape[-2], video.shape[-1], cfg.crop)
     video = video[..., top : top + side, left : left + side]
     if side != cfg.crop:
         video = F.resize(video, size, antialias=True)
