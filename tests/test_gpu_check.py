@@ -7,14 +7,19 @@ import json
 import sys
 from pathlib import Path
 
-TOOL = Path(__file__).resolve().parents[1] / "tools" / "gpu_check.py"
+TOOLS = Path(__file__).resolve().parents[1] / "tools"
 
 
-def _tool():
-    spec = importlib.util.spec_from_file_location("gpu_check", TOOL)
+def load_tool(name: str):
+    """A stand-alone script of tools/ as a module (tools/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, TOOLS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _tool():
+    return load_tool("gpu_check")
 
 
 def test_steps_record_command_rc_figures_and_skip_past_the_budget(tmp_path):
