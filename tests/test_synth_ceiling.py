@@ -1,4 +1,4 @@
-"""tools/synth_ceiling.py: the clip parameters it draws separate the emotions, and its read-out falls to chance on shuffled labels."""
+"""tools/synth_ceiling.py: the clip parameters it draws separate the emotions; on shuffled labels it nears chance."""
 
 from __future__ import annotations
 
