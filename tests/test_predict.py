@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -81,6 +82,36 @@ def test_predict_matches_the_loader_on_packed_shards(tmp_path, ravdess_shards, a
     torch.testing.assert_close(single.video[0], batch.video[row], rtol=0, atol=0)
     torch.testing.assert_close(single.audio[0], batch.audio[row], rtol=1e-5, atol=1e-5)
     assert int(single.audio_len[0]) == int(batch.audio_len[row])
+
+
+def test_speaker_norm_prediction_matches_the_loader_with_the_speakers_clips(tmp_path, ravdess_shards, av_clip):
+    """A data.speaker_norm checkpoint: predict needs the person's other clips; given exactly the clips packed for
+    that actor, the speaker's mean frame, and so the logits, are the loader's."""
+    shards = shutil.copytree(ravdess_shards, tmp_path / "shards")  # the loader caches its means in the folder
+    loaded = load_model(make_checkpoint(tmp_path / "best.pt", shards, "data.speaker_norm=true"), "cpu")
+    with pytest.raises(AvdaliError, match=r"trained with data\.speaker_norm .* --speaker-clips DIR"):
+        predict_clip(loaded, av_clip)
+    key = av_clip.stem
+    split = next(s.split for s in read_manifest(shards).shards if key in s.keys)
+    packed = [k for s in read_manifest(shards).shards if s.split == split for k in s.keys]
+    same_person = tmp_path / "actor"
+    same_person.mkdir()
+    for k in packed:
+        shutil.copy(av_clip.parent / f"{k}.mp4", same_person)
+    prediction = predict_clip(loaded, av_clip, speaker_clips=same_person)
+    assert prediction.speaker_clips == len(packed) > 1
+
+    shardset = resolve(shards, [split])
+    index = next(f.first + f.keys.index(key) for f in shardset.files if key in f.keys)
+    batch = next(b for b in build_loader(loaded.config.data.loader_config(), [split], train=False)
+                 if (b.index == index).any())
+    reference = logits_of(loaded, batch)[int((batch.index == index).nonzero()[0])]
+    torch.testing.assert_close(torch.tensor(prediction.logits), reference, rtol=1e-4, atol=1e-4)
+    plain = predict_clip(load_model(make_checkpoint(tmp_path / "plain.pt", shards), "cpu"), av_clip)
+    assert plain.logits != prediction.logits and plain.speaker_clips == 0
+
+    result = run("predict", av_clip, "--checkpoint", tmp_path / "best.pt", "--speaker-clips", tmp_path / "nowhere")
+    assert result.exit_code == 1 and "nowhere: --speaker-clips must be a folder" in result.output
 
 
 def test_pack_options_from_manifest_or_defaults(tmp_path, ravdess_shards):

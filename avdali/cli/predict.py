@@ -22,6 +22,7 @@ def predict(
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout instead of a table.")] = False,
     device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda.")] = "auto",
     modality: Annotated[Optional[str], typer.Option("--modality", help="both | audio | video: the streams to use (default: every stream the clip has).", show_default=False)] = None,
+    speaker_clips: Annotated[Optional[Path], typer.Option("--speaker-clips", help="A folder of other clips of the same person (any emotion): a checkpoint trained with data.speaker_norm needs them for the speaker's mean frame.", show_default=False)] = None,
 ) -> None:
     """Predict the emotion of one clip: the same face crop, frame sampling and log-mel as training, then the model's
     probabilities per class, most probable first."""
@@ -36,7 +37,7 @@ def predict(
     with err_console.status(f"loading {checkpoint}"):
         loaded = load_model(checkpoint, device)
     with err_console.status(f"reading {clip}"):
-        result = predict_clip(loaded, clip, modality=modality)
+        result = predict_clip(loaded, clip, modality=modality, speaker_clips=speaker_clips)
     if as_json:
         print(json.dumps({**result.to_dict(), "checkpoint": str(checkpoint)}, indent=1))
         return
@@ -55,7 +56,8 @@ def predict(
     console.print(
         f"{escape(str(clip))}: {info['frames']} frames at {info['fps']:g} fps ({info['duration_s']:.2f} s), "
         f"face {info['face']} · checkpoint {escape(str(checkpoint))} ({loaded.label_space}, epoch {loaded.epoch}) "
-        f"· pack options from {escape(result.pack_options['from'])}",
+        f"· pack options from {escape(result.pack_options['from'])}"
+        + (f" · speaker mean frame of {result.speaker_clips} clips" if result.speaker_clips else ""),
         style="dim",
         highlight=False,
         soft_wrap=True,

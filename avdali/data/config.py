@@ -67,6 +67,11 @@ class DataConfig:
     """Batches prepared ahead (DALI prefetch queue depth / DataLoader prefetch factor per worker)."""
     shuffle_buffer: int = 256
     """Samples in the shuffle buffer in training (DALI ``initial_fill`` / webdataset shuffle size)."""
+    speaker_norm: bool = False
+    """Subtract from every frame its speaker's mean frame (the average of all that speaker's frames in the same split;
+    labels unused), before the crop: identity, skin tone and background cancel, the expression stays. The means are
+    computed once per shard folder and cached in it (``data/speakers.py``). Torch loader only for now; ``avdali
+    predict`` then needs other clips of the same person (``--speaker-clips``)."""
     augment: bool = True
     """Training only: random temporal jitter, random resized crop, horizontal flip, random audio offset."""
     label_space: str = "unified"
@@ -91,6 +96,9 @@ class DataConfig:
         _at_least("num_threads", self.num_threads, 1)
         _at_least("prefetch", self.prefetch, 1)
         _at_least("shuffle_buffer", self.shuffle_buffer, 1)
+        if self.speaker_norm and self.loader != "torch":
+            raise ConfigError('data.speaker_norm needs data.loader = "torch" (the DALI pipeline does not subtract '
+                              "speaker mean frames)")
         if not 0.1 <= self.audio_seconds <= 60:
             raise ConfigError(f"data.audio_seconds must be between 0.1 and 60, got {self.audio_seconds!r}")
         if self.features == "mfcc" and self.n_mfcc > self.n_mels:

@@ -42,6 +42,7 @@ from avdali.data.config import DataConfig
 from avdali.data.integrity import changed_shards, read_failure
 from avdali.data.normalize import prepare_video
 from avdali.data.shards import ShardSet
+from avdali.data.speakers import SpeakerFrames, load_speaker_frames, subtract_mean
 from avdali.errors import AvdaliError
 from avdali.shardformat.members import decode_meta_i32
 
@@ -109,6 +110,20 @@ def decode_frames(webm: bytes, indices: np.ndarray, source: str = "webm") -> np.
     return np.stack([picked.get(int(i), final) for i in indices])
 
 
+def all_frames(webm: bytes, source: str = "webm") -> np.ndarray:
+    """Every frame of the clip as T,H,W,3 uint8 RGB (what ``decode_frames`` converts, in order)."""
+    try:
+        with av.open(io.BytesIO(webm)) as container:
+            stream = container.streams.video[0]
+            stream.thread_count = 1
+            frames = [yuv420_to_rgb(frame) for frame in container.decode(stream)]
+    except (av.FFmpegError, IndexError) as e:
+        raise AvdaliError(f"{source}: cannot decode the video ({e})") from None
+    if not frames:
+        raise AvdaliError(f"{source}: the video has no frames")
+    return np.stack(frames)
+
+
 @dataclass
 class AudioFeatures:
     """Log-mel (or MFCC) features with the DALI pipeline's parameters, computed with torchaudio."""
@@ -161,8 +176,9 @@ class ClipStream(IterableDataset):
     """One rank's samples, split over the DataLoader workers (every worker reads the rank's tars and decodes every
     N-th sample), decoded and batched in the workers."""
 
-    def __init__(self, cfg: DataConfig, shardset: ShardSet, *, train: bool, rank: int, world_size: int, seed: int, epoch):
-        self.cfg, self.train, self.rank, self.seed = cfg, train, rank, seed
+    def __init__(self, cfg: DataConfig, shardset: ShardSet, *, train: bool, rank: int, world_size: int, seed: int, epoch,
+                 speakers: SpeakerFrames | None = None):
+        self.cfg, self.train, self.rank, self.seed, self.speakers = cfg, train, rank, seed, speakers
         self.epoch = epoch  # a shared multiprocessing Value: persistent workers see set_epoch
         lo, hi = sampling.rank_range(shardset.num_samples, rank, world_size)
         # tars overlapping [lo, hi) and, per (tar, key), the sample's global index
@@ -204,21 +220,25 @@ class ClipStream(IterableDataset):
         if self._features is None:
             self._features = AudioFeatures(self.cfg)
         source = f"{sample['__url__']}:{sample['__key__']}"
+        mean = self.speakers.mean_for(sample["__url__"], sample["__key__"]) if self.speakers else None
         clip = decode_clip(sample[fmt.VIDEO_EXT], sample[fmt.AUDIO_EXT], sample[fmt.NUMS_EXT], self.cfg, rng, source,
-                           self._features)
+                           self._features, speaker_mean=mean)
         return dict(clip, index=self.index[(sample["__url__"], sample["__key__"])])
 
 
 def decode_clip(webm: bytes, flac: bytes, meta_i32: bytes, cfg: DataConfig, rng: np.random.Generator | None,
-                source: str, features: AudioFeatures | None = None) -> dict:
+                source: str, features: AudioFeatures | None = None, speaker_mean: np.ndarray | None = None) -> dict:
     """One clip's members → tensors (video T,C,H,W, audio F,A, audio_len, label) and its real streams
     (audio_present, video_present from ``meta.i32``): the per-sample work of the torch loader, also what
     ``avdali predict`` runs on a clip that is in no shard. ``rng`` (None: evaluation) picks frames, the crop window
     and the audio window; ``source`` names the clip in errors; ``features`` may be reused across calls (building
     the mel filter bank costs more than applying it). A placeholder stream (``--keep-partial``) is decoded like a
-    real one, as DALI does: the flags, not the data, tell the model it is missing."""
+    real one, as DALI does: the flags, not the data, tell the model it is missing. ``speaker_mean``
+    (``data.speaker_norm``): the speaker's mean frame, subtracted from the frames before the crop."""
     frame_count, label, streams = _check_meta(meta_i32, cfg, source)
     frames = decode_frames(webm, sampling.frame_indices(frame_count, cfg.frames, rng), source)
+    if speaker_mean is not None and streams & fmt.STREAM_VIDEO:
+        frames = subtract_mean(frames, speaker_mean)
     video = torch.from_numpy(frames).permute(0, 3, 1, 2)  # T,C,H,W uint8, a view
     video = crop_video(video, cfg, augment=rng is not None)
     if cfg.video_dtype != "uint8":
@@ -381,8 +401,9 @@ class TorchLoader:
         self.shardset = shardset
         ctx = mp.get_context(START_METHOD)
         self._epoch = ctx.Value("i", 0)
+        speakers = load_speaker_frames(shardset.root) if cfg.speaker_norm else None
         self.dataset = ClipStream(cfg, shardset, train=train, rank=rank, world_size=world_size, seed=seed,
-                                  epoch=self._epoch)
+                                  epoch=self._epoch, speakers=speakers)
         self.workers = min(cfg.num_threads, max(len(self.dataset.index), 1))
         self.dataloader = DataLoader(
             self.dataset,
