@@ -1,20 +1,24 @@
-"""data.speaker_norm: per-speaker mean frames (against a webdataset + PyAV reference), their cache, and the torch
-loader's frames minus them."""
+"""data.speaker_norm: per-speaker statistics (against a webdataset + PyAV + torchaudio reference), their cache, and
+the torch loader's frames and features normalised with them."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import shutil
 
 import av
 import numpy as np
 import pytest
+import soundfile as sf
+import torch
+import torchaudio
 import webdataset as wds
 
-from avdali.data import speakers
+from avdali.data import sampling, speakers
 from avdali.data.build import build_loader
 from avdali.data.config import DataConfig
-from avdali.errors import ConfigError
+from avdali.errors import AvdaliError, ConfigError
 from avdali.shardformat.manifest import read_manifest
 from avdali.sources.ravdess import parse_ravdess_name
 
@@ -25,68 +29,98 @@ def shards(tmp_path, ravdess_shards):
     return shutil.copytree(ravdess_shards, tmp_path / "shards")
 
 
-def reference_means(folder) -> dict[tuple[str, str], np.ndarray]:
-    """(split, actor from the file name) → mean of every frame, decoded with PyAV's own RGB conversion."""
-    sums, counts = {}, {}
+CFG = DataConfig(loader="torch", batch_size=4, frames=3, crop=64, n_mels=16, num_threads=1)
+
+
+def reference_stats(folder) -> dict[tuple[str, str], tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(split, actor from the file name) → mean frame (PyAV's own RGB conversion), per-bin mean and std of the
+    log-mel in dB (torchaudio, whole clips)."""
+    mel = torchaudio.transforms.MelSpectrogram(sample_rate=16000, n_fft=sampling.NFFT, win_length=sampling.WINDOW,
+                                               hop_length=sampling.HOP, n_mels=CFG.n_mels, norm="slaney",
+                                               mel_scale="slaney")
+    to_db = torchaudio.transforms.AmplitudeToDB(stype="power", top_db=None)
+    frames, feats = {}, {}
     for entry in read_manifest(folder).shards:
         for sample in wds.WebDataset(str(folder / entry.name), shardshuffle=False):
-            actor = f"Actor_{parse_ravdess_name(sample['__key__'] + '.mp4').actor:02d}"
+            group = (entry.split, f"Actor_{parse_ravdess_name(sample['__key__'] + '.mp4').actor:02d}")
             with av.open(io.BytesIO(sample["webm"])) as c:
-                frames = np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)]).astype(np.float64)
-            group = (entry.split, actor)
-            sums[group] = sums.get(group, 0) + frames.sum(axis=0)
-            counts[group] = counts.get(group, 0) + len(frames)
-    return {g: sums[g] / counts[g] for g in sums}
+                frames.setdefault(group, []).extend(f.to_ndarray(format="rgb24") for f in c.decode(video=0))
+            wav, _ = sf.read(io.BytesIO(sample["flac"]), dtype="float32")
+            feats.setdefault(group, []).append(to_db(mel(torch.from_numpy(wav))).double().numpy())
+    out = {}
+    for g in frames:
+        a = np.concatenate(feats[g], axis=1)
+        out[g] = (np.mean(np.stack(frames[g]), axis=0), a.mean(axis=1), a.std(axis=1))
+    return out
 
 
-def test_speaker_means_match_a_reference(shards):
-    got = speakers.compute_speaker_frames(shards)
-    want = reference_means(shards)
-    assert got.means.keys() == want.keys() and len(want) == 5  # one actor per fold in the fixture
-    for group, mean in want.items():
-        assert got.means[group].shape == mean.shape == (128, 128, 3)
+def test_speaker_stats_match_a_reference(shards):
+    got = speakers.compute_speaker_stats(shards, CFG)
+    want = reference_stats(shards)
+    assert got.speakers.keys() == want.keys() and len(want) == 5  # one actor per fold in the fixture
+    for group, (frame, mean, std) in want.items():
+        s = got.speakers[group]
+        assert s.frame.shape == frame.shape == (128, 128, 3)
         # PyAV's swscale and the loaders' BT.601 conversion differ by ~1.3 levels on average
-        assert np.abs(got.means[group] - mean).mean() < 2.0, group
+        assert np.abs(s.frame - frame).mean() < 2.0, group
+        np.testing.assert_allclose(s.audio_mean, mean, atol=1e-3)
+        np.testing.assert_allclose(s.audio_std, std, rtol=1e-3)
     for (tar, key), who in got.speaker.items():
         assert who == f"Actor_{parse_ravdess_name(key + '.mp4').actor:02d}"
-    different = [np.abs(a - b).mean() for a in got.means.values() for b in got.means.values() if a is not b]
-    assert min(different) > 10  # each actor has a face and background of their own
+    frames = [s.frame for s in got.speakers.values()]
+    assert min(np.abs(a - b).mean() for a in frames for b in frames if a is not b) > 10  # a face and background each
 
 
 def test_cache_is_reused_and_refreshed_when_the_shards_change(shards, monkeypatch):
-    first = speakers.load_speaker_frames(shards)
-    assert (shards / speakers.CACHE_NAME).is_file()
+    first = speakers.load_speaker_stats(shards, CFG)
+    assert speakers.cache_path(shards, CFG).is_file()
 
-    def no_pass(_):
+    def no_pass(*_):
         raise AssertionError("recomputed although the cache matches")
 
     with monkeypatch.context() as m:
-        m.setattr(speakers, "compute_speaker_frames", no_pass)
-        again = speakers.load_speaker_frames(shards)
-    assert again.speaker == first.speaker and again.split == first.split
-    assert all(np.array_equal(again.means[g], first.means[g]) for g in first.means)
-    monkeypatch.setattr(speakers, "_cache_key", lambda _: "another pack")  # as after a re-pack
+        m.setattr(speakers, "compute_speaker_stats", no_pass)
+        again = speakers.load_speaker_stats(shards, CFG)
+    assert again.speaker == first.speaker and again.split == first.split and again.speakers.keys() == first.speakers.keys()
+    for g, s in first.speakers.items():
+        assert all(np.array_equal(getattr(again.speakers[g], n), getattr(s, n)) for n in ("frame", "audio_mean", "audio_std"))
     calls = []
-    monkeypatch.setattr(speakers, "compute_speaker_frames", lambda folder: calls.append(folder) or first)
-    speakers.load_speaker_frames(shards)
-    assert calls == [shards]
+    monkeypatch.setattr(speakers, "compute_speaker_stats", lambda folder, cfg: calls.append(cfg) or first)
+    speakers.load_speaker_stats(shards, dataclasses.replace(CFG, n_mels=24))  # other features: their own file
+    monkeypatch.setattr(speakers, "_cache_key", lambda _: "another pack")  # as after a re-pack
+    speakers.load_speaker_stats(shards, CFG)
+    assert [c.n_mels for c in calls] == [24, 16]
 
 
-def test_torch_loader_subtracts_the_speakers_mean_frame(shards):
-    """Evaluation crops the centre without resampling, so the result is exactly (frame - mean) + 128, rounded."""
-    base = dict(shards=str(shards), loader="torch", batch_size=4, frames=3, crop=64, n_mels=16, num_threads=1)
-    plain = {int(i): v for b in build_loader(DataConfig(**base), ["fold1", "fold2"], train=False)
+def test_torch_loader_normalises_by_the_speaker(shards):
+    """Evaluation crops the centre without resampling, so the frames are exactly (frame - mean) + 128, rounded; the
+    features are the centred window's log-mel (torchaudio) standardised with the speaker's per-bin mean and std."""
+    base = dataclasses.replace(CFG, shards=str(shards))
+    splits = ["fold1", "fold2"]
+    plain = {int(i): v for b in build_loader(base, splits, train=False)
              for i, v, ok in zip(b.index, b.video, b.valid) if ok}
-    normed = {int(i): v for b in build_loader(DataConfig(speaker_norm=True, **base), ["fold1", "fold2"], train=False)
-              for i, v, ok in zip(b.index, b.video, b.valid) if ok}
-    frames = speakers.load_speaker_frames(shards)
-    keys = [(e.name, k) for e in read_manifest(shards).shards if e.split in ("fold1", "fold2") for k in e.keys]
-    assert plain.keys() == normed.keys() == set(range(len(keys)))
-    for i, (tar, key) in enumerate(keys):
-        mean = frames.mean_for(tar, key)[32:96, 32:96]  # the centre 64² of 128²
-        expected = speakers.subtract_mean(plain[i].permute(0, 2, 3, 1).numpy(), mean)
-        assert np.array_equal(normed[i].permute(0, 2, 3, 1).numpy(), expected)
-    assert not np.array_equal(plain[0].numpy(), normed[0].numpy())
+    normed = {int(i): (v, a, n) for b in build_loader(dataclasses.replace(base, speaker_norm=True), splits, train=False)
+              for i, v, a, n, ok in zip(b.index, b.video, b.audio, b.audio_len, b.valid) if ok}
+    stats = speakers.load_speaker_stats(shards, base)
+    samples = [(e.name, s) for e in read_manifest(shards).shards if e.split in splits
+               for s in wds.WebDataset(str(shards / e.name), shardshuffle=False)]
+    assert plain.keys() == normed.keys() == set(range(len(samples)))
+    mel = torchaudio.transforms.MelSpectrogram(sample_rate=16000, n_fft=sampling.NFFT, win_length=sampling.WINDOW,
+                                               hop_length=sampling.HOP, n_mels=CFG.n_mels, norm="slaney",
+                                               mel_scale="slaney")
+    for i, (tar, sample) in enumerate(samples):
+        speaker = stats.of(tar, sample["__key__"])
+        expected = speakers.subtract_mean(plain[i].permute(0, 2, 3, 1).numpy(), speaker.frame[32:96, 32:96])
+        video, audio, valid = normed[i]
+        assert np.array_equal(video.permute(0, 2, 3, 1).numpy(), expected)
+        wav, _ = sf.read(io.BytesIO(sample["flac"]), dtype="float32")
+        window = sampling.window_samples(CFG.audio_seconds)
+        start = sampling.audio_start(len(wav), window, None)
+        db = 10 * torch.log10(torch.clamp(mel(torch.from_numpy(wav[start : start + window])), min=1e-10))
+        restored = audio[:, :valid] * torch.from_numpy(speaker.audio_std)[:, None] + torch.from_numpy(speaker.audio_mean)[:, None]
+        torch.testing.assert_close(restored, db, atol=1e-3, rtol=1e-4)
+        assert audio[:, valid:].abs().max() == 0 if valid < audio.shape[1] else True
+    assert not np.array_equal(plain[0].numpy(), normed[0][0].numpy())
 
 
 def test_speaker_norm_needs_the_torch_loader():
@@ -94,6 +128,9 @@ def test_speaker_norm_needs_the_torch_loader():
         DataConfig(loader="dali", speaker_norm=True)
 
 
-def test_a_sample_without_a_speaker_is_named():
-    with pytest.raises(Exception, match=r"tar:key: the sample's json names no speaker"):
+def test_bad_input_is_named():
+    with pytest.raises(AvdaliError, match=r"tar:key: the sample's json names no speaker"):
         speakers.speaker_of({"dataset": "ravdess"}, "tar:key")
+    with pytest.raises(AvdaliError, match=r"tar:key: frames of \(8, 8\) but the speaker's mean frame is \(4, 4\)"):
+        speakers.subtract_mean(np.zeros((2, 8, 8, 3), np.uint8), np.zeros((4, 4, 3), np.float32), "tar:key")
+    assert speakers.speaker_of({"speaker": " Joey "}, "x") == "Joey" and speakers.speaker_of({"actor": 5}, "x") == "Actor_05"

@@ -68,10 +68,11 @@ class DataConfig:
     shuffle_buffer: int = 256
     """Samples in the shuffle buffer in training (DALI ``initial_fill`` / webdataset shuffle size)."""
     speaker_norm: bool = False
-    """Subtract from every frame its speaker's mean frame (the average of all that speaker's frames in the same split;
-    labels unused), before the crop: identity, skin tone and background cancel, the expression stays. The means are
-    computed once per shard folder and cached in it (``data/speakers.py``). Torch loader only for now; ``avdali
-    predict`` then needs other clips of the same person (``--speaker-clips``)."""
+    """Normalise each clip by its speaker (``data/speakers.py``): every frame minus the speaker's mean frame, before
+    the crop, and the audio features standardised per bin with the speaker's mean and std instead of the clip's own.
+    A speaker's statistics cover all their clips in the same split (labels unused), computed once per shard folder
+    and cached in it. Torch loader only for now; ``avdali predict`` then needs other clips of the same person
+    (``--speaker-clips``)."""
     augment: bool = True
     """Training only: random temporal jitter, random resized crop, horizontal flip, random audio offset."""
     label_space: str = "unified"

@@ -7,11 +7,11 @@ the function the torch loader runs on every tar sample.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from avdali.data.batch import Batch
 from avdali.data.config import DataConfig
+from avdali.data.speakers import Speaker
 from avdali import shardformat as fmt
 from avdali.data.torch_loader import decode_clip
 from avdali.shardformat.members import encode_meta_i32
@@ -19,19 +19,19 @@ from avdali.shardformat.members import encode_meta_i32
 
 def clip_batch(
     webm: bytes, flac: bytes, frames: int, cfg: DataConfig, *, source: str = "clip", audio_present: bool = True,
-    video_present: bool = True, speaker_mean: np.ndarray | None = None,
+    video_present: bool = True, speaker: Speaker | None = None,
 ) -> Batch:
     """A Batch of one clip (the packer's webm + flac bytes, ``frames`` decoded frames) with ``cfg``'s eval transforms.
 
     ``label`` is 0 and meaningless (the clip is unlabelled); ``index`` 0; ``valid`` True.
     ``source`` names the clip in decode errors. ``audio_present``/``video_present``: False for a stream that is a
     placeholder (``transcode_clip`` with ``keep_partial``: ``Transcoded.audio_present``/``video_present``); the
-    Batch carries them as a shard sample's ``meta.i32`` would. ``speaker_mean``: the speaker's mean frame
+    Batch carries them as a shard sample's ``meta.i32`` would. ``speaker``: the person's statistics
     (``data.speaker_norm``).
     """
     streams = (fmt.STREAM_AUDIO if audio_present else 0) | (fmt.STREAM_VIDEO if video_present else 0)
     meta = encode_meta_i32({"frames": frames, "label": 0, "native_label": 0, "audio_samples": 0, "streams": streams})
-    decoded = decode_clip(webm, flac, meta, cfg, rng=None, source=source, speaker_mean=speaker_mean)
+    decoded = decode_clip(webm, flac, meta, cfg, rng=None, source=source, speaker=speaker)
     return Batch(
         video=decoded["video"].unsqueeze(0),
         audio=decoded["audio"].unsqueeze(0),

@@ -1,14 +1,17 @@
-"""Speaker normalisation of the frames (``data.speaker_norm``): every frame minus its speaker's mean frame.
+"""Speaker normalisation (``data.speaker_norm``): each clip against its speaker's usual face and voice.
 
-A speaker's mean frame is the average of every decoded frame of every clip that speaker has in the same split of the
-shard folder (labels are never read). What is left is how this clip's face differs from the person's usual
-face: identity, skin tone, background and a personal way of holding the face cancel, the expression stays. It is
-the visual counterpart of per-speaker feature normalisation in speech emotion recognition, and it is transductive
-in that sense: a held-out speaker is normalised with their own unlabelled clips. ``avdali predict`` needs other clips
-of the same person for it (``--speaker-clips``).
+A speaker's statistics come from every clip that person has in the same split of the shard folder (labels are never
+read): the mean of all their decoded frames, and the mean and standard deviation of each audio feature bin over all
+their audio frames. The loader subtracts the mean frame from every frame and standardises the features with the
+speaker's mean and std (instead of each clip's own). What is left is how this clip differs from the person's usual
+face and voice: identity, skin tone, background, vocal tract and a personal way of holding the face cancel, the
+expression stays. It is per-speaker feature normalisation as in speech emotion recognition, extended to the frames,
+and transductive like it: a held-out speaker is normalised with their own unlabelled clips. ``avdali predict`` needs
+other clips of the same person for it (``--speaker-clips``).
 
-The means are computed once per shard folder (all its splits, one pass decoding every frame) and cached beside the
-manifest in ``speaker_frames.npz``, keyed on the shards' SHA-256s, so a re-pack recomputes them.
+The statistics are computed once per shard folder and audio feature setting (all splits, one pass decoding every
+frame and every audio track) and cached beside the manifest in ``speaker_stats-<features><bins>.npz``, keyed on the
+shards' SHA-256s, so a re-pack recomputes them.
 """
 
 from __future__ import annotations
@@ -27,28 +30,67 @@ from avdali.files import atomic_write
 from avdali.shardformat.manifest import read_manifest
 from avdali.shardformat.members import decode_meta_i32
 
-CACHE_NAME = "speaker_frames.npz"
-"""The cache file in the shard folder."""
 OFFSET = 128.0
-"""Added to the difference so it fits the loaders' uint8 frames (a difference of ±127 levels survives)."""
+"""Added to the frame difference so it fits the loaders' uint8 frames (a difference of ±127 levels survives)."""
+STD_EPS = 1e-5
+"""Added to a bin's variance before the square root (as the per-clip normalisation does)."""
 
 
 @dataclass(frozen=True)
-class SpeakerFrames:
-    """Mean frames per (split, speaker) of one shard folder, and which speaker each sample belongs to."""
+class Speaker:
+    """One person's statistics (None where they have no clip with that stream)."""
 
-    means: dict[tuple[str, str], np.ndarray]
-    """(split, speaker) → H,W,3 float32 mean of all the speaker's frames in that split."""
+    frame: np.ndarray | None
+    """H,W,3 float32 mean of all their frames."""
+    audio_mean: np.ndarray | None
+    """F float32 per-bin mean of their audio features."""
+    audio_std: np.ndarray | None
+    """F float32 per-bin standard deviation."""
+
+
+class Sums:
+    """Running sums of one speaker's frames and feature frames."""
+
+    def __init__(self):
+        self.frame, self.frames = 0.0, 0
+        self.audio, self.audio_sq, self.audio_frames = 0.0, 0.0, 0
+
+    def add_frames(self, frames: np.ndarray) -> None:
+        """T,H,W,3 frames of one clip."""
+        self.frame = self.frame + frames.sum(axis=0, dtype=np.float64)
+        self.frames += len(frames)
+
+    def add_features(self, feats: np.ndarray) -> None:
+        """F,A un-normalised features of one clip."""
+        feats = feats.astype(np.float64)
+        self.audio = self.audio + feats.sum(axis=1)
+        self.audio_sq = self.audio_sq + (feats**2).sum(axis=1)
+        self.audio_frames += feats.shape[1]
+
+    def speaker(self) -> Speaker:
+        frame = (self.frame / self.frames).astype(np.float32) if self.frames else None
+        if not self.audio_frames:
+            return Speaker(frame, None, None)
+        mean = self.audio / self.audio_frames
+        var = np.maximum(self.audio_sq / self.audio_frames - mean**2, 0.0)
+        return Speaker(frame, mean.astype(np.float32), np.sqrt(var + STD_EPS).astype(np.float32))
+
+
+@dataclass(frozen=True)
+class SpeakerStats:
+    """Statistics per (split, speaker) of one shard folder, and which speaker each sample belongs to."""
+
+    speakers: dict[tuple[str, str], Speaker]
+    """(split, speaker) → their statistics."""
     speaker: dict[tuple[str, str], str]
     """(tar file name, sample key) → speaker."""
     split: dict[str, str]
     """tar file name → split."""
 
-    def mean_for(self, tar: str, key: str) -> np.ndarray | None:
-        """The mean frame of the speaker of sample ``key`` in the tar at path (or name) ``tar``; None for a speaker
-        whose every clip in the split lacks its video (``--keep-partial``): there is nothing to subtract."""
+    def of(self, tar: str, key: str) -> Speaker:
+        """The statistics of the speaker of sample ``key`` in the tar at path (or name) ``tar``."""
         name = Path(tar).name
-        return self.means.get((self.split[name], self.speaker[(name, key)]))
+        return self.speakers[(self.split[name], self.speaker[(name, key)])]
 
 
 def speaker_of(meta: dict, source: str) -> str:
@@ -61,46 +103,36 @@ def speaker_of(meta: dict, source: str) -> str:
                       "data.speaker_norm needs one")
 
 
-def subtract_mean(frames: np.ndarray, mean: np.ndarray) -> np.ndarray:
+def subtract_mean(frames: np.ndarray, mean: np.ndarray, source: str = "clip") -> np.ndarray:
     """T,H,W,3 uint8 frames minus their speaker's mean frame, offset by ``OFFSET`` and rounded back to uint8."""
     if frames.shape[1:] != mean.shape:
-        raise AvdaliError(f"frames of {frames.shape[1:3]} but the speaker's mean frame is {mean.shape[:2]}")
+        raise AvdaliError(f"{source}: frames of {frames.shape[1:3]} but the speaker's mean frame is {mean.shape[:2]}")
     return np.clip(np.rint(frames.astype(np.float32) - mean + OFFSET), 0, 255).astype(np.uint8)
 
 
-def mean_frame(webms: list[bytes], source: str) -> np.ndarray:
-    """The mean of every frame of the given webm clips (H,W,3 float32)."""
-    from avdali.data.torch_loader import all_frames
+def add_clip(sums: Sums, webm: bytes | None, flac: bytes | None, features, source: str) -> None:
+    """Add one clip's real streams (None: a placeholder, left out) to ``sums``; ``features`` is an
+    ``AudioFeatures`` of the run's settings."""
+    import torch
 
-    total, count = None, 0
-    for webm in webms:
-        frames = all_frames(webm, source)
-        s = frames.sum(axis=0, dtype=np.float64)
-        total = s if total is None else total + s
-        count += len(frames)
-    if total is None:
-        raise AvdaliError(f"{source}: no clips to average")
-    return (total / count).astype(np.float32)
+    from avdali.data.torch_loader import all_frames, read_wav
+
+    if webm is not None:
+        sums.add_frames(all_frames(webm, source))
+    if flac is not None:
+        sums.add_features(features.raw(torch.from_numpy(np.ascontiguousarray(read_wav(flac, source)))).numpy())
 
 
-def _cache_key(shards: Path) -> str:
-    manifest = read_manifest(shards)
-    h = hashlib.sha256()
-    for entry in manifest.shards:
-        h.update(f"{entry.name}\0{entry.sha256}\n".encode())
-    return h.hexdigest()
-
-
-def compute_speaker_frames(shards: str | Path) -> SpeakerFrames:
-    """One pass over every tar of the folder: decode every frame, average per (split, speaker). Clips without real
-    video are left out of the means."""
+def compute_speaker_stats(shards: str | Path, cfg) -> SpeakerStats:
+    """One pass over every tar of the folder: every frame and audio track, summed per (split, speaker). Placeholder
+    streams (``--keep-partial``) are left out."""
     import webdataset as wds
 
-    from avdali.data.torch_loader import all_frames
+    from avdali.data.torch_loader import AudioFeatures
 
     shards = Path(shards)
-    sums: dict[tuple[str, str], np.ndarray] = {}
-    counts: dict[tuple[str, str], int] = {}
+    features = AudioFeatures(cfg)
+    sums: dict[tuple[str, str], Sums] = {}
     speaker: dict[tuple[str, str], str] = {}
     split: dict[str, str] = {}
     for entry in read_manifest(shards).shards:
@@ -113,54 +145,69 @@ def compute_speaker_frames(shards: str | Path) -> SpeakerFrames:
                 raise AvdaliError(f"{source}: unreadable sample json ({e})") from None
             who = speaker_of(meta, source)
             speaker[(entry.name, sample["__key__"])] = who
-            if not decode_meta_i32(sample[fmt.NUMS_EXT])["streams"] & fmt.STREAM_VIDEO:
-                continue  # a placeholder picture (--keep-partial) says nothing about the face
-            frames = all_frames(sample["webm"], source)
-            group = (entry.split, who)
-            s = frames.sum(axis=0, dtype=np.float64)
-            sums[group] = sums[group] + s if group in sums else s
-            counts[group] = counts.get(group, 0) + len(frames)
-    means = {g: (sums[g] / counts[g]).astype(np.float32) for g in sums}
-    return SpeakerFrames(means=means, speaker=speaker, split=split)
+            streams = decode_meta_i32(sample[fmt.NUMS_EXT])["streams"]
+            add_clip(sums.setdefault((entry.split, who), Sums()),
+                     sample[fmt.VIDEO_EXT] if streams & fmt.STREAM_VIDEO else None,
+                     sample[fmt.AUDIO_EXT] if streams & fmt.STREAM_AUDIO else None, features, source)
+    return SpeakerStats({g: s.speaker() for g, s in sums.items()}, speaker, split)
 
 
-def _save(path: Path, frames: SpeakerFrames, key: str) -> None:
-    groups = sorted(frames.means)
-    table = {"key": key, "groups": [list(g) for g in groups], "split": frames.split,
-             "speaker": [[tar, sample, who] for (tar, sample), who in sorted(frames.speaker.items())]}
+def cache_path(shards: Path, cfg) -> Path:
+    """Where the folder's statistics for ``cfg``'s audio features are cached."""
+    return shards / f"speaker_stats-{cfg.features}{cfg.feature_bins}.npz"
+
+
+def _cache_key(shards: Path) -> str:
+    h = hashlib.sha256()
+    for entry in read_manifest(shards).shards:
+        h.update(f"{entry.name}\0{entry.sha256}\n".encode())
+    return h.hexdigest()
+
+
+_FIELDS = ("frame", "audio_mean", "audio_std")
+
+
+def _save(path: Path, stats: SpeakerStats, key: str) -> None:
+    groups = sorted(stats.speakers)
+    arrays = {}
+    for i, g in enumerate(groups):
+        for name in _FIELDS:
+            value = getattr(stats.speakers[g], name)
+            if value is not None:
+                arrays[f"{name}_{i}"] = value
+    table = {"key": key, "groups": [list(g) for g in groups], "split": stats.split,
+             "speaker": [[tar, sample, who] for (tar, sample), who in sorted(stats.speaker.items())]}
     buf = io.BytesIO()
-    np.savez(buf, table=np.frombuffer(json.dumps(table).encode(), dtype=np.uint8),
-             means=np.stack([frames.means[g] for g in groups]) if groups else np.zeros((0, 1, 1, 3), np.float32))
-    atomic_write(path, lambda f: f.write(buf.getvalue()), "speaker mean frames")
+    np.savez(buf, table=np.frombuffer(json.dumps(table).encode(), dtype=np.uint8), **arrays)
+    atomic_write(path, lambda f: f.write(buf.getvalue()), "speaker statistics")
 
 
-def _load(path: Path, key: str) -> SpeakerFrames | None:
+def _load(path: Path, key: str) -> SpeakerStats | None:
     try:
         with np.load(path) as z:
             table = json.loads(z["table"].tobytes())
-            means = z["means"]
-    except (OSError, ValueError, KeyError):
+            if table.get("key") != key:
+                return None
+            groups = [tuple(g) for g in table["groups"]]
+            speakers = {g: Speaker(*(z[f"{n}_{i}"] if f"{n}_{i}" in z.files else None for n in _FIELDS))
+                        for i, g in enumerate(groups)}
+    except (OSError, ValueError, KeyError, TypeError):
         return None  # unreadable or from another version: recompute
-    if table.get("key") != key:
-        return None
-    groups = [tuple(g) for g in table["groups"]]
-    return SpeakerFrames(means={g: means[i] for i, g in enumerate(groups)},
-                         speaker={(tar, sample): who for tar, sample, who in table["speaker"]},
-                         split=dict(table["split"]))
+    return SpeakerStats(speakers, {(tar, sample): who for tar, sample, who in table["speaker"]}, dict(table["split"]))
 
 
-def load_speaker_frames(shards: str | Path) -> SpeakerFrames:
-    """The folder's speaker mean frames: from ``speaker_frames.npz`` when it matches the shards, else computed (and
-    cached there when the folder is writable)."""
+def load_speaker_stats(shards: str | Path, cfg) -> SpeakerStats:
+    """The folder's speaker statistics for ``cfg``'s audio features (a ``DataConfig``): from the cache when it
+    matches the shards, else computed (and cached when the folder is writable)."""
     shards = Path(shards)
     key = _cache_key(shards)
-    path = shards / CACHE_NAME
+    path = cache_path(shards, cfg)
     cached = _load(path, key) if path.is_file() else None
     if cached is not None:
         return cached
-    frames = compute_speaker_frames(shards)
+    stats = compute_speaker_stats(shards, cfg)
     try:
-        _save(path, frames, key)
+        _save(path, stats, key)
     except AvdaliError:
-        pass  # a read-only shard folder: the means are recomputed next time
-    return frames
+        pass  # a read-only shard folder: computed again next time
+    return stats

@@ -42,7 +42,7 @@ from avdali.data.config import DataConfig
 from avdali.data.integrity import changed_shards, read_failure
 from avdali.data.normalize import prepare_video
 from avdali.data.shards import ShardSet
-from avdali.data.speakers import SpeakerFrames, load_speaker_frames, subtract_mean
+from avdali.data.speakers import Speaker, SpeakerStats, load_speaker_stats, subtract_mean
 from avdali.errors import AvdaliError
 from avdali.shardformat.members import decode_meta_i32
 
@@ -151,14 +151,24 @@ class AudioFeatures:
         self.dct = torchaudio.functional.create_dct(self.cfg.n_mfcc, self.cfg.n_mels, norm="ortho")
         self.frames = sampling.feature_frames(sampling.window_samples(self.cfg.audio_seconds))
 
-    def __call__(self, segment: torch.Tensor) -> tuple[torch.Tensor, int]:
-        """Features F,A (normalised per bin over the valid frames, zero-padded) and the valid frame count."""
+    def raw(self, segment: torch.Tensor) -> torch.Tensor:
+        """Features F,A of every frame, before any normalisation (log-mel in dB, or its MFCC)."""
         feats = 10.0 * torch.log10(torch.clamp(self.mel(segment), min=DB_AMIN))  # AmplitudeToDB, ref 1, no top_db
         if self.cfg.features == "mfcc":
             feats = (feats.T @ self.dct).T
-        mean = feats.mean(dim=1, keepdim=True)
-        var = feats.var(dim=1, unbiased=False, keepdim=True)
-        feats = (feats - mean) / torch.sqrt(var + NORM_EPS)
+        return feats
+
+    def __call__(self, segment: torch.Tensor, speaker: Speaker | None = None) -> tuple[torch.Tensor, int]:
+        """Features F,A (normalised per bin over the valid frames, or with ``speaker``'s per-bin mean and std when
+        given; zero-padded) and the valid frame count."""
+        feats = self.raw(segment)
+        if speaker is not None and speaker.audio_mean is not None:
+            mean, std = (torch.from_numpy(v)[:, None] for v in (speaker.audio_mean, speaker.audio_std))
+            feats = (feats - mean) / std
+        else:
+            mean = feats.mean(dim=1, keepdim=True)
+            var = feats.var(dim=1, unbiased=False, keepdim=True)
+            feats = (feats - mean) / torch.sqrt(var + NORM_EPS)
         valid = feats.shape[1]
         return torch.nn.functional.pad(feats, (0, self.frames - valid)), valid
 
@@ -177,7 +187,7 @@ class ClipStream(IterableDataset):
     N-th sample), decoded and batched in the workers."""
 
     def __init__(self, cfg: DataConfig, shardset: ShardSet, *, train: bool, rank: int, world_size: int, seed: int, epoch,
-                 speakers: SpeakerFrames | None = None):
+                 speakers: SpeakerStats | None = None):
         self.cfg, self.train, self.rank, self.seed, self.speakers = cfg, train, rank, seed, speakers
         self.epoch = epoch  # a shared multiprocessing Value: persistent workers see set_epoch
         lo, hi = sampling.rank_range(shardset.num_samples, rank, world_size)
@@ -220,43 +230,50 @@ class ClipStream(IterableDataset):
         if self._features is None:
             self._features = AudioFeatures(self.cfg)
         source = f"{sample['__url__']}:{sample['__key__']}"
-        mean = self.speakers.mean_for(sample["__url__"], sample["__key__"]) if self.speakers else None
+        speaker = self.speakers.of(sample["__url__"], sample["__key__"]) if self.speakers else None
         clip = decode_clip(sample[fmt.VIDEO_EXT], sample[fmt.AUDIO_EXT], sample[fmt.NUMS_EXT], self.cfg, rng, source,
-                           self._features, speaker_mean=mean)
+                           self._features, speaker=speaker)
         return dict(clip, index=self.index[(sample["__url__"], sample["__key__"])])
 
 
 def decode_clip(webm: bytes, flac: bytes, meta_i32: bytes, cfg: DataConfig, rng: np.random.Generator | None,
-                source: str, features: AudioFeatures | None = None, speaker_mean: np.ndarray | None = None) -> dict:
+                source: str, features: AudioFeatures | None = None, speaker: Speaker | None = None) -> dict:
     """One clip's members → tensors (video T,C,H,W, audio F,A, audio_len, label) and its real streams
     (audio_present, video_present from ``meta.i32``): the per-sample work of the torch loader, also what
     ``avdali predict`` runs on a clip that is in no shard. ``rng`` (None: evaluation) picks frames, the crop window
     and the audio window; ``source`` names the clip in errors; ``features`` may be reused across calls (building
     the mel filter bank costs more than applying it). A placeholder stream (``--keep-partial``) is decoded like a
-    real one, as DALI does: the flags, not the data, tell the model it is missing. ``speaker_mean``
-    (``data.speaker_norm``): the speaker's mean frame, subtracted from the frames before the crop."""
+    real one, as DALI does: the flags, not the data, tell the model it is missing. ``speaker``
+    (``data.speaker_norm``): the person's statistics; their mean frame is subtracted from the frames before the crop
+    and the features are standardised with their per-bin mean and std (real streams only)."""
     frame_count, label, streams = _check_meta(meta_i32, cfg, source)
     frames = decode_frames(webm, sampling.frame_indices(frame_count, cfg.frames, rng), source)
-    if speaker_mean is not None and streams & fmt.STREAM_VIDEO:
-        frames = subtract_mean(frames, speaker_mean)
+    if speaker is not None and speaker.frame is not None and streams & fmt.STREAM_VIDEO:
+        frames = subtract_mean(frames, speaker.frame, source)
     video = torch.from_numpy(frames).permute(0, 3, 1, 2)  # T,C,H,W uint8, a view
     video = crop_video(video, cfg, augment=rng is not None)
     if cfg.video_dtype != "uint8":
         video = prepare_video(video).to(getattr(torch, cfg.video_dtype))
 
+    wav = read_wav(flac, source)
+    window = sampling.window_samples(cfg.audio_seconds)
+    start = sampling.audio_start(len(wav), window, rng)
+    features = features or AudioFeatures(cfg)
+    real_audio = speaker if streams & fmt.STREAM_AUDIO else None
+    audio, audio_len = features(torch.from_numpy(np.ascontiguousarray(wav[start : start + window])), real_audio)
+    return dict(video=video, audio=audio, audio_len=audio_len, label=label,
+                audio_present=bool(streams & fmt.STREAM_AUDIO), video_present=bool(streams & fmt.STREAM_VIDEO))
+
+
+def read_wav(flac: bytes, source: str) -> np.ndarray:
+    """The 16 kHz audio of a sample as mono float32 samples."""
     try:
         wav, rate = sf.read(io.BytesIO(flac), dtype="float32", always_2d=True)
     except Exception as e:  # noqa: BLE001 - libsndfile errors on corrupt data come as several types
         raise AvdaliError(f"{source}: cannot decode the audio ({_describe(e)})") from None
     if rate != sampling.SAMPLE_RATE:
         raise AvdaliError(f"{source}: audio at {rate} Hz, the shards must hold {sampling.SAMPLE_RATE} Hz")
-    wav = wav.mean(axis=1) if wav.shape[1] > 1 else wav[:, 0]
-    window = sampling.window_samples(cfg.audio_seconds)
-    start = sampling.audio_start(len(wav), window, rng)
-    features = features or AudioFeatures(cfg)
-    audio, audio_len = features(torch.from_numpy(np.ascontiguousarray(wav[start : start + window])))
-    return dict(video=video, audio=audio, audio_len=audio_len, label=label,
-                audio_present=bool(streams & fmt.STREAM_AUDIO), video_present=bool(streams & fmt.STREAM_VIDEO))
+    return wav.mean(axis=1) if wav.shape[1] > 1 else wav[:, 0]
 
 
 def crop_video(video: torch.Tensor, cfg: DataConfig, augment: bool) -> torch.Tensor:
@@ -401,7 +418,7 @@ class TorchLoader:
         self.shardset = shardset
         ctx = mp.get_context(START_METHOD)
         self._epoch = ctx.Value("i", 0)
-        speakers = load_speaker_frames(shardset.root) if cfg.speaker_norm else None
+        speakers = load_speaker_stats(shardset.root, cfg) if cfg.speaker_norm else None
         self.dataset = ClipStream(cfg, shardset, train=train, rank=rank, world_size=world_size, seed=seed,
                                   epoch=self._epoch, speakers=speakers)
         self.workers = min(cfg.num_threads, max(len(self.dataset.index), 1))

@@ -12,12 +12,12 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from avdali import native
 from avdali.data.single import clip_batch
-from avdali.data.speakers import mean_frame
+from avdali.data.speakers import Speaker, Sums, add_clip
+from avdali.data.torch_loader import AudioFeatures
 from avdali.errors import AvdaliError
 from avdali.packing.transcode import ClipError, Transcoded, transcode_clip
 from avdali.shardformat.manifest import read_manifest
@@ -50,7 +50,7 @@ class Prediction:
     missing: dict[str, str] = field(default_factory=dict)
     """Streams the clip lacks → why (``{"audio": "no audio stream"}``); the prediction did without them."""
     speaker_clips: int = 0
-    """A ``data.speaker_norm`` checkpoint: clips whose frames made the speaker's mean frame (this one included)."""
+    """A ``data.speaker_norm`` checkpoint: the clips the speaker's statistics came from (this one included)."""
 
     def ranked(self) -> list[tuple[str, float]]:
         """(class, probability), most probable first."""
@@ -112,26 +112,27 @@ SPEAKER_EXTS = (".mp4", ".avi", ".mkv", ".mov", ".webm")
 """Files ``--speaker-clips`` takes from a folder."""
 
 
-def speaker_mean(loaded: LoadedModel, path: Path, clip: Transcoded, speaker_clips: Path | None,
-                 options: PackOptions) -> tuple[np.ndarray | None, int]:
-    """The mean frame of the person in ``clip`` for a ``data.speaker_norm`` checkpoint (None otherwise) and the number
-    of clips it averages: ``clip`` and every video in the folder ``speaker_clips`` (other clips of the same person,
+def speaker_for(loaded: LoadedModel, path: Path, clip: Transcoded, speaker_clips: Path | None,
+                options: PackOptions) -> tuple[Speaker | None, int]:
+    """The statistics of the person in ``clip`` for a ``data.speaker_norm`` checkpoint (None otherwise) and the number
+    of clips they come from: ``clip`` and every video in the folder ``speaker_clips`` (other clips of the same person,
     any emotion; a file of the clip's own name is the clip itself, counted once), face-cropped as the clip is."""
     if not loaded.config.data.speaker_norm:
         return None, 0
     if speaker_clips is None:
-        raise AvdaliError(f"{loaded.path} was trained with data.speaker_norm (each frame minus the speaker's mean "
-                          f"frame): give other clips of the same person with --speaker-clips DIR")
+        raise AvdaliError(f"{loaded.path} was trained with data.speaker_norm (each clip against the speaker's mean "
+                          f"face and voice): give other clips of the same person with --speaker-clips DIR")
     if not speaker_clips.is_dir():
         raise AvdaliError(f"{speaker_clips}: --speaker-clips must be a folder of clips of the same person")
     others = sorted(p for p in speaker_clips.iterdir() if p.suffix.lower() in SPEAKER_EXTS and p.name != path.name)
     if not others:
-        raise AvdaliError(f"{speaker_clips}: no video files ({', '.join(SPEAKER_EXTS)}) for the speaker's mean frame")
-    webms = [clip.webm] if clip.video_present else []
-    webms += [c.webm for c in (transcode_input(p, options, keep_partial=True) for p in others) if c.video_present]
-    if not webms:
-        raise AvdaliError(f"{speaker_clips}: none of the clips has usable video for the speaker's mean frame")
-    return mean_frame(webms, str(speaker_clips)), len(webms)
+        raise AvdaliError(f"{speaker_clips}: no video files ({', '.join(SPEAKER_EXTS)}) for the speaker's statistics")
+    features = AudioFeatures(loaded.config.data)
+    sums = Sums()
+    clips = [(path, clip)] + [(p, transcode_input(p, options, keep_partial=True)) for p in others]
+    for where, c in clips:
+        add_clip(sums, c.webm if c.video_present else None, c.flac if c.audio_present else None, features, str(where))
+    return sums.speaker(), len(clips)
 
 
 @torch.no_grad()
@@ -156,10 +157,10 @@ def predict_clip(loaded: LoadedModel, path: str | Path, options: PackOptions | N
         options, origin = pack_options_for(loaded.config)
     clip = transcode_input(path, options, keep_partial=True)
     used = _modality_for(loaded, path, clip, modality)
-    mean, averaged = speaker_mean(loaded, path, clip, None if speaker_clips is None else Path(speaker_clips), options)
+    speaker, averaged = speaker_for(loaded, path, clip, None if speaker_clips is None else Path(speaker_clips), options)
     data = loaded.config.data.loader_config(loaded.config.data.shard_folders()[0])  # a joint run: same transforms
     batch = clip_batch(clip.webm, clip.flac, clip.frames, data, source=str(path),
-                       audio_present=clip.audio_present, video_present=clip.video_present, speaker_mean=mean)
+                       audio_present=clip.audio_present, video_present=clip.video_present, speaker=speaker)
     logits = logits_of(loaded, batch, used)[0]
     probs = torch.softmax(logits, dim=0).tolist()
     names = loaded.class_names
