@@ -116,28 +116,31 @@ def test_quick_demo_end_to_end_then_rerun_reuses_data(tmp_path, monkeypatch):
     assert not list(out.rglob(LOCK_NAME))  # every folder lock went with its run
 
     # What the Quickstart says to run next: predict finds the newest best.pt under output/ (the second run's)
-    clip, _ = quickstart_next_steps()
-    result = runner.invoke(app, ["predict", clip, "--device", "cpu", "--json"])
+    args, _ = quickstart_next_steps()
+    result = runner.invoke(app, ["predict", *args, "--device", "cpu", "--json"])
     assert result.exit_code == 0, result.output
     chosen = Path(second["run_dir"]) / "best.pt"
     assert f"checkpoint: {chosen} (the newest best.pt under output/)" in result.stderr
     assert json.loads(result.stdout)["checkpoint"] == str(chosen)
 
 
-def quickstart_next_steps() -> tuple[str, str]:
-    """The clip the README's Quickstart predicts on and the folder it points TensorBoard at."""
+def quickstart_next_steps() -> tuple[list[str], str]:
+    """The arguments of the README Quickstart's predict command (the clip first) and the folder it points
+    TensorBoard at."""
     text = (REPO / "README.md").read_text()
     quickstart = text[text.index("## Quickstart") : text.index("## What it does")]
-    clip = re.search(r"^avdali predict (\S+)", quickstart, re.M)
+    predict = re.search(r"^avdali predict (.+)$", quickstart, re.M)
     logdir = re.search(r"^tensorboard --logdir (\S+)", quickstart, re.M)
-    assert clip and logdir, "the Quickstart ends with the predict and tensorboard commands"
-    return clip.group(1), logdir.group(1)
+    assert predict and logdir, "the Quickstart ends with the predict and tensorboard commands"
+    return predict.group(1).split("#")[0].split(), logdir.group(1)
 
 
 def test_quickstart_next_steps_name_what_the_demo_makes():
     from avdali.synth.ravdess import plan_ravdess
 
-    clip, logdir = quickstart_next_steps()
+    args, logdir = quickstart_next_steps()
+    clip = args[0]
+    assert args[1:] == ["--speaker-clips", str(Path(clip).parent)]  # the demo's model normalises per speaker
     for size in (demo.FULL, demo.QUICK):
         raw = Path("output/demo/raw")
         made = {str(j.mp4_path) for j in plan_ravdess(raw, actors=size.actors, size=size.source_size,

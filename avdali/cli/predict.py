@@ -57,7 +57,7 @@ def predict(
         f"{escape(str(clip))}: {info['frames']} frames at {info['fps']:g} fps ({info['duration_s']:.2f} s), "
         f"face {info['face']} · checkpoint {escape(str(checkpoint))} ({loaded.label_space}, epoch {loaded.epoch}) "
         f"· pack options from {escape(result.pack_options['from'])}"
-        + (f" · speaker mean frame of {result.speaker_clips} clips" if result.speaker_clips else ""),
+        + (f" · speaker statistics from {result.speaker_clips} clips" if result.speaker_clips else ""),
         style="dim",
         highlight=False,
         soft_wrap=True,
