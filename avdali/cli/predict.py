@@ -22,7 +22,7 @@ def predict(
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout instead of a table.")] = False,
     device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda.")] = "auto",
     modality: Annotated[Optional[str], typer.Option("--modality", help="both | audio | video: the streams to use (default: every stream the clip has).", show_default=False)] = None,
-    speaker_clips: Annotated[Optional[Path], typer.Option("--speaker-clips", help="A folder of other clips of the same person (any emotion): a checkpoint trained with data.speaker_norm needs them for the speaker's mean frame.", show_default=False)] = None,
+    speaker_clips: Annotated[Optional[Path], typer.Option("--speaker-clips", help="A folder of other clips of the same person (any emotion): a checkpoint trained with data.speaker_norm needs them for the speaker's usual face and voice.", show_default=False)] = None,
 ) -> None:
     """Predict the emotion of one clip: the same face crop, frame sampling and log-mel as training, then the model's
     probabilities per class, most probable first."""

@@ -98,8 +98,8 @@ class DataConfig:
         _at_least("prefetch", self.prefetch, 1)
         _at_least("shuffle_buffer", self.shuffle_buffer, 1)
         if self.speaker_norm and self.loader != "torch":
-            raise ConfigError('data.speaker_norm needs data.loader = "torch" (the DALI pipeline does not subtract '
-                              "speaker mean frames)")
+            raise ConfigError('data.speaker_norm needs data.loader = "torch" (the DALI pipeline has no speaker '
+                              "normalisation)")
         if not 0.1 <= self.audio_seconds <= 60:
             raise ConfigError(f"data.audio_seconds must be between 0.1 and 60, got {self.audio_seconds!r}")
         if self.features == "mfcc" and self.n_mfcc > self.n_mels:
