@@ -87,9 +87,12 @@ def test_cache_is_reused_and_refreshed_when_the_shards_change(shards, monkeypatc
     calls = []
     monkeypatch.setattr(speakers, "compute_speaker_stats", lambda folder, cfg: calls.append(cfg) or first)
     speakers.load_speaker_stats(shards, dataclasses.replace(CFG, n_mels=24))  # other features: their own file
-    monkeypatch.setattr(speakers, "_cache_key", lambda _: "another pack")  # as after a re-pack
+    mfcc = dataclasses.replace(CFG, features="mfcc", n_mfcc=8)
+    speakers.load_speaker_stats(shards, mfcc)
+    speakers.load_speaker_stats(shards, dataclasses.replace(mfcc, n_mels=24))  # same file name, other statistics
+    monkeypatch.setattr(speakers, "_cache_key", lambda *_: "another pack")  # as after a re-pack
     speakers.load_speaker_stats(shards, CFG)
-    assert [c.n_mels for c in calls] == [24, 16]
+    assert [(c.features, c.n_mels) for c in calls] == [("logmel", 24), ("mfcc", 16), ("mfcc", 24), ("logmel", 16)]
 
 
 def test_torch_loader_normalises_by_the_speaker(shards):

@@ -11,7 +11,7 @@ other clips of the same person for it (``--speaker-clips``).
 
 The statistics are computed once per shard folder and audio feature setting (all splits, one pass decoding every
 frame and every audio track) and cached beside the manifest in ``speaker_stats-<features><bins>.npz``, keyed on the
-shards' SHA-256s, so a re-pack recomputes them.
+shards' SHA-256s and the feature settings, so a re-pack (or MFCC over another mel count) recomputes them.
 """
 
 from __future__ import annotations
@@ -110,15 +110,15 @@ def subtract_mean(frames: np.ndarray, mean: np.ndarray, source: str = "clip") ->
     return np.clip(np.rint(frames.astype(np.float32) - mean + OFFSET), 0, 255).astype(np.uint8)
 
 
-def add_clip(sums: Sums, webm: bytes | None, flac: bytes | None, features, source: str) -> None:
-    """Add one clip's real streams (None: a placeholder, left out) to ``sums``; ``features`` is an
-    ``AudioFeatures`` of the run's settings."""
+def add_clip(sums: Sums, webm: bytes | None, frames: int, flac: bytes | None, features, source: str) -> None:
+    """Add one clip's real streams (None: a placeholder, left out) to ``sums``: all ``frames`` decoded frames of
+    ``webm`` and the features of all of ``flac``; ``features`` is an ``AudioFeatures`` of the run's settings."""
     import torch
 
-    from avdali.data.torch_loader import all_frames, read_wav
+    from avdali.data.torch_loader import decode_frames, read_wav
 
     if webm is not None:
-        sums.add_frames(all_frames(webm, source))
+        sums.add_frames(decode_frames(webm, np.arange(frames), source))
     if flac is not None:
         sums.add_features(features.raw(torch.from_numpy(np.ascontiguousarray(read_wav(flac, source)))).numpy())
 
@@ -145,10 +145,10 @@ def compute_speaker_stats(shards: str | Path, cfg) -> SpeakerStats:
                 raise AvdaliError(f"{source}: unreadable sample json ({e})") from None
             who = speaker_of(meta, source)
             speaker[(entry.name, sample["__key__"])] = who
-            streams = decode_meta_i32(sample[fmt.NUMS_EXT])["streams"]
+            nums = decode_meta_i32(sample[fmt.NUMS_EXT])
             add_clip(sums.setdefault((entry.split, who), Sums()),
-                     sample[fmt.VIDEO_EXT] if streams & fmt.STREAM_VIDEO else None,
-                     sample[fmt.AUDIO_EXT] if streams & fmt.STREAM_AUDIO else None, features, source)
+                     sample[fmt.VIDEO_EXT] if nums["streams"] & fmt.STREAM_VIDEO else None, nums["frames"],
+                     sample[fmt.AUDIO_EXT] if nums["streams"] & fmt.STREAM_AUDIO else None, features, source)
     return SpeakerStats({g: s.speaker() for g, s in sums.items()}, speaker, split)
 
 
@@ -157,8 +157,9 @@ def cache_path(shards: Path, cfg) -> Path:
     return shards / f"speaker_stats-{cfg.features}{cfg.feature_bins}.npz"
 
 
-def _cache_key(shards: Path) -> str:
-    h = hashlib.sha256()
+def _cache_key(shards: Path, cfg) -> str:
+    """The shards' SHA-256s and every setting the audio statistics depend on."""
+    h = hashlib.sha256(f"{cfg.features} {cfg.n_mels} {cfg.n_mfcc}\n".encode())
     for entry in read_manifest(shards).shards:
         h.update(f"{entry.name}\0{entry.sha256}\n".encode())
     return h.hexdigest()
@@ -200,7 +201,7 @@ def load_speaker_stats(shards: str | Path, cfg) -> SpeakerStats:
     """The folder's speaker statistics for ``cfg``'s audio features (a ``DataConfig``): from the cache when it
     matches the shards, else computed (and cached when the folder is writable)."""
     shards = Path(shards)
-    key = _cache_key(shards)
+    key = _cache_key(shards, cfg)
     path = cache_path(shards, cfg)
     cached = _load(path, key) if path.is_file() else None
     if cached is not None:

@@ -110,20 +110,6 @@ def decode_frames(webm: bytes, indices: np.ndarray, source: str = "webm") -> np.
     return np.stack([picked.get(int(i), final) for i in indices])
 
 
-def all_frames(webm: bytes, source: str = "webm") -> np.ndarray:
-    """Every frame of the clip as T,H,W,3 uint8 RGB (what ``decode_frames`` converts, in order)."""
-    try:
-        with av.open(io.BytesIO(webm)) as container:
-            stream = container.streams.video[0]
-            stream.thread_count = 1
-            frames = [yuv420_to_rgb(frame) for frame in container.decode(stream)]
-    except (av.FFmpegError, IndexError) as e:
-        raise AvdaliError(f"{source}: cannot decode the video ({e})") from None
-    if not frames:
-        raise AvdaliError(f"{source}: the video has no frames")
-    return np.stack(frames)
-
-
 @dataclass
 class AudioFeatures:
     """Log-mel (or MFCC) features with the DALI pipeline's parameters, computed with torchaudio."""

@@ -131,7 +131,8 @@ def speaker_for(loaded: LoadedModel, path: Path, clip: Transcoded, speaker_clips
     sums = Sums()
     clips = [(path, clip)] + [(p, transcode_input(p, options, keep_partial=True)) for p in others]
     for where, c in clips:
-        add_clip(sums, c.webm if c.video_present else None, c.flac if c.audio_present else None, features, str(where))
+        add_clip(sums, c.webm if c.video_present else None, c.frames, c.flac if c.audio_present else None, features,
+                 str(where))
     return sums.speaker(), len(clips)
 
 
