@@ -11,7 +11,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from avdali.data import sampling
+from avdali.data import clipspec, order
 from avdali.data.build import build_loader
 from avdali.data.config import DataConfig
 from avdali.data.shards import list_splits
@@ -38,7 +38,7 @@ def collect(loader):
 def test_dali_batch_shapes_dtypes_and_ranges(ravdess_shards):
     cfg = small(ravdess_shards)
     loader = build_loader(cfg, SPLITS, train=True, seed=1)
-    frames = sampling.feature_frames(sampling.window_samples(cfg.audio_seconds))
+    frames = clipspec.feature_frames(clipspec.window_samples(cfg.audio_seconds))
     batch = next(iter(loader))
     assert batch.video.shape == (3, 4, 3, 96, 96) and batch.video.dtype == torch.uint8
     assert batch.audio.shape == (3, 64, frames) and batch.audio.dtype == torch.float32
@@ -73,7 +73,7 @@ def test_evaluation_visits_every_sample_once_across_ranks(ravdess_shards, loader
         loader = build_loader(cfg, SPLITS, train=False, rank=rank, world_size=3)
         pairs, count = collect(loader)
         assert count == len(loader) == 2
-        lo, hi = sampling.rank_range(total, rank, 3)
+        lo, hi = order.rank_range(total, rank, 3)
         assert sorted(i for i, v in pairs if v) == list(range(lo, hi))
         seen += [i for i, v in pairs if v]
     assert sorted(seen) == list(range(total))
@@ -111,6 +111,32 @@ def test_dali_epochs_reshuffle_reproducibly(ravdess_shards):
     assert orders(seed=5) == first  # and are reproducible
 
 
+@pytest.mark.parametrize("loader_name", ["dali", pytest.param("torch", marks=pytest.mark.slow)])
+def test_training_ranks_read_the_epochs_deal(ravdess_shards, loader_name):
+    """Every rank reads exactly its share of each epoch's order (order.rank_epoch): all samples once per epoch over
+    the ranks, and a rank's share changes from epoch to epoch."""
+    from avdali.data.shards import resolve
+
+    splits = ["fold1", "fold2", "fold3", "fold4", "fold5"]
+    shardset = resolve(ravdess_shards, splits)
+    cfg = small(ravdess_shards, batch_size=2, loader=loader_name, augment=False)
+    world = 4
+    shares = {}
+    for rank in range(world):
+        loader = build_loader(cfg, splits, train=True, rank=rank, world_size=world, seed=7)
+        for epoch in range(3):
+            loader.set_epoch(epoch)
+            pairs, count = collect(loader)
+            assert count == len(loader)
+            got = sorted(i for i, v in pairs if v)
+            want = sorted(i for p in order.rank_epoch(shardset, rank, world, train=True, seed=7, epoch=epoch) for i in p.indices)
+            assert got == want, (rank, epoch)
+            shares[rank, epoch] = set(got)
+    for epoch in range(3):
+        assert sorted(i for r in range(world) for i in shares[r, epoch]) == list(range(shardset.num_samples))
+    assert any(shares[r, 0] != shares[r, 1] for r in range(world))
+
+
 def test_dali_index_matches_the_sample(ravdess_shards):
     """index → the same clip in the torch-free order of the shard indexes: labels agree with meta.i32."""
     from avdali.data.shards import resolve
@@ -146,17 +172,19 @@ def _graph_ops(*outputs) -> list[tuple[str, str]]:
     return list(seen.values())
 
 
-@pytest.mark.parametrize("train, features, video_dtype, crop_interp, decode",
-                         [(True, "logmel", "uint8", "nearest", "gpu"), (True, "logmel", "uint8", "linear", "cpu"),
-                          (False, "mfcc", "float16", "nearest", "gpu"), (False, "logmel", "uint8", "linear", "cpu")])
-def test_gpu_pipeline_is_defined(ravdess_shards, train, features, video_dtype, crop_interp, decode):
+@pytest.mark.parametrize("train, features, video_dtype, crop_interp, decode, speaker_norm",
+                         [(True, "logmel", "uint8", "nearest", "gpu", False), (True, "logmel", "uint8", "linear", "cpu", True),
+                          (False, "mfcc", "float16", "nearest", "gpu", False), (False, "logmel", "uint8", "linear", "cpu", True),
+                          (True, "logmel", "float32", "linear", "cpu", False)])
+def test_gpu_pipeline_is_defined(ravdess_shards, train, features, video_dtype, crop_interp, decode, speaker_norm):
     """Tracing the GPU variant checks every argument name of the mixed/gpu ops without needing a GPU, for both
     places the video can be decoded (NVDEC, or the CPU threads with every later op on the GPU)."""
     from avdali.data.dali import DaliLoader
     from avdali.data.shards import resolve
 
     shardset = resolve(ravdess_shards, SPLITS)
-    cfg = small(ravdess_shards, features=features, video_dtype=video_dtype, crop_interp=crop_interp, decode=decode)
+    cfg = small(ravdess_shards, features=features, video_dtype=video_dtype, crop_interp=crop_interp, decode=decode,
+                speaker_norm=speaker_norm)
     loader = DaliLoader(cfg, shardset, train=train, device="cuda", rank=0, world_size=1, seed=0, frame_size=(128, 128))
     assert loader.decode == decode
     pipe = loader.make_pipeline(device_id=0)
@@ -167,40 +195,38 @@ def test_gpu_pipeline_is_defined(ravdess_shards, train, features, video_dtype, c
     ops = _graph_ops(*pipe._graph_out[:2])
     assert [device for name, device in ops if name == "decoders__Video"] == ["mixed" if decode == "gpu" else "cpu"]
     # hybrid: the decode (and the reader, audio decode, slicing) on the CPU, but every crop/resize/feature op on the GPU
-    later = [device for name, device in ops if name in ("RandomResizedCrop", "CropMirrorNormalize", "Resize", "Spectrogram",
+    later = [device for name, device in ops if name in ("SequenceRearrange", "CropMirrorNormalize", "Resize", "Spectrogram",
                                                          "MelFilterBank", "ToDecibels", "MFCC", "Normalize")]
     assert later and set(later) == {"gpu"}
+    assert ("Normalize", "gpu") in ops or speaker_norm  # with speaker_norm the stage after the loader standardises
 
 
-def test_decode_rule_resolves_auto_from_the_nvdec_probe(monkeypatch):
-    from avdali.data.config import resolve_decode
-
-    asked = []
-
-    def probe(answer):
-        return lambda: asked.append(answer) or answer
-
-    assert resolve_decode("auto", probe(True)) == "gpu"
-    assert resolve_decode("auto", probe(False)) == "cpu"
-    assert resolve_decode("gpu", probe(False)) == "gpu" and resolve_decode("cpu", probe(True)) == "cpu"
-    assert asked == [True, False]  # the probe runs for auto only
-    with pytest.raises(AvdaliError, match="data.decode must be one of 'auto', 'gpu', 'cpu'; got 'nvdec'"):
-        DataConfig(decode="nvdec")
-
-
-@pytest.mark.parametrize("usable, expected", [(True, "gpu"), (False, "cpu")])
-def test_dali_loader_auto_decode_asks_native_probe(ravdess_shards, monkeypatch, usable, expected):
+def test_decode_rule_auto_is_the_hybrid(ravdess_shards, monkeypatch):
+    """``auto`` decodes on the CPU threads with every later op on the GPU, without asking the NVDEC probe."""
     from avdali import native
+    from avdali.data.config import resolve_decode
     from avdali.data.dali import DaliLoader
     from avdali.data.shards import resolve
 
-    monkeypatch.setattr(native, "nvdec_usable", lambda device_id=0: usable)
+    assert resolve_decode("auto") == "cpu" and resolve_decode("gpu") == "gpu" and resolve_decode("cpu") == "cpu"
+    with pytest.raises(AvdaliError, match="data.decode must be one of 'auto', 'gpu', 'cpu'; got 'nvdec'"):
+        DataConfig(decode="nvdec")
+    monkeypatch.setattr(native, "nvdec_usable", lambda device_id=0: pytest.fail("the probe decides nothing now"))
     shardset = resolve(ravdess_shards, SPLITS)
-    cfg = small(ravdess_shards, decode="auto")
-    loader = DaliLoader(cfg, shardset, train=True, device="cuda", rank=0, world_size=1, seed=0, frame_size=(128, 128))
-    assert loader.decode == expected
-    cpu = DaliLoader(cfg, shardset, train=True, device="cpu", rank=0, world_size=1, seed=0, frame_size=(128, 128))
-    assert cpu.decode == "cpu"  # the CPU pipeline never probes
+    for device in ("cuda", "cpu"):
+        loader = DaliLoader(small(ravdess_shards, decode="auto"), shardset, train=True, device=device, rank=0,
+                            world_size=1, seed=0, frame_size=(128, 128))
+        assert loader.decode == "cpu"
+
+
+def test_num_threads_auto_shares_the_usable_cores(monkeypatch):
+    from avdali.data import config
+
+    monkeypatch.setattr(config, "usable_cores", lambda: 16)
+    assert config.resolve_threads(DataConfig(num_threads=0), local_ranks=4).num_threads == 4
+    assert config.resolve_threads(DataConfig(num_threads=0), local_ranks=32).num_threads == 1
+    assert config.resolve_threads(DataConfig(num_threads=3), local_ranks=4).num_threads == 3  # an explicit count stays
+    assert DataConfig().num_threads == 0
 
 
 def test_nvdec_unusable_without_cuda():
@@ -232,13 +258,14 @@ def test_torch_loader_works_without_dali(ravdess_shards, monkeypatch):
 
 
 @pytest.mark.slow
-def test_torch_workers_split_the_samples_of_a_single_tar(ravdess_shards):
-    """Two workers on a rank with one tar both decode: worker w takes samples w, w+2, … (in evaluation order)."""
-    cfg = small(ravdess_shards, loader="torch", batch_size=2, num_threads=2)
-    loader = build_loader(cfg, ["fold1"], train=False)
-    assert len(loader.dataset.urls) == 1 and loader.workers == 2
-    batches = [b.index.tolist() for b in loader]
-    assert sorted(batches) == [[0, 2], [1, 3]]
+def test_torch_workers_split_the_tars(ravdess_shards):
+    """Two workers on a rank with two tars: each worker reads one whole tar (every tar read once, whatever the worker
+    count), so each batch holds the samples of one tar."""
+    cfg = small(ravdess_shards, loader="torch", batch_size=4, num_threads=2)
+    loader = build_loader(cfg, ["fold1", "fold2"], train=False)
+    assert loader.workers == 2 and len(loader.shardset.files) == 2
+    batches = sorted(b.index.tolist() for b in loader)
+    assert batches == [[0, 1, 2, 3], [4, 5, 6, 7]]
 
 
 @pytest.mark.parametrize("interp", ["nearest", "linear"])
@@ -254,10 +281,10 @@ def test_dali_crop_interp_is_used(ravdess_shards, interp):
     frames = np.broadcast_to(ramp, (2, 128, 128, 3)).copy()
 
     @pipeline_def
-    def crop():
+    def crop():  # the resize of video_graph's training crop: a window of the frame scaled to the crop
         video = fn.external_source(source=lambda: [frames], layout="FHWC", batch=True)
-        return fn.random_resized_crop(video, size=[112, 112], random_area=[0.35, 1.0], interp_type=_INTERPS[interp],
-                                      antialias=False)
+        return fn.resize(video, roi_start=[3.0, 5.0], roi_end=[90.0, 77.0], roi_relative=False, size=[112, 112],
+                         interp_type=_INTERPS[interp], antialias=False)
 
     pipe = crop(batch_size=1, num_threads=1, device_id=None, seed=0)
     pipe.build()
@@ -268,7 +295,7 @@ def test_dali_crop_interp_is_used(ravdess_shards, interp):
 def test_torch_nearest_crop_matches_torchvision():
     from torchvision.transforms.v2 import functional as F
 
-    from avdali.data.torch_loader import nearest_resized_crop
+    from avdali.data.decode import nearest_resized_crop
 
     g = torch.Generator().manual_seed(0)
     for _ in range(300):
@@ -284,3 +311,36 @@ def test_torch_nearest_crop_matches_torchvision():
 def test_replace_keeps_config_checks(ravdess_shards):
     with pytest.raises(AvdaliError):
         replace(small(ravdess_shards), loader="jax")
+
+
+@pytest.mark.parametrize("loader_name", ["dali", pytest.param("torch", marks=pytest.mark.slow)])
+def test_frame_count_beyond_the_video_is_named(tmp_path, ravdess_shards, loader_name):
+    """A meta.i32 frame count larger than the stored video (hashes re-recorded, so the SHA-256 check passes): one line
+    naming the shard and the sample, never a made-up frame."""
+    from avdali.packing.writer import write_shard
+    from avdali.shardformat.manifest import read_manifest, write_manifest
+    from avdali.shardformat.members import decode_meta_i32, encode_meta_i32, read_members
+    import shutil
+
+    out = shutil.copytree(ravdess_shards, tmp_path / "shards")
+    manifest = read_manifest(out)
+    entry = next(e for e in manifest.shards if e.split == "fold1")
+    samples: list[dict] = []
+    for key, ext, data in read_members(out / entry.name):
+        if not samples or samples[-1]["__key__"] != key:
+            samples.append({"__key__": key})
+        samples[-1][ext] = data
+    victim = samples[1]
+    meta = decode_meta_i32(victim["meta.i32"])
+    victim["meta.i32"] = encode_meta_i32({**meta, "frames": meta["frames"] * 3})
+    shard = write_shard(out, entry.name, samples)
+    entry.sha256, entry.bytes = shard.sha256, shard.bytes
+    write_manifest(out, manifest)
+    (out / "speaker_stats-logmel64.npz").unlink(missing_ok=True)
+    cfg = small(out, loader=loader_name, frames=16, augment=False)
+    with pytest.raises(AvdaliError) as caught:
+        for _ in build_loader(cfg, ["fold1"], train=False):
+            pass
+    message = str(caught.value)
+    assert message.startswith(str(out / entry.name)) and victim["__key__"] in message and "\n" not in message, message
+    assert "meta.i32" in message and f"holds {meta['frames']} frames" in message, message

@@ -18,7 +18,7 @@ import torch
 import torchaudio
 import webdataset as wds
 
-from avdali.data import sampling
+from avdali.data import clipspec
 from avdali.data.build import build_loader
 from avdali.data.config import DataConfig
 from avdali.data.shards import list_splits, resolve
@@ -62,7 +62,7 @@ def test_dali_and_torch_loaders_agree(request, dataset, features):
     # the bound can catch a wrong frame index: neighbouring sampled frames differ by more than it
     assert max(motion) > FRAME_MEAN_TOL
     if dataset == "meld":  # both cases of the window: clips cut to it and clips padded up to it
-        full = sampling.feature_frames(sampling.window_samples(base["audio_seconds"]))
+        full = clipspec.feature_frames(clipspec.window_samples(base["audio_seconds"]))
         lengths = {length for _, _, length, _ in dali.values()}
         assert full in lengths and min(lengths) < full, lengths
 
@@ -71,7 +71,8 @@ def test_dali_log_mel_matches_torchaudio(ravdess_shards):
     """DALI's spectrogram → mel_filter_bank → to_decibels against torchaudio's reference, in dB."""
     from nvidia.dali import fn, pipeline_def, types
 
-    from avdali.data.dali import DB_CUTOFF, hann_window
+    from avdali.data.clipspec import DB_FLOOR as DB_CUTOFF
+    from avdali.data.dali import hann_window
 
     shardset = resolve(ravdess_shards, ["fold1"])
 
@@ -80,7 +81,7 @@ def test_dali_log_mel_matches_torchaudio(ravdess_shards):
         flac = fn.readers.webdataset(paths=[f.tar for f in shardset.files], index_paths=[f.idx for f in shardset.files],
                                      ext=["flac"], missing_component_behavior="error")
         audio, _ = fn.decoders.audio(flac, sample_rate=16000, downmix=True, dtype=types.FLOAT)
-        spec = fn.spectrogram(audio, nfft=sampling.NFFT, window_length=sampling.WINDOW, window_step=sampling.HOP,
+        spec = fn.spectrogram(audio, nfft=clipspec.NFFT, window_length=clipspec.WINDOW, window_step=clipspec.HOP,
                               window_fn=hann_window(), power=2)
         mel = fn.mel_filter_bank(spec, nfilter=64, sample_rate=16000, freq_high=8000.0)
         return fn.to_decibels(mel, multiplier=10.0, reference=1.0, cutoff_db=DB_CUTOFF)
@@ -88,8 +89,8 @@ def test_dali_log_mel_matches_torchaudio(ravdess_shards):
     pipe = log_mel(batch_size=1, num_threads=1, device_id=None)
     pipe.build()
     reference = torch.nn.Sequential(
-        torchaudio.transforms.MelSpectrogram(sample_rate=16000, n_fft=sampling.NFFT, win_length=sampling.WINDOW,
-                                             hop_length=sampling.HOP, n_mels=64,
+        torchaudio.transforms.MelSpectrogram(sample_rate=16000, n_fft=clipspec.NFFT, win_length=clipspec.WINDOW,
+                                             hop_length=clipspec.HOP, n_mels=64,
                                              f_min=0.0, f_max=8000.0, norm="slaney", mel_scale="slaney", power=2.0),
         torchaudio.transforms.AmplitudeToDB(stype="power", top_db=None),
     )
@@ -99,7 +100,7 @@ def test_dali_log_mel_matches_torchaudio(ravdess_shards):
         wav, _ = sf.read(io.BytesIO(sample["flac"]), dtype="float32")
         expected = reference(torch.from_numpy(wav))
         got = torch.from_numpy(np.array(dali_db[0]))
-        assert got.shape == expected.shape == (64, sampling.feature_frames(len(wav)))
+        assert got.shape == expected.shape == (64, clipspec.feature_frames(len(wav)))
         loud = expected > expected.max() - 60  # compare where there is signal; near the floor dB is noise
         assert (got - expected)[loud].abs().max() < 0.05, "log-mel differs from torchaudio by ≥ 0.05 dB"
 

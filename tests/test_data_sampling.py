@@ -1,4 +1,5 @@
-"""Pure pieces of the input pipelines: config checks, the shared frame/audio sampling, video normalisation."""
+"""Pure pieces of the input pipelines: config checks, the clip specification's frame/crop/audio formulas (in numpy
+and in a DALI graph), video normalisation."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from avdali.data import sampling
+from avdali.data import clipspec, order
 from avdali.data.config import DataConfig
 from avdali.data.normalize import IMAGENET_MEAN, IMAGENET_STD, prepare_video
 from avdali.errors import ConfigError
@@ -38,52 +39,106 @@ def test_feature_bins_follow_features():
 
 @pytest.mark.parametrize("n, t", [(30, 8), (55, 16), (7, 16), (1, 4), (100, 3)])
 def test_centred_frame_indices_match_the_float_formula(n, t):
-    got = sampling.frame_indices(n, t)
+    got = clipspec.draw_frame_indices(n, t)
     expected = [min(math.floor((i + 0.5) * n / t), n - 1) for i in range(t)]
     assert got.tolist() == expected
 
 
-@pytest.mark.parametrize("n, t", [(30, 8), (7, 16), (1, 4)])
+@pytest.mark.parametrize("n, t", [(30, 8), (55, 16), (17, 16), (7, 16), (1, 4)])
 def test_jittered_frame_indices_stay_in_their_segment(n, t):
     rng = np.random.default_rng(0)
     seen = set()
     for _ in range(200):
-        idx = sampling.frame_indices(n, t, rng)
+        idx = clipspec.draw_frame_indices(n, t, rng)
         assert idx.min() >= 0 and idx.max() <= n - 1
-        assert np.all(np.diff(idx) >= 0)
-        for i, f in enumerate(idx):  # frame f lies in segment i: i*n/t ≤ f + something < (i+1)*n/t
-            assert math.floor(i * n / t) <= f <= math.ceil((i + 1) * n / t) - 1
+        assert np.all(np.diff(idx) > 0) if n >= t else np.all(np.diff(idx) >= 0)  # distinct when the clip is long enough
+        for i, f in enumerate(idx):  # frame f lies in the i-th integer segment [i*n//t, (i+1)*n//t)
+            assert i * n // t <= f <= max((i + 1) * n // t - 1, i * n // t)
         seen.add(tuple(idx))
-    assert len(seen) > 1 or n == 1  # it does jitter
+    if n > t:  # it does jitter, and every frame of every segment can be drawn
+        assert len(seen) > 1 and {f for s in seen for f in s} == set(range(n))
+    else:  # a clip of at most T frames uses each of its frames, in order, every time
+        assert seen == {tuple(np.arange(t) * n // t)} and set(next(iter(seen))) == set(range(n))
 
 
 def test_audio_start_centres_and_jitters():
-    assert sampling.audio_start(20_000, 48_000) == 0
-    assert sampling.audio_start(50_000, 48_000) == 1_000
+    assert clipspec.draw_audio_start(20_000, 48_000) == 0
+    assert clipspec.draw_audio_start(50_000, 48_000) == 1_000
     rng = np.random.default_rng(0)
-    starts = {sampling.audio_start(50_000, 48_000, rng) for _ in range(100)}
+    starts = {clipspec.draw_audio_start(50_000, 48_000, rng) for _ in range(300)}
     assert min(starts) >= 0 and max(starts) <= 2_000 and len(starts) > 10
-    assert sampling.feature_frames(48_000) == 301
+    assert clipspec.feature_frames(48_000) == 301
+
+
+@pytest.mark.parametrize("height, width", [(128, 128), (128, 160), (96, 200)])
+def test_random_crop_box_stays_in_the_frame_with_the_specified_area_and_aspect(height, width):
+    rng = np.random.default_rng(0)
+    boxes = [clipspec.draw_crop_box(height, width, rng) for _ in range(500)]
+    for top, left, h, w in boxes:
+        assert 0 <= top <= height - h and 0 <= left <= width - w and h >= 1 and w >= 1
+        if h < height and w < width:  # not clipped by the frame: the drawn area and aspect (rounded to pixels)
+            assert clipspec.CROP_AREA[0] - 0.02 <= h * w / (height * width) <= clipspec.CROP_AREA[1] + 0.02
+            assert clipspec.CROP_ASPECT[0] - 0.05 <= w / h <= clipspec.CROP_ASPECT[1] + 0.05
+    assert len(set(boxes)) > 400  # it does draw
+    assert {top for top, *_ in boxes} >= {0} and min(h * w for _, _, h, w in boxes) < 0.45 * height * width
+
+
+def _graph_values(fn_of_graph, draws, count: int):
+    """Run ``fn_of_graph(u, n)`` in a CPU DALI pipeline, one sample per row of ``draws`` (uniform draws ``u``) with the
+    int32 ``n = count`` (both fed by external_source, so they are DataNodes as in the loader's graph)."""
+    from nvidia.dali import fn, pipeline_def, types
+
+    rows = [np.asarray(row, dtype=np.float32) for row in draws]
+
+    @pipeline_def(enable_conditionals=False)
+    def pipe():
+        u = fn.external_source(source=lambda: rows, batch=True, dtype=types.FLOAT)
+        n = fn.external_source(source=lambda: [np.int32(count)] * len(rows), batch=True, dtype=types.INT32)
+        return fn_of_graph(u, n)
+
+    p = pipe(batch_size=len(rows), num_threads=1, device_id=None)
+    p.build()
+    return [np.asarray(x) for x in p.run()[0]]
+
+
+def test_the_formulas_give_the_same_numbers_in_a_dali_graph():
+    """clipspec's formulas, computed with GRAPH_OPS inside DALI and with numpy, agree exactly for the same draws."""
+    from avdali.data.dali import GRAPH_OPS
+
+    rng = np.random.default_rng(1)
+    draws = rng.random((64, 16), dtype=np.float32)
+    draws[0], draws[1] = 0.0, np.nextafter(np.float32(1), np.float32(0))  # the ends of [0, 1)
+    for n in (1, 7, 16, 17, 55, 150):
+        got = _graph_values(lambda u, c: clipspec.frame_indices(c, 16, u, GRAPH_OPS), draws, n)
+        assert [g.tolist() for g in got] == [clipspec.frame_indices(np.int64(n), 16, row).tolist() for row in draws], n
+        centres = _graph_values(lambda u, c: clipspec.frame_indices(c, 16, None, GRAPH_OPS) + 0 * GRAPH_OPS.to_int(u[0]),
+                                draws[:1], n)
+        assert centres[0].tolist() == clipspec.draw_frame_indices(n, 16).tolist()
+    for i in range(4):
+        got = _graph_values(lambda u, c: clipspec.random_crop_box(u, 128, 160, GRAPH_OPS)[i] + 0 * c, draws[:, :4], 0)
+        assert [int(g) for g in got] == [int(clipspec.random_crop_box(row, 128, 160)[i]) for row in draws[:, :4]], i
+    got = _graph_values(lambda u, c: clipspec.audio_start(c, 48_000, u[0], GRAPH_OPS), draws, 50_000)
+    assert [int(g) for g in got] == [int(clipspec.audio_start(np.int64(50_000), 48_000, row[0])) for row in draws]
 
 
 @pytest.mark.parametrize("n, world", [(8, 3), (10, 2), (5, 5), (3, 4)])
 def test_rank_ranges_partition_the_samples(n, world):
-    ranges = [sampling.rank_range(n, r, world) for r in range(world)]
+    ranges = [order.rank_range(n, r, world) for r in range(world)]
     covered = [i for lo, hi in ranges for i in range(lo, hi)]
     assert covered == list(range(n))
     assert max(hi - lo for lo, hi in ranges) - min(hi - lo for lo, hi in ranges) <= 1
 
 
 def test_batches_per_epoch_fits_the_largest_rank():
-    assert sampling.batches_per_epoch(8, 2, 3) == 2  # ranks of 2, 3, 3 samples
-    assert sampling.batches_per_epoch(12, 5, 2) == 2
-    assert sampling.batches_per_epoch(4, 4, 1) == 1
+    assert order.batches_per_epoch(8, 2, 3) == 2  # ranks of 2, 3, 3 samples
+    assert order.batches_per_epoch(12, 5, 2) == 2
+    assert order.batches_per_epoch(4, 4, 1) == 1
 
 
 def test_center_crop_box():
-    assert sampling.center_crop_box(128, 128, 112) == (8, 8, 112)
-    assert sampling.center_crop_box(128, 160, 112) == (8, 24, 112)
-    assert sampling.center_crop_box(96, 96, 112) == (0, 0, 96)
+    assert clipspec.center_crop_box(128, 128, 112) == (8, 8, 112)
+    assert clipspec.center_crop_box(128, 160, 112) == (8, 24, 112)
+    assert clipspec.center_crop_box(96, 96, 112) == (0, 0, 96)
 
 
 def test_prepare_video_normalises_uint8_and_passes_floats():

@@ -49,7 +49,7 @@ class FakeLoader:
     """The Loader contract over an easy synthetic task: the class shows in the frames' brightness and in one
     log-mel bin. Per rank: every world_size-th sample; padding (valid=False) evens out ranks and the last batch."""
 
-    def __init__(self, cfg, splits, *, train, device="cpu", rank=0, world_size=1, seed=0, nan_batches=()):
+    def __init__(self, cfg, splits, *, train, device="cpu", rank=0, world_size=1, seed=0, local_ranks=1, nan_batches=()):
         self.batch_size = cfg.batch_size
         self.train = train
         self.rank, self.world_size, self.seed = rank, world_size, seed

@@ -31,6 +31,11 @@ class Batch:
     video_present: torch.Tensor | None = None
     """N bool: False where the clip has no usable video (placeholder frames; the model's "missing video" embedding
     stands in). None when made = all True."""
+    crop_box: torch.Tensor | None = None
+    """N,4 int32 (top, left, height, width): the window of the stored frame that ``video`` was cropped (and scaled)
+    from, by the clip specification; the speaker stage crops the speaker's mean frame the same way. None: unknown."""
+    flipped: torch.Tensor | None = None
+    """N bool: the clip's frames were mirrored after the crop (training). None: unknown."""
 
     def __post_init__(self):
         for name in ("audio_present", "video_present"):
@@ -39,7 +44,11 @@ class Batch:
 
     def to(self, device: torch.device | str, non_blocking: bool = True) -> Batch:
         """The batch on ``device`` (non-blocking copies from pinned memory overlap with compute)."""
-        return Batch(**{f.name: getattr(self, f.name).to(device, non_blocking=non_blocking) for f in fields(self)})
+        return Batch(**{f.name: _to(getattr(self, f.name), device, non_blocking) for f in fields(self)})
 
     def __len__(self) -> int:
         return int(self.label.shape[0])
+
+
+def _to(value: torch.Tensor | None, device, non_blocking: bool) -> torch.Tensor | None:
+    return None if value is None else value.to(device, non_blocking=non_blocking)

@@ -22,7 +22,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from avdali import native
-from avdali.data import sampling
+from avdali.data import clipspec
 from avdali.data.config import DataConfig
 from avdali.data.shards import ShardSet, resolve
 
@@ -192,11 +192,11 @@ def bench_dali_decode(cfg: DataConfig, shardset: ShardSet, count: int, warmup: i
 
 def _pyav_decode(job: tuple[str, int, int, int, int, int | None]) -> int:
     """Decode one clip's T frames (``job``: tar, webm offset, webm size, frame count n, T, jitter seed or None)."""
-    from avdali.data.torch_loader import decode_frames
+    from avdali.data.decode import decode_frames
 
     tar, offset, size, n, t, seed = job
     rng = None if seed is None else np.random.default_rng(seed)
-    return len(decode_frames(_read(tar, offset, size), sampling.frame_indices(n, t, rng)))
+    return len(decode_frames(_read(tar, offset, size), clipspec.draw_frame_indices(n, t, rng)))
 
 
 def _read(tar: str, offset: int, size: int) -> bytes:

@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Iterator, Protocol, Sequence
 
 from avdali import native
+from avdali.data import order
 from avdali.data.batch import Batch
-from avdali.data.config import DataConfig
-from avdali.data.integrity import rank_tars, verify_shards
+from avdali.data.config import DataConfig, resolve_threads
+from avdali.data.integrity import verify_shards
 from avdali.data.shards import list_splits, probe_frame_size, resolve
 from avdali.errors import AvdaliError
 
@@ -48,13 +49,17 @@ def build_loader(
     rank: int = 0,
     world_size: int = 1,
     seed: int = 0,
+    local_ranks: int = 1,
 ) -> Loader:
     """A loader over ``splits`` of ``cfg.shards`` for one rank.
 
-    ``train``: shuffle and (with ``cfg.augment``) augment; otherwise read in order, every sample exactly
-    once over all ranks (padding marked ``valid=False``). ``device``: ``"cpu"`` or ``"cuda"`` (DALI decodes
-    on the GPU; batches arrive on the current CUDA device, which the caller sets to LOCAL_RANK).
-    With ``cfg.verify`` the tars this rank reads are checked against the manifest's SHA-256 first.
+    ``train``: every epoch a new share of the tars for this rank (``order.py``), shuffled and (with ``cfg.augment``)
+    augmented; otherwise read in order, every sample exactly once over all ranks (padding marked ``valid=False``).
+    ``device``: ``"cpu"`` or ``"cuda"`` (batches arrive on the current CUDA device, which the caller sets to
+    LOCAL_RANK). ``local_ranks``: ranks on this machine, which share its cores (``data.num_threads = 0``). With
+    ``cfg.verify`` the tars this rank can read are checked against the manifest's SHA-256 first (in training: all
+    of them, since ranks trade tars between epochs). With ``cfg.speaker_norm`` every batch passes through the speaker
+    stage (``speakers.SpeakerNorm``) on its device.
     """
     _check_device(device)
     native.require(native.loader_parts(cfg.loader))  # in this process, before any worker or pipeline thread starts
@@ -62,7 +67,18 @@ def build_loader(
         raise AvdaliError(f"rank {rank} is outside world size {world_size}")
     shardset = resolve(cfg.shards, list(splits))
     if cfg.verify:
-        verify_shards(shardset, rank_tars(shardset, rank, world_size))
+        parts = order.rank_epoch(shardset, rank, world_size, train=False)
+        verify_shards(shardset, [f.tar for f in shardset.files] if train else [p.span.tar for p in parts])
+    cfg = resolve_threads(cfg, local_ranks)
+    loader = _build(cfg, shardset, train=train, device=device, rank=rank, world_size=world_size, seed=seed)
+    if not cfg.speaker_norm:
+        return loader
+    from avdali.data.speakers import SpeakerNorm, SpeakerNormalised, load_speaker_stats
+
+    return SpeakerNormalised(loader, SpeakerNorm.for_shards(load_speaker_stats(shardset.root, cfg), shardset))
+
+
+def _build(cfg: DataConfig, shardset, *, train: bool, device: str, rank: int, world_size: int, seed: int) -> Loader:
     if cfg.loader == "dali":
         try:
             from avdali.data.dali import DaliLoader

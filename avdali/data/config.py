@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from dataclasses import dataclass
 
 from avdali.errors import ConfigError
@@ -41,11 +43,12 @@ class DataConfig:
     """Side of the square output frames, in pixels."""
     decode: str = "auto"
     """Where the DALI loader decodes video when training on CUDA (ignored on the CPU and by the torch loader):
-    ``gpu``: NVDEC (DALI's ``mixed`` decoder), frames land in GPU memory; ``cpu``: DALI's CPU threads decode and
-    the frames move to the GPU right after, so every later video and audio operator still runs on the GPU (hybrid);
-    ``auto``: ``gpu`` when NVDEC can decode a VP9 clip here (the probe ``avdali doctor`` runs), else ``cpu``. The
-    rule is a default until ``avdali bench loader --device cuda`` has measured both on a GPU: NVDEC decodes every
-    frame from the keyframe to the last one asked for, and may lose to 16 CPU cores at 128² frames."""
+    ``cpu``: DALI's CPU threads decode and the frames move to the GPU right after, so every later video and audio
+    operator runs on the GPU (the hybrid); ``gpu``: NVDEC (DALI's ``mixed`` decoder), frames land in GPU memory;
+    ``auto``: the hybrid. The rule, until a GPU measurement says otherwise: DALI 2.4's NVDEC path builds no frame
+    index, decodes every frame from frame 0 to the last one asked for, and synchronises its stream after every
+    decoded picture, with at most ``num_threads`` clips in flight; at 128² frames that likely loses to the CPU cores
+    (``tools/gpu_check.py`` measures both)."""
     crop_interp: str = "linear"
     """Resampling of training's random resized crop: ``linear`` (bilinear, what torchvision uses) or ``nearest``
     (cheaper on a CPU: the DALI CPU pipeline runs ~1.3× faster, but crops scaled down by much alias, and the
@@ -61,8 +64,9 @@ class DataConfig:
     video_dtype: str = "uint8"
     """``uint8``: raw pixels, normalised on the model's device by ``prepare_video`` (cheapest for the loader);
     ``float16`` / ``float32``: ImageNet-normalised in the pipeline."""
-    num_threads: int = 2
-    """DALI CPU threads, or torch DataLoader worker processes."""
+    num_threads: int = 0
+    """DALI CPU threads, or torch DataLoader worker processes, per rank; 0: the usable cores divided by the ranks on
+    this machine (``resolve_threads``)."""
     prefetch: int = 2
     """Batches prepared ahead (DALI prefetch queue depth / DataLoader prefetch factor per worker)."""
     shuffle_buffer: int = 256
@@ -71,7 +75,8 @@ class DataConfig:
     """Normalise each clip by its speaker (``data/speakers.py``): every frame minus the speaker's mean frame, before
     the crop, and the audio features standardised per bin with the speaker's mean and std instead of the clip's own.
     A speaker's statistics cover all their clips in the same split (labels unused), computed once per shard folder
-    and cached in it. Torch loader only for now; ``avdali predict`` then needs other clips of the same person
+    and cached in it. Both loaders: a device stage after the loader applies them, cropping the mean frame with each
+    clip's crop window (needs ``video_dtype = "uint8"``). ``avdali predict`` then needs other clips of the same person
     (``--speaker-clips``)."""
     augment: bool = True
     """Training only: random temporal jitter, random resized crop, horizontal flip, random audio offset."""
@@ -94,12 +99,12 @@ class DataConfig:
         _at_least("crop", self.crop, 16)
         _at_least("n_mels", self.n_mels, 8)
         _at_least("n_mfcc", self.n_mfcc, 1)
-        _at_least("num_threads", self.num_threads, 1)
+        _at_least("num_threads", self.num_threads, 0)
         _at_least("prefetch", self.prefetch, 1)
         _at_least("shuffle_buffer", self.shuffle_buffer, 1)
-        if self.speaker_norm and self.loader != "torch":
-            raise ConfigError('data.speaker_norm needs data.loader = "torch" (the DALI pipeline has no speaker '
-                              "normalisation)")
+        if self.speaker_norm and self.video_dtype != "uint8":
+            raise ConfigError('data.speaker_norm needs data.video_dtype = "uint8" (the speaker stage subtracts the '
+                              f"mean frame in pixel levels), got {self.video_dtype!r}")
         if not 0.1 <= self.audio_seconds <= 60:
             raise ConfigError(f"data.audio_seconds must be between 0.1 and 60, got {self.audio_seconds!r}")
         if self.features == "mfcc" and self.n_mfcc > self.n_mels:
@@ -116,10 +121,24 @@ class DataConfig:
         return len(LABEL_SPACES[self.label_space])
 
 
-def resolve_decode(decode: str, nvdec_usable) -> str:
-    """``data.decode`` made concrete for a CUDA DALI pipeline: ``gpu`` or ``cpu``. ``auto`` asks ``nvdec_usable()``
-    (a callable, so the probe runs only when ``auto`` needs it): NVDEC when it works, the CPU threads otherwise."""
+def resolve_decode(decode: str) -> str:
+    """``data.decode`` made concrete for a CUDA DALI pipeline: ``gpu`` (NVDEC) or ``cpu`` (the hybrid); ``auto`` is
+    the hybrid (see ``DataConfig.decode`` for why)."""
     _choice("decode", decode, DECODES)
-    if decode != "auto":
-        return decode
-    return "gpu" if nvdec_usable() else "cpu"
+    return "cpu" if decode == "auto" else decode
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, e.g. a container's or a job scheduler's share)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # no affinity call (macOS)
+        return os.cpu_count() or 1
+
+
+def resolve_threads(cfg: DataConfig, local_ranks: int = 1) -> DataConfig:
+    """``cfg`` with ``num_threads = 0`` made concrete: the usable cores shared by the ``local_ranks`` ranks of this
+    machine (at least 1 each)."""
+    if cfg.num_threads:
+        return cfg
+    return dataclasses.replace(cfg, num_threads=max(1, usable_cores() // max(1, local_ranks)))

@@ -1,20 +1,31 @@
 """The NVIDIA DALI input pipeline: the only module that imports DALI.
 
-One ``@pipeline_def`` serves CPU and GPU (``device`` is a parameter): on ``"cuda"`` the video is decoded by
-NVDEC (``mixed``, ``data.decode = "gpu"``) or by the CPU threads and moved to the GPU at once (``"cpu"``, the
-hybrid), and every later video and audio-feature op runs on the GPU; on ``"cpu"`` everything runs on the CPU
-threads. Frame indices and the audio window follow ``sampling.py`` exactly (integer arithmetic in
-the graph), so the torch loader reads the same frames and samples.
+The graph is composed the way DALI's examples compose theirs: ``read_samples`` (the webdataset reader), then
+``video_graph`` and ``audio_graph`` (sub-graphs that follow the clip specification, ``clipspec.py``, computed with
+``GRAPH_OPS`` so the numbers are those of the torch loader's kernel), and ``av_pipeline`` ties them together. One
+``@pipeline_def`` serves CPU and GPU (``device`` is a parameter): on ``"cuda"`` the video is decoded by the CPU threads
+and moved to the GPU at once (the hybrid, ``data.decode = "cpu"``, what ``auto`` picks) or by NVDEC (``mixed``,
+``"gpu"``), and every later video and audio-feature op runs on the GPU; on ``"cpu"`` everything runs on the CPU
+threads.
 
-Bookkeeping for exact evaluation: the reader splits the chosen samples into ``world_size`` contiguous ranges
-(``sampling.rank_range``) and, with ``pad_last_batch=True``, repeats a rank's last sample until every rank
-has ``sampling.batches_per_epoch`` full batches. The iterator marks the first ``hi - lo`` samples of a rank's
-epoch valid and the repeats invalid (exact in evaluation, where the reader does not shuffle; in training the
-count is right but the repeats may sit anywhere in the shuffled stream). ``index`` comes from each sample's
-``source_info`` ("tar:offset:name", padded to a fixed length in the graph) looked up in the shard indexes.
+Each clip's frames are decoded once per distinct index, in stream order, then put in order (``decode_plan``): DALI's
+decoders seek back to the keyframe for a repeated or backward index, and NVDEC in DALI 2.4 decodes from frame 0
+again. An index past the stored video (a ``meta.i32`` frame count larger than the webm holds) stops the epoch with a
+line naming the shard and the sample (``pad_mode="none"``), never a black frame.
+
+Sample order (``order.py``): evaluation reads the stored order, rank r the range ``rank_range``, built once; training
+builds a pipeline per epoch whose file list is that epoch's ``order.reading_order`` (the reader gives rank r the same
+``rank_range`` of it), seeded by (seed, rank, epoch), so an epoch depends on nothing before it. With
+``pad_last_batch=True`` the reader repeats a rank's last sample until every rank has ``order.batches_per_epoch``
+full batches; the iterator marks the first ``hi - lo`` samples of a rank's epoch valid and the repeats invalid
+(exact in evaluation, where the reader does not shuffle; in training the count is right but the repeats may sit
+anywhere in the shuffled stream). ``index`` comes from each sample's ``source_info`` ("tar:offset:name", padded to a
+fixed length in the graph) looked up in the shard indexes.
 """
 
 from __future__ import annotations
+
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -22,45 +33,145 @@ from nvidia.dali import fn, pipeline_def, types
 from nvidia.dali import math as dmath
 from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
-from avdali import native
 from avdali import shardformat as fmt
-from avdali.data import sampling
+from avdali.data import clipspec, order
 from avdali.data.batch import Batch
 from avdali.data.config import DataConfig, resolve_decode
-from avdali.data.integrity import rank_tars, read_failure
+from avdali.data.integrity import changed_shards, frame_count_mismatch, read_failure
 from avdali.data.normalize import IMAGENET_MEAN, IMAGENET_STD
 from avdali.data.shards import ShardSet
 from avdali.errors import AvdaliError
 
-OUTPUTS = ("video", "audio", "audio_len", "label", "info", "streams")
-RANDOM_AREA = (0.35, 1.0)
-"""Random resized crop: share of the frame area kept (faces: a mild zoom, never a tiny patch)."""
-RANDOM_ASPECT = (3 / 4, 4 / 3)
-"""Random resized crop: aspect ratio range of the crop window."""
-DB_CUTOFF = -100.0
-"""Floor of the log-mel in dB: 10·log10(1e-10), torchaudio's AmplitudeToDB ``amin``."""
-NORM_EPS = 1e-5
-"""Added to the variance when normalising features per utterance (silence would divide by zero)."""
+OUTPUTS = ("video", "audio", "audio_len", "label", "info", "streams", "crop_box", "flipped")
 _VIDEO_DTYPES = {"uint8": types.UINT8, "float16": types.FLOAT16, "float32": types.FLOAT}
 _INTERPS = {"nearest": types.INTERP_NN, "linear": types.INTERP_LINEAR}
+_OUT_OF_RANGE = "out-of-bounds frame index"
+"""What DALI's decoder says when a frame index is past the stored video (``pad_mode="none"``)."""
+
+GRAPH_OPS = SimpleNamespace(
+    const=lambda values: types.Constant(np.asarray(values, dtype=np.int32)),
+    floor=dmath.floor,
+    minimum=dmath.min,
+    maximum=dmath.max,
+    sqrt=dmath.sqrt,
+    exp=dmath.exp,
+    to_int=lambda x: fn.cast(x, dtype=types.INT32),
+    to_float=lambda x: fn.cast(x, dtype=types.FLOAT),
+)
+"""The clip specification's operations inside a DALI graph (``clipspec.NUMPY``'s twin)."""
 
 
 def hann_window() -> list[float]:
     """The periodic Hann window torch/torchaudio use (DALI's default differs in the last digits)."""
-    return torch.hann_window(sampling.WINDOW, periodic=True, dtype=torch.float64).tolist()
+    return torch.hann_window(clipspec.WINDOW, periodic=True, dtype=torch.float64).tolist()
 
 
-def frame_indices(n, t: int, jitter: bool):
-    """``sampling.frame_indices`` in the graph: T indices ``(2*i*n + o_i) // (2*T)`` from the frame count ``n``
-    (a DataNode), ``o_i = n`` (segment centres) or drawn uniformly in ``[0, 2n)`` when ``jitter``."""
-    two_i = types.Constant(np.arange(t, dtype=np.int32) * 2)
+def decode_plan(indices, num_frames, t: int):
+    """How the decoder reads ``indices`` (``clipspec.frame_indices`` of a clip of ``num_frames``, non-decreasing)
+    decoding each frame once: ``(frames to decode, positions)``, the sampled frames being
+    ``sequence_rearrange(decoded, positions)``. When n ≥ T the indices are distinct and are decoded as they are; a
+    shorter clip decodes its n frames once and repeats them by position."""
+    i = GRAPH_OPS.const(np.arange(t))
+    short = fn.cast(num_frames < t, dtype=types.INT32)  # 1 when the clip repeats frames
+    frames = indices * (1 - short) + i * short
+    frames = fn.slice(frames, fn.stack(0), fn.stack(dmath.min(num_frames, t)), axes=[0],
+                      normalized_anchor=False, normalized_shape=False)
+    return frames, i * (1 - short) + indices * short
+
+
+def read_samples(*, paths: list[str], index_paths: list[str], train: bool, shard_id: int, num_shards: int,
+                 shuffle_buffer: int):
+    """The webdataset reader: (webm, flac, meta.i32) of this rank's range of ``paths``, shuffled through a buffer of
+    ``shuffle_buffer`` samples in training."""
+    return fn.readers.webdataset(
+        paths=paths,
+        index_paths=index_paths,
+        ext=[fmt.VIDEO_EXT, fmt.AUDIO_EXT, fmt.NUMS_EXT],
+        dtypes=[types.UINT8, types.UINT8, types.INT32],
+        missing_component_behavior="error",
+        name="Reader",
+        shard_id=shard_id,
+        num_shards=num_shards,
+        pad_last_batch=True,
+        stick_to_shard=True,  # a rank keeps its range: the valid/index bookkeeping relies on it
+        random_shuffle=train,
+        initial_fill=shuffle_buffer,
+    )
+
+
+def video_graph(webm, num_frames, cfg: DataConfig, *, jitter: bool, gpu: bool, decode: str,
+                frame_size: tuple[int, int]):
+    """Frames T,H,W,C of the clip specification (``crop`` square, uint8 or ImageNet-normalised floats) and the crop
+    window (top, left, h, w; int32) and flip (bool) that made them."""
+    t, crop = cfg.frames, cfg.crop
+    height, width = frame_size
+    u = fn.random.uniform(range=[0.0, 1.0], shape=[t]) if jitter else None
+    frames, positions = decode_plan(clipspec.frame_indices(num_frames, t, u, GRAPH_OPS), num_frames, t)
+    video = fn.decoders.video(webm, device="mixed" if gpu and decode == "gpu" else "cpu", frames=frames,
+                              pad_mode="none")  # F,H,W,C uint8; an index past the video raises (named by the loader)
+    if gpu and decode == "cpu":
+        video = video.gpu()  # hybrid: only the decode runs on the CPU threads; everything after it on the GPU
+    video = fn.sequence_rearrange(video, new_order=positions)
+
+    # The layout stays T,H,W,C: the iterator hands it over as an N,T,C,H,W view whose memory is channels-last.
+    out_dtype = _VIDEO_DTYPES[cfg.video_dtype]
+    norm = {}
+    if cfg.video_dtype != "uint8":
+        norm = dict(mean=[m * 255 for m in IMAGENET_MEAN], std=[s * 255 for s in IMAGENET_STD])
     if jitter:
-        u = fn.random.uniform(range=[0.0, 1.0], shape=[t])
-        offset = fn.cast(dmath.floor(u * fn.cast(2 * n, dtype=types.FLOAT)), dtype=types.INT32)
-        offset = dmath.min(offset, 2 * n - 1)
-    else:
-        offset = n
-    return (two_i * n + offset) // (2 * t)
+        top, left, h, w = clipspec.random_crop_box(fn.random.uniform(range=[0.0, 1.0], shape=[4]), height, width,
+                                                   GRAPH_OPS)
+        flip = fn.cast(fn.random.coin_flip(probability=clipspec.FLIP_PROBABILITY), dtype=types.INT32)
+        # a flipped window (start > end along x) makes the resize mirror the crop: no separate flip pass
+        start = fn.cast(fn.stack(top, left + flip * w), dtype=types.FLOAT)
+        end = fn.cast(fn.stack(top + h, left + w - flip * w), dtype=types.FLOAT)
+        video = fn.resize(video, roi_start=start, roi_end=end, roi_relative=False, size=[crop, crop],
+                          interp_type=_INTERPS[cfg.crop_interp], antialias=clipspec.CROP_ANTIALIAS)
+        if norm:
+            video = fn.crop_mirror_normalize(video, dtype=out_dtype, output_layout="FHWC", **norm)
+        return video, fn.stack(top, left, h, w), fn.cast(flip, dtype=types.BOOL)
+    top, left, side = clipspec.center_crop_box(height, width, crop)
+    video = fn.crop_mirror_normalize(
+        video,
+        crop=[side, side],
+        crop_pos_x=0.5,
+        crop_pos_y=0.5,
+        rounding="truncate",  # (W - side) // 2, as clipspec.center_crop_box
+        dtype=types.UINT8 if side != crop else out_dtype,
+        output_layout="FHWC",
+        **({} if side != crop else norm),
+    )
+    if side != crop:  # frames smaller than the crop: scale the centred square up
+        video = fn.resize(video, size=[crop, crop], antialias=True)
+        video = fn.crop_mirror_normalize(video, dtype=out_dtype, output_layout="FHWC", **norm)
+    box = fn.cast(num_frames * 0, dtype=types.INT32) + GRAPH_OPS.const([top, left, side, side])
+    return video, box, fn.cast(num_frames * 0, dtype=types.BOOL)
+
+
+def audio_graph(flac, cfg: DataConfig, *, jitter: bool, gpu: bool):
+    """Features F,A of the clip specification's audio window (standardised per bin over the valid frames, or raw
+    with ``data.speaker_norm``, whose stage standardises them), zero-padded, and the valid frame count (int64)."""
+    window = clipspec.window_samples(cfg.audio_seconds)
+    audio, _rate = fn.decoders.audio(flac, sample_rate=clipspec.SAMPLE_RATE, downmix=True, dtype=types.FLOAT)
+    length = audio.shape(dtype=types.INT32)[0]
+    u = fn.random.uniform(range=[0.0, 1.0]) if jitter else None
+    start = clipspec.audio_start(length, window, u, GRAPH_OPS)
+    valid = dmath.min(length - start, window)
+    audio = fn.slice(audio, fn.stack(start), fn.stack(valid), axes=[0], normalized_anchor=False,
+                     normalized_shape=False)
+    if gpu:
+        audio = audio.gpu()
+    spec = fn.spectrogram(audio, nfft=clipspec.NFFT, window_length=clipspec.WINDOW, window_step=clipspec.HOP,
+                          window_fn=hann_window(), center_windows=True, reflect_padding=True, power=2)
+    feats = fn.mel_filter_bank(spec, nfilter=cfg.n_mels, sample_rate=clipspec.SAMPLE_RATE, freq_low=clipspec.F_MIN,
+                               freq_high=clipspec.F_MAX, mel_formula="slaney", normalize=True)
+    feats = fn.to_decibels(feats, multiplier=10.0, reference=1.0, cutoff_db=clipspec.DB_FLOOR)
+    if cfg.features == "mfcc":
+        feats = fn.mfcc(feats, n_mfcc=cfg.n_mfcc, dct_type=2, normalize=True, axis=0)
+    if not cfg.speaker_norm:  # per clip and bin over time, before padding, so the padding does not skew it
+        feats = fn.normalize(feats, axes=[1], epsilon=clipspec.NORM_EPS)
+    feats = fn.pad(feats, axes=[1], shape=[clipspec.feature_frames(window)], fill_value=0.0)
+    return feats, fn.cast(1 + valid // clipspec.HOP, dtype=types.INT64)
 
 
 @pipeline_def(enable_conditionals=False)
@@ -75,110 +186,24 @@ def av_pipeline(
     num_shards: int,
     frame_size: tuple[int, int],
     info_len: int,
-    decode: str = "gpu",
+    decode: str = "cpu",
 ):
     """Reader → video frames (N,T,H,W,C) + audio features (N,F,A) + audio_len + label + source_info + streams
-    (the real-streams bitmask of ``meta.i32``; a format-1 sample's shorter vector reads as both real).
+    (the real-streams bitmask of ``meta.i32``; a format-1 sample's shorter vector reads as both real) + crop_box +
+    flipped.
 
-    ``device``: ``"cpu"`` or ``"gpu"``; ``decode`` (``device="gpu"`` only): ``"gpu"`` decodes on NVDEC, ``"cpu"``
-    on the CPU threads with the frames moved to the GPU before the crop; ``frame_size``: (height, width) of the
-    stored webm frames.
+    ``device``: ``"cpu"`` or ``"gpu"``; ``decode`` (``device="gpu"`` only): ``"cpu"`` decodes on the CPU threads with
+    the frames moved to the GPU at once, ``"gpu"`` on NVDEC; ``frame_size``: (height, width) of the stored frames.
     """
     gpu = device == "gpu"
     jitter = train and cfg.augment
-    webm, flac, meta = fn.readers.webdataset(
-        paths=paths,
-        index_paths=index_paths,
-        ext=["webm", "flac", "meta.i32"],
-        dtypes=[types.UINT8, types.UINT8, types.INT32],
-        missing_component_behavior="error",
-        name="Reader",
-        shard_id=shard_id,
-        num_shards=num_shards,
-        pad_last_batch=True,
-        stick_to_shard=True,  # a rank keeps its range: the valid/index bookkeeping relies on it
-        random_shuffle=train,
-        initial_fill=cfg.shuffle_buffer,
-    )
+    webm, flac, meta = read_samples(paths=paths, index_paths=index_paths, train=train, shard_id=shard_id,
+                                    num_shards=num_shards, shuffle_buffer=cfg.shuffle_buffer)
     info = fn.pad(fn.get_property(webm, key="source_info"), axes=[0], shape=[info_len], fill_value=0)
-
-    frames = frame_indices(meta[0], cfg.frames, jitter)
-    video = fn.decoders.video(webm, device="mixed" if gpu and decode == "gpu" else "cpu", frames=frames)  # T,H,W,C uint8
-    if gpu and decode == "cpu":
-        video = video.gpu()  # hybrid: only the decode runs on the CPU threads; crops and casts run on the GPU
-
-    # ---- crop (one window for all frames of a clip), flip, dtype (+ normalisation) in one op. The layout stays
-    # T,H,W,C: the iterator hands it over as an N,T,C,H,W view whose memory is channels-last, as the CNN wants.
-    crop = cfg.crop
-    out_dtype = _VIDEO_DTYPES[cfg.video_dtype]
-    norm = {}
-    if cfg.video_dtype != "uint8":
-        norm = dict(mean=[m * 255 for m in IMAGENET_MEAN], std=[s * 255 for s in IMAGENET_STD])
-    if jitter:
-        video = fn.random_resized_crop(
-            video, size=[crop, crop], random_area=list(RANDOM_AREA), random_aspect_ratio=list(RANDOM_ASPECT),
-            interp_type=_INTERPS[cfg.crop_interp],
-            antialias=False,  # the window is mostly scaled up or barely down; antialiasing cost 13 % of throughput
-        )
-        video = fn.crop_mirror_normalize(
-            video, dtype=out_dtype, output_layout="FHWC", mirror=fn.random.coin_flip(probability=0.5), **norm
-        )
-    else:
-        side = min(frame_size[0], frame_size[1], crop)
-        video = fn.crop_mirror_normalize(
-            video,
-            crop=[side, side],
-            crop_pos_x=0.5,
-            crop_pos_y=0.5,
-            rounding="truncate",  # (W - side) // 2, as sampling.center_crop_box
-            dtype=types.UINT8 if side != crop else out_dtype,
-            output_layout="FHWC",
-            **({} if side != crop else norm),
-        )
-        if side != crop:  # frames smaller than the crop: scale the centred square up
-            video = fn.resize(video, size=[crop, crop], antialias=True)
-            video = fn.crop_mirror_normalize(video, dtype=out_dtype, output_layout="FHWC", **norm)
-
-    # ---- audio window (sampling.audio_start), then log-mel / MFCC of the valid part only
-    window = sampling.window_samples(cfg.audio_seconds)
-    audio, _rate = fn.decoders.audio(flac, sample_rate=sampling.SAMPLE_RATE, downmix=True, dtype=types.FLOAT)
-    length = audio.shape(dtype=types.INT32)[0]
-    slack = dmath.max(length - window, 0)
-    if jitter:
-        start = fn.cast(dmath.floor(fn.random.uniform(range=[0.0, 1.0]) * fn.cast(slack + 1, dtype=types.FLOAT)), dtype=types.INT32)
-        start = dmath.min(start, slack)
-    else:
-        start = slack // 2
-    valid = dmath.min(length - start, window)
-    audio = fn.slice(
-        audio, fn.stack(start), fn.stack(valid), axes=[0], normalized_anchor=False, normalized_shape=False
-    )
-    if gpu:
-        audio = audio.gpu()
-    spec = fn.spectrogram(
-        audio,
-        nfft=sampling.NFFT,
-        window_length=sampling.WINDOW,
-        window_step=sampling.HOP,
-        window_fn=hann_window(),
-        center_windows=True,
-        reflect_padding=True,
-        power=2,
-    )
-    feats = fn.mel_filter_bank(
-        spec, nfilter=cfg.n_mels, sample_rate=sampling.SAMPLE_RATE, freq_low=0.0, freq_high=sampling.SAMPLE_RATE / 2,
-        mel_formula="slaney", normalize=True,
-    )
-    feats = fn.to_decibels(feats, multiplier=10.0, reference=1.0, cutoff_db=DB_CUTOFF)
-    if cfg.features == "mfcc":
-        feats = fn.mfcc(feats, n_mfcc=cfg.n_mfcc, dct_type=2, normalize=True, axis=0)
-    # per utterance and bin over time, before padding, so the padding does not skew the statistics
-    feats = fn.normalize(feats, axes=[1], epsilon=NORM_EPS)
-    feats = fn.pad(feats, axes=[1], shape=[sampling.feature_frames(window)], fill_value=0.0)
-    audio_len = fn.cast(1 + valid // sampling.HOP, dtype=types.INT64)
-
+    video, box, flipped = video_graph(webm, meta[0], cfg, jitter=jitter, gpu=gpu, decode=decode, frame_size=frame_size)
+    feats, audio_len = audio_graph(flac, cfg, jitter=jitter, gpu=gpu)
     label = fn.cast(meta[1] if cfg.label_space == "unified" else meta[2], dtype=types.INT64)
-    return video, feats, audio_len, label, info, meta_streams(meta)
+    return video, feats, audio_len, label, info, meta_streams(meta), box, flipped
 
 
 def meta_streams(meta):
@@ -190,13 +215,15 @@ def meta_streams(meta):
 
 @pipeline_def
 def decode_only_pipeline(*, paths: list[str], index_paths: list[str], frames: int, jitter: bool):
-    """DALI's CPU video decoder alone on the frames the training loaders pick (reader → ``decoders.video``): the
-    decode ceiling ``avdali bench loader`` compares the loaders with."""
+    """DALI's CPU video decoder alone on the frames the training loaders pick (reader → ``decoders.video``, each
+    frame once as ``video_graph`` reads them): the decode ceiling ``avdali bench loader`` compares the loaders with."""
     webm, meta = fn.readers.webdataset(
         paths=paths, index_paths=index_paths,
         ext=[fmt.VIDEO_EXT, fmt.NUMS_EXT], dtypes=[types.UINT8, types.INT32], missing_component_behavior="error",
     )
-    return fn.decoders.video(webm, frames=frame_indices(meta[0], frames, jitter=jitter))
+    u = fn.random.uniform(range=[0.0, 1.0], shape=[frames]) if jitter else None
+    picks, positions = decode_plan(clipspec.frame_indices(meta[0], frames, u, GRAPH_OPS), meta[0], frames)
+    return fn.sequence_rearrange(fn.decoders.video(webm, frames=picks, pad_mode="none"), new_order=positions)
 
 
 def pipeline_seed(seed: int, rank: int, epoch: int) -> int:
@@ -211,7 +238,8 @@ def info_length(shardset: ShardSet) -> int:
 
 
 class DaliLoader:
-    """Batches from the DALI pipeline: ``len()`` batches per epoch on every rank, ``set_epoch`` reseeds."""
+    """Batches from the DALI pipeline: ``len()`` batches per epoch on every rank; ``set_epoch`` picks the epoch's
+    order (training)."""
 
     def __init__(
         self,
@@ -228,32 +256,36 @@ class DaliLoader:
         self.cfg, self.shardset, self.train = cfg, shardset, train
         self.device, self.rank, self.world_size, self.seed = device, rank, world_size, seed
         self.frame_size = frame_size
-        self.decode = "cpu" if device != "cuda" else resolve_decode(
-            cfg.decode, lambda: native.nvdec_usable(torch.cuda.current_device() if torch.cuda.is_available() else 0)
-        )
+        self.decode = "cpu" if device != "cuda" else resolve_decode(cfg.decode)
         """Where video is decoded: ``cpu`` (CPU pipeline, or the hybrid on CUDA) or ``gpu`` (NVDEC)."""
         self.num_samples = shardset.num_samples
-        lo, hi = sampling.rank_range(self.num_samples, rank, world_size)
+        lo, hi = order.rank_range(self.num_samples, rank, world_size)
         self.rank_samples = hi - lo
         self.epoch = 0
-        self._built_for: int | None = None
         self._iterator = None
         self._info_len = info_length(shardset)
         self._lookup = {(f.tar, off): f.first + j for f in shardset.files for j, off in enumerate(f.video_offsets)}
         self._keys = {f.first + j: (f.tar, key) for f in shardset.files for j, key in enumerate(f.keys)}
-        self._tars = rank_tars(shardset, rank, world_size)
 
     def __len__(self) -> int:
-        return sampling.batches_per_epoch(self.num_samples, self.cfg.batch_size, self.world_size)
+        return order.batches_per_epoch(self.num_samples, self.cfg.batch_size, self.world_size)
 
     def set_epoch(self, epoch: int) -> None:
-        """Training reshuffles: the pipeline is seeded by (seed, rank, first epoch) and continues its random
-        stream through consecutive epochs; evaluation is the same every epoch."""
+        """Training: the next iteration reads ``epoch``'s order with ``epoch``'s seed; evaluation is the same every
+        epoch."""
         self.epoch = epoch
 
+    def files(self) -> tuple:
+        """The tars in the order the current epoch reads them (``order.reading_order``)."""
+        return order.reading_order(self.shardset, train=self.train, seed=self.seed, epoch=self.epoch)
+
+    def rank_tars(self) -> list[str]:
+        """The tars this rank reads in the current epoch."""
+        return [p.span.tar for p in order.rank_parts(self.files(), self.rank, self.world_size)]
+
     def make_pipeline(self, device_id: int | None):
-        """The pipeline object for this rank (defined, not built)."""
-        files = self.shardset.files
+        """The pipeline object for this rank and epoch (defined, not built)."""
+        files = self.files()
         return av_pipeline(
             paths=[f.tar for f in files],
             index_paths=[f.idx for f in files],
@@ -273,11 +305,9 @@ class DaliLoader:
         )
 
     def _ensure_iterator(self):
-        # Training: a pipeline seeded for (seed, rank, epoch e) runs on through e+1, e+2 … with its own RNG
-        # stream (rebuilding per epoch costs a pipeline start and a refill of the shuffle buffer); a jump to
-        # any other epoch (resume) builds a pipeline seeded for that epoch.
-        wanted = self.epoch if self.train else 0
-        if self._iterator is not None and self._built_for == wanted:
+        # Training builds the epoch's pipeline (its file list is the epoch's order: ~10 ms to build on a CPU, plus
+        # the refill of the shuffle buffer); evaluation keeps one pipeline, reset at each epoch's end.
+        if self._iterator is not None and not self.train:
             return self._iterator
         self._iterator = None  # release the old pipeline's threads before starting new ones
         device_id = torch.cuda.current_device() if self.device == "cuda" else None
@@ -286,7 +316,6 @@ class DaliLoader:
         self._iterator = DALIGenericIterator(
             [pipe], list(OUTPUTS), reader_name="Reader", last_batch_policy=LastBatchPolicy.FILL, auto_reset=True
         )
-        self._built_for = wanted
         return self._iterator
 
     def _index_of(self, info: torch.Tensor) -> torch.Tensor:
@@ -298,28 +327,31 @@ class DaliLoader:
         return torch.tensor(out, dtype=torch.int64)
 
     def __iter__(self):
-        iterator = self._ensure_iterator()
         target = torch.device(f"cuda:{torch.cuda.current_device()}") if self.device == "cuda" else torch.device("cpu")
         position = 0
         finished = False
         try:
-            for outputs in self._outputs(iterator):
+            for outputs in self._outputs():
                 yield self._batch(outputs[0], position, target)
                 position += self.cfg.batch_size
             finished = True
-            if self.train:
-                self._built_for = self.epoch + 1  # the pipeline's next epoch
         finally:
-            if not finished:  # an abandoned epoch cannot be reset in DALI: start afresh next time
-                self._iterator = self._built_for = None
+            if not finished or self.train:  # an abandoned epoch cannot be reset in DALI: start afresh next time
+                self._iterator = None
 
-    def _outputs(self, iterator):
-        """DALI's batches; a failed read ("Critical error in pipeline", which often names no file) becomes one line
-        naming the shard: the one whose SHA-256 changed when a check finds it, else this rank's shards."""
+    def _outputs(self):
+        """DALI's batches; a failed read ("Critical error in pipeline", which often names no file; also from building
+        the iterator, which reads the first batch) becomes one line naming the shard: the sample whose frame count its
+        video does not hold, the shard whose SHA-256 changed when a check finds one, else this rank's shards."""
         try:
-            yield from iterator
+            yield from self._ensure_iterator()
         except RuntimeError as e:
-            raise read_failure(self.shardset, self._tars, "DALI", _dali_reason(str(e))) from e
+            tars = self.rank_tars()
+            if _OUT_OF_RANGE in str(e) and not changed_shards(self.shardset, tars):  # a changed tar says more
+                mismatch = frame_count_mismatch(self.shardset, tars)
+                if mismatch is not None:
+                    raise mismatch from None
+            raise read_failure(self.shardset, tars, "DALI", _dali_reason(str(e))) from e
 
     def _batch(self, out: dict, position: int, target: torch.device) -> Batch:
         n = out["label"].shape[0]
@@ -336,6 +368,8 @@ class DaliLoader:
             valid=valid.to(target, non_blocking=True),
             audio_present=((streams & fmt.STREAM_AUDIO) != 0).to(target, non_blocking=True),
             video_present=((streams & fmt.STREAM_VIDEO) != 0).to(target, non_blocking=True),
+            crop_box=out["crop_box"].to(target, non_blocking=True),
+            flipped=out["flipped"].to(target, non_blocking=True),
         )
 
     def _check_labels(self, label: torch.Tensor, index: torch.Tensor) -> None:

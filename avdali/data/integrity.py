@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from avdali.data import sampling
+from avdali import shardformat as fmt
 from avdali.data.shards import ShardSet
 from avdali.errors import AvdaliError
 from avdali.files import file_sha256
@@ -21,12 +21,6 @@ from avdali.shardformat import MANIFEST_NAME
 
 _digests: dict[tuple[str, int, int, int], str] = {}
 """SHA-256 per (path, inode, size, mtime_ns): train, val and test loaders of one run hash each tar once."""
-
-
-def rank_tars(shardset: ShardSet, rank: int, world_size: int) -> list[str]:
-    """The tars holding this rank's sample range (``sampling.rank_range``, the split both loaders read)."""
-    lo, hi = sampling.rank_range(shardset.num_samples, rank, world_size)
-    return [f.tar for f in shardset.files if f.first < hi and f.first + f.count > lo]
 
 
 def _sha256(path: str) -> str:
@@ -78,3 +72,29 @@ def read_failure(shardset: ShardSet, tars: Sequence[str], loader: str, detail: s
         f"{named[0]}{f' (or one of {len(named) - 1} more shards of this rank)' if len(named) > 1 else ''}: "
         f"the {loader} loader failed reading it ({detail}); check the folder with `avdali inspect {shardset.root}`"
     )
+
+
+def frame_count_mismatch(shardset: ShardSet, tars: Sequence[str]) -> AvdaliError | None:
+    """The error naming the first sample of ``tars`` whose ``meta.i32`` frame count is more than its webm holds
+    (what a decoder reports as a frame index past the video), or None. Decodes every webm of ``tars``: run it only
+    after a read failed."""
+    from avdali.shardformat.members import decode_meta_i32, read_members
+    from avdali.shardformat.probe import count_webm_frames
+
+    for tar in tars:
+        members: dict[str, dict[str, bytes]] = {}
+        for key, ext, data in read_members(Path(tar)):
+            members.setdefault(key, {})[ext] = data
+        for key, sample in members.items():
+            try:
+                said = decode_meta_i32(sample[fmt.NUMS_EXT])["frames"]
+                held = count_webm_frames(sample[fmt.VIDEO_EXT])
+            except Exception as e:  # noqa: BLE001 - PyAV and the meta decoder raise several types on damaged data
+                return AvdaliError(f"{tar}: sample {key}: unreadable ({' '.join(str(e).split())[:200]}); "
+                                   f"check the folder with `avdali inspect {shardset.root}` and re-pack")
+            if said > held:
+                return AvdaliError(
+                    f"{tar}: sample {key}: meta.i32 says {said} frames, its video holds {held} frames (corrupt shard?); "
+                    f"check the folder with `avdali inspect {shardset.root}` and re-pack"
+                )
+    return None

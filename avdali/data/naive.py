@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from avdali.data import sampling
+from avdali.data import clipspec
 from avdali.data.config import DataConfig
 from avdali.errors import AvdaliError
 from avdali.shardformat.manifest import Manifest
@@ -42,20 +42,20 @@ class NaiveClips(Dataset):
         with av.open(str(record.video_path)) as container:
             frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]  # every frame
         with av.open(str(record.video_path)) as container:
-            resampler = av.AudioResampler(format="flt", layout="mono", rate=sampling.SAMPLE_RATE)
+            resampler = av.AudioResampler(format="flt", layout="mono", rate=clipspec.SAMPLE_RATE)
             chunks = [r.to_ndarray()[0] for f in container.decode(audio=0) for r in resampler.resample(f)]
         picks = np.linspace(0, len(frames) - 1, self.cfg.frames).round().astype(int)
         size = (self.cfg.crop, self.cfg.crop)
         video = np.stack([cv2.resize(frames[k], size, interpolation=cv2.INTER_AREA) for k in picks])
         wav = np.concatenate(chunks) if chunks else np.zeros(1, np.float32)
-        window = sampling.window_samples(self.cfg.audio_seconds)
+        window = clipspec.window_samples(self.cfg.audio_seconds)
         wav = np.pad(wav[:window], (0, max(0, window - len(wav))))
         if self._mfcc is None:
             import torchaudio
 
             self._mfcc = torchaudio.transforms.MFCC(
-                sample_rate=sampling.SAMPLE_RATE, n_mfcc=self.cfg.n_mfcc,
-                melkwargs=dict(n_fft=sampling.WINDOW, hop_length=sampling.HOP, n_mels=self.cfg.n_mels),
+                sample_rate=clipspec.SAMPLE_RATE, n_mfcc=self.cfg.n_mfcc,
+                melkwargs=dict(n_fft=clipspec.WINDOW, hop_length=clipspec.HOP, n_mels=self.cfg.n_mels),
             )
         mfcc = self._mfcc(torch.from_numpy(wav))
         return dict(video=torch.from_numpy(video).permute(0, 3, 1, 2), audio=mfcc, label=record.label)

@@ -2,8 +2,9 @@
 
 A speaker's statistics come from every clip that person has in the same split of the shard folder (labels are never
 read): the mean of all their decoded frames, and the mean and standard deviation of each audio feature bin over all
-their audio frames. The loader subtracts the mean frame from every frame and standardises the features with the
-speaker's mean and std (instead of each clip's own). What is left is how this clip differs from the person's usual
+their audio frames. A device stage after the loader (``SpeakerNorm``, the same for every loader) subtracts the mean
+frame, cropped, scaled and flipped with each clip's own crop window, from every frame, and standardises the raw
+features the loader emits with the speaker's mean and std (instead of each clip's own). What is left is how this clip differs from the person's usual
 face and voice: identity, skin tone, background, vocal tract and a personal way of holding the face cancel, the
 expression stays. It is per-speaker feature normalisation as in speech emotion recognition, extended to the frames,
 and transductive like it: a held-out speaker is normalised with their own unlabelled clips. ``avdali predict`` needs
@@ -25,15 +26,14 @@ from pathlib import Path
 import numpy as np
 
 from avdali import shardformat as fmt
+from avdali.data import clipspec
+from avdali.data.batch import Batch
+from avdali.data.shards import ShardSet
 from avdali.errors import AvdaliError
 from avdali.files import atomic_write
 from avdali.shardformat.manifest import read_manifest
 from avdali.shardformat.members import decode_meta_i32
 
-OFFSET = 128.0
-"""Added to the frame difference so it fits the loaders' uint8 frames (a difference of ±127 levels survives)."""
-STD_EPS = 1e-5
-"""Added to a bin's variance before the square root (as the per-clip normalisation does)."""
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,7 @@ class Sums:
             return Speaker(frame, None, None)
         mean = self.audio / self.audio_frames
         var = np.maximum(self.audio_sq / self.audio_frames - mean**2, 0.0)
-        return Speaker(frame, mean.astype(np.float32), np.sqrt(var + STD_EPS).astype(np.float32))
+        return Speaker(frame, mean.astype(np.float32), np.sqrt(var + clipspec.SPEAKER_STD_EPS).astype(np.float32))
 
 
 @dataclass(frozen=True)
@@ -104,10 +104,11 @@ def speaker_of(meta: dict, source: str) -> str:
 
 
 def subtract_mean(frames: np.ndarray, mean: np.ndarray, source: str = "clip") -> np.ndarray:
-    """T,H,W,3 uint8 frames minus their speaker's mean frame, offset by ``OFFSET`` and rounded back to uint8."""
+    """T,H,W,3 uint8 frames minus their speaker's mean frame, offset by ``clipspec.SPEAKER_OFFSET`` and rounded back
+    to uint8 (the reference for ``SpeakerNorm``'s video half)."""
     if frames.shape[1:] != mean.shape:
         raise AvdaliError(f"{source}: frames of {frames.shape[1:3]} but the speaker's mean frame is {mean.shape[:2]}")
-    return np.clip(np.rint(frames.astype(np.float32) - mean + OFFSET), 0, 255).astype(np.uint8)
+    return np.clip(np.rint(frames.astype(np.float32) - mean + clipspec.SPEAKER_OFFSET), 0, 255).astype(np.uint8)
 
 
 def add_clip(sums: Sums, webm: bytes | None, frames: int, flac: bytes | None, features, source: str) -> None:
@@ -115,7 +116,7 @@ def add_clip(sums: Sums, webm: bytes | None, frames: int, flac: bytes | None, fe
     ``webm`` and the features of all of ``flac``; ``features`` is an ``AudioFeatures`` of the run's settings."""
     import torch
 
-    from avdali.data.torch_loader import decode_frames, read_wav
+    from avdali.data.decode import decode_frames, read_wav
 
     if webm is not None:
         sums.add_frames(decode_frames(webm, np.arange(frames), source))
@@ -128,7 +129,7 @@ def compute_speaker_stats(shards: str | Path, cfg) -> SpeakerStats:
     streams (``--keep-partial``) are left out."""
     import webdataset as wds
 
-    from avdali.data.torch_loader import AudioFeatures
+    from avdali.data.decode import AudioFeatures
 
     shards = Path(shards)
     features = AudioFeatures(cfg)
@@ -212,3 +213,117 @@ def load_speaker_stats(shards: str | Path, cfg) -> SpeakerStats:
     except AvdaliError:
         pass  # a read-only shard folder: computed again next time
     return stats
+
+
+class SpeakerNorm:
+    """The speaker stage: runs on a batch's own device after any loader (DALI, torch, cache) and after ``predict``'s
+    one-clip input, so every path normalises alike.
+
+    Video: each frame minus its speaker's mean frame, that mean cropped and scaled with the clip's ``crop_box`` (one
+    bilinear sample per output pixel, as the crop resamples) and mirrored when the clip was, plus
+    ``clipspec.SPEAKER_OFFSET``, rounded to uint8; rows whose video is a placeholder, or whose speaker has no real
+    video, keep their frames. Audio: the loader's raw features standardised per bin with the speaker's mean and std;
+    rows without the speaker's audio statistics, or with placeholder audio, are standardised per clip (as without
+    ``data.speaker_norm``); padding stays zero."""
+
+    def __init__(self, speakers: list[Speaker], sample_speaker: np.ndarray):
+        """``speakers``: the rows; ``sample_speaker``: a sample's ``Batch.index`` → its row."""
+        frames = [s.frame for s in speakers if s.frame is not None]
+        bins = next((len(s.audio_mean) for s in speakers if s.audio_mean is not None), 1)
+        shape = frames[0].shape if frames else (1, 1, 3)
+        self._host = dict(
+            frame=np.stack([s.frame if s.frame is not None else np.zeros(shape, np.float32) for s in speakers]),
+            has_frame=np.array([s.frame is not None for s in speakers]),
+            audio_mean=np.stack([s.audio_mean if s.audio_mean is not None else np.zeros(bins, np.float32) for s in speakers]),
+            audio_std=np.stack([s.audio_std if s.audio_std is not None else np.ones(bins, np.float32) for s in speakers]),
+            has_audio=np.array([s.audio_mean is not None for s in speakers]),
+            row=np.asarray(sample_speaker, dtype=np.int64),
+        )
+        self._on: dict = {}
+
+    @classmethod
+    def for_shards(cls, stats: SpeakerStats, shardset: ShardSet) -> SpeakerNorm:
+        """The stage for the samples of ``shardset`` (their ``Batch.index``)."""
+        groups = sorted(stats.speakers)
+        row_of = {g: i for i, g in enumerate(groups)}
+        sample = np.empty(shardset.num_samples, dtype=np.int64)
+        for f in shardset.files:
+            name = Path(f.tar).name
+            for j, key in enumerate(f.keys):
+                sample[f.first + j] = row_of[(stats.split[name], stats.speaker[(name, key)])]
+        return cls([stats.speakers[g] for g in groups], sample)
+
+    @classmethod
+    def for_one(cls, speaker: Speaker) -> SpeakerNorm:
+        """The stage for a one-clip batch (``index`` 0) of ``speaker``."""
+        return cls([speaker], np.zeros(1, dtype=np.int64))
+
+    def _tensors(self, device):
+        import torch
+
+        key = str(device)
+        if key not in self._on:
+            self._on[key] = {k: torch.from_numpy(v).to(device) for k, v in self._host.items()}
+        return self._on[key]
+
+    def __call__(self, batch: Batch) -> Batch:
+        import dataclasses
+
+        t = self._tensors(batch.label.device)
+        row = t["row"][batch.index]
+        return dataclasses.replace(batch, video=self._video(batch, t, row), audio=self._audio(batch, t, row))
+
+    @staticmethod
+    def _video(batch: Batch, t: dict, row):
+        import torch
+        from torchvision.ops import roi_align
+
+        video = batch.video  # N,T,C,H,W uint8 (DALI's: a view of N,T,H,W,C memory)
+        if video.dtype != torch.uint8:
+            raise AvdaliError(f"the speaker stage subtracts in pixel levels: uint8 frames needed, got {video.dtype}")
+        if batch.crop_box is None:
+            raise AvdaliError("the speaker stage needs each clip's crop window (Batch.crop_box); this loader gave none")
+        mean = t["frame"][row].permute(0, 3, 1, 2)  # N,3,H,W float32
+        top, left, h, w = batch.crop_box.to(torch.float32).unbind(1)
+        boxes = torch.stack([torch.arange(len(row), device=row.device, dtype=torch.float32), left, top, left + w, top + h], 1)
+        crop = roi_align(mean, boxes, output_size=tuple(video.shape[-2:]), spatial_scale=1.0, sampling_ratio=1,
+                         aligned=True)  # one bilinear sample per output pixel at the pixel's centre
+        if batch.flipped is not None:
+            crop = torch.where(batch.flipped.view(-1, 1, 1, 1), crop.flip(-1), crop)
+        use = batch.video_present & t["has_frame"][row]
+        memory = video.permute(0, 1, 3, 4, 2)  # N,T,H,W,C: DALI's memory order (a view either way)
+        out = (memory.float() - crop.permute(0, 2, 3, 1)[:, None] + clipspec.SPEAKER_OFFSET).round_().clamp_(0, 255)
+        out = torch.where(use.view(-1, 1, 1, 1, 1), out.to(torch.uint8), memory)
+        return out.permute(0, 1, 4, 2, 3)
+
+    @staticmethod
+    def _audio(batch: Batch, t: dict, row):
+        import torch
+
+        feats = batch.audio  # N,F,A raw features, zero-padded after audio_len
+        mask = (torch.arange(feats.shape[2], device=feats.device) < batch.audio_len[:, None])[:, None, :]
+        count = batch.audio_len.clamp(min=1).to(feats.dtype)[:, None, None]
+        clip_mean = (feats * mask).sum(2, keepdim=True) / count
+        clip_var = (((feats - clip_mean) * mask) ** 2).sum(2, keepdim=True) / count
+        use = (batch.audio_present & t["has_audio"][row]).view(-1, 1, 1)
+        mean = torch.where(use, t["audio_mean"][row][:, :, None], clip_mean)
+        std = torch.where(use, t["audio_std"][row][:, :, None], torch.sqrt(clip_var + clipspec.NORM_EPS))
+        return (feats - mean) / std * mask
+
+
+class SpeakerNormalised:
+    """A loader whose every batch passes through a ``SpeakerNorm`` stage (the Loader contract of ``data.build``)."""
+
+    def __init__(self, loader, stage: SpeakerNorm):
+        self.loader, self.stage = loader, stage
+        self.num_samples = loader.num_samples
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.loader.set_epoch(epoch)
+
+    def __iter__(self):
+        for batch in self.loader:
+            yield self.stage(batch)

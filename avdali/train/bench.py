@@ -159,8 +159,7 @@ def bench_training(
 
     if not (shards / "manifest.json").is_file():
         raise AvdaliError(f"{shards}: no manifest.json (SHARDS must be a folder written by `avdali shard`)")
-    # loaders compared on the same transforms: the DALI pipeline has no speaker normalisation (a --set can still ask)
-    overrides = [f"data.shards={toml_literal(str(shards))}", "data.speaker_norm=false", *overrides]
+    overrides = [f"data.shards={toml_literal(str(shards))}", *overrides]
     base = load_config(config, overrides)
     device = resolve_device(base.train.device)
     flops_per_clip = run_flops_per_clip(base)

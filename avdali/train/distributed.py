@@ -37,6 +37,8 @@ class DistInfo:
     """Number of ranks in the job."""
     device: torch.device
     """Where this rank computes: ``cpu`` or ``cuda:LOCAL_RANK``."""
+    local_world_size: int = 1
+    """Ranks on this node (they share its CPU cores: ``data.num_threads = 0``)."""
 
     @property
     def is_main(self) -> bool:
@@ -92,7 +94,9 @@ def init_distributed(device: str) -> DistInfo:
         kwargs = {"device_id": torch_device} if device == "cuda" else {}
         dist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world_size,
                                 timeout=COLLECTIVE_TIMEOUT, **kwargs)
-    return DistInfo(rank=rank, local_rank=local_rank, world_size=world_size, device=torch_device)
+    local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    return DistInfo(rank=rank, local_rank=local_rank, world_size=world_size, device=torch_device,
+                    local_world_size=local_world_size)
 
 
 def cleanup_distributed() -> None:

@@ -209,11 +209,12 @@ def joint_value(train, plan: JointPlan, per_dataset: dict[str, dict[str, Any]]) 
 class JointRun:
     """What a joint run adds to the trainer: the mixture training loader, per-dataset evaluation, the rule."""
 
-    def __init__(self, cfg, plan: JointPlan, build: Callable, *, device: str, rank: int, world_size: int, seed: int):
+    def __init__(self, cfg, plan: JointPlan, build: Callable, *, device: str, rank: int, world_size: int, seed: int,
+                 local_ranks: int = 1):
         from avdali.data.mixture import MixtureLoader
 
         self.cfg, self.plan, self.build = cfg, plan, build
-        self.common = dict(device=device, rank=rank, world_size=world_size, seed=seed)
+        self.common = dict(device=device, rank=rank, world_size=world_size, seed=seed, local_ranks=local_ranks)
         loaders = [build(cfg.data.loader_config(p.shards), p.plan.train, train=True, **self.common) for p in plan.parts]
         self.train_loader = MixtureLoader(loaders, [p.weight for p in plan.parts], batch_size=cfg.data.batch_size,
                                           world_size=world_size, rank=rank, seed=seed,

@@ -251,7 +251,8 @@ class Trainer:
             self.raw_model = self.raw_model.to(memory_format=torch.channels_last)
         torch.manual_seed(cfg.train.seed + 1000 * info.rank)
 
-        common = dict(device=self.device.type, rank=info.rank, world_size=info.world_size, seed=cfg.train.seed)
+        common = dict(device=self.device.type, rank=info.rank, world_size=info.world_size, seed=cfg.train.seed,
+                      local_ranks=info.local_world_size)
         self.joint = JointRun(cfg, plan, build_loader, **common) if isinstance(plan, JointPlan) else None
         self.metric = JOINT_METRIC if self.joint else cfg.train.metric
         """The validation value that picks best.pt (``val/<metric>``)."""
@@ -507,7 +508,8 @@ class Trainer:
         if self.joint:
             return self._joint_test(best)
         loader = build_loader(self.cfg.data.loader_config(), self.plan.test, train=False, device=self.device.type,
-                              rank=self.info.rank, world_size=self.info.world_size, seed=self.cfg.train.seed)
+                              rank=self.info.rank, world_size=self.info.world_size, seed=self.cfg.train.seed,
+                              local_ranks=self.info.local_world_size)
         loader.set_epoch(0)
         # One pass: both streams, plus each single stream the run trained a missing embedding for (modality.py).
         per_modality = evaluate_modalities(

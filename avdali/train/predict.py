@@ -17,7 +17,7 @@ import torch
 from avdali import native
 from avdali.data.single import clip_batch
 from avdali.data.speakers import Speaker, Sums, add_clip
-from avdali.data.torch_loader import AudioFeatures
+from avdali.data.decode import AudioFeatures
 from avdali.errors import AvdaliError
 from avdali.packing.transcode import ClipError, Transcoded, transcode_clip
 from avdali.shardformat.manifest import read_manifest
