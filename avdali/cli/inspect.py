@@ -32,6 +32,14 @@ def label_table(report) -> Table:
     return table
 
 
+def order_line(manifest) -> str:
+    """The folder's format and how its clips are ordered: the shuffle seed, or file-name order (formats 1 and 2)."""
+    seed = manifest.options.get("shuffle_seed")
+    if seed is None:
+        return f"format {manifest.format_version}: each split's clips in file-name order (re-pack to shuffle them)"
+    return f"format {manifest.format_version}: each split's clips shuffled with --seed {seed}"
+
+
 @user_errors
 def inspect(
     out: Annotated[Path, typer.Argument(help="A shard folder written by `avdali shard` (holds manifest.json).")],
@@ -51,6 +59,7 @@ def inspect(
         highlight=False,
         soft_wrap=True,
     )
+    console.print(order_line(manifest), highlight=False, soft_wrap=True)
     if manifest.partial:
         from avdali.cli.shard import partial_line
 

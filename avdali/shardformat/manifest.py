@@ -289,6 +289,12 @@ def _check_options(options: dict, path: Path) -> None:
         raise AvdaliError(f"{path}: options are not ones `avdali shard` writes ({e})") from None
 
 
+def _readable_versions() -> str:
+    """``READABLE_VERSIONS`` as a user reads them: ``1, 2 or 3``."""
+    *rest, last = map(str, fmt.READABLE_VERSIONS)
+    return f"{', '.join(rest)} or {last}" if rest else last
+
+
 def read_manifest(out: Path) -> Manifest:
     """Read and validate ``out/manifest.json`` (``AvdaliError`` naming the file and the problem)."""
     path = Path(out) / fmt.MANIFEST_NAME
@@ -305,11 +311,13 @@ def read_manifest(out: Path) -> Manifest:
     _need(
         version in fmt.READABLE_VERSIONS and not isinstance(version, bool),
         path,
-        f"shard format version {version!r}, this avdali reads {' or '.join(map(str, fmt.READABLE_VERSIONS))}; "
+        f"shard format version {version!r}, this avdali reads {_readable_versions()}; "
         "re-pack with `avdali shard`",
     )
     _need(isinstance(d.get("dataset"), str), path, "dataset is missing")
     _need(isinstance(d.get("options"), dict), path, "options is missing")
+    # from format 3 on the clips' order is part of the pack: inspect and resume must know its seed
+    _need(version < 3 or "shuffle_seed" in d["options"], path, f"options.shuffle_seed is missing (format {version} records it)")
     _check_options(d["options"], path)
     _need(isinstance(d.get("complete"), bool), path, "complete is missing")
     _need(isinstance(d.get("shards"), list), path, "shards is not a list")
