@@ -26,8 +26,9 @@ SizeOpt = Annotated[int, typer.Option("--size", help="Side of the square face cr
 FpsOpt = Annotated[float, typer.Option("--fps", help="Stored video frame rate.")]
 MaxSecondsOpt = Annotated[float, typer.Option("--max-seconds", help="Longer clips are cut to their first N seconds.")]
 ShardSizeOpt = Annotated[int, typer.Option("--shard-size", help="Source clips per shard.")]
-KeyintOpt = Annotated[int, typer.Option("--keyint", help="Longest keyframe interval of the stored video in frames "
-                                        "(0: one keyframe per clip at the defaults; shorter helps NVDEC, costs bytes).")]
+KeyintOpt = Annotated[int, typer.Option("--keyint", help="A keyframe at least every N stored frames (0: one keyframe "
+                                        "per clip at the defaults); shorter means larger files. DALI 2.4's NVDEC decoder "
+                                        "cannot use it: it decodes every frame from frame 0.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of the shuffled order of each split's clips in its shards "
                                       "(recorded in manifest.json). Readers read shards in stored order, so shards hold a "
                                       "mix of labels, not runs of file names (RAVDESS names start with the emotion).")]

@@ -45,7 +45,8 @@ class DataConfig:
     the frames move to the GPU right after, so every later video and audio operator still runs on the GPU (hybrid);
     ``auto``: ``gpu`` when NVDEC can decode a VP9 clip here (the probe ``avdali doctor`` runs), else ``cpu``. The
     rule is a default until ``avdali bench loader --device cuda`` has measured both on a GPU: NVDEC decodes every
-    frame from the keyframe to the last one asked for, and may lose to 16 CPU cores at 128² frames."""
+    frame from frame 0 to the last one asked for (DALI 2.4 builds no frame index for it), and may lose to 16 CPU cores
+    at 128² frames."""
     crop_interp: str = "linear"
     """Resampling of training's random resized crop: ``linear`` (bilinear, what torchvision uses) or ``nearest``
     (cheaper on a CPU: the DALI CPU pipeline runs ~1.3× faster, but crops scaled down by much alias, and the

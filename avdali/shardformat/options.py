@@ -42,10 +42,11 @@ class PackOptions:
     rank that reads a range of tars must find every label there, not a run of file names sorted by emotion.
     Always recorded in the manifest (a manifest without it is an older format, read as 0)."""
     keyint: int = 0
-    """Longest keyframe interval of the stored VP9, in stored frames; 0 = the packer's default (150: one keyframe
-    per clip at 10 s × 15 fps). A short interval lets NVDEC (which decodes every frame from the keyframe before the
-    first one asked for) start closer to the sampled frames, at the cost of larger files. Recorded in the manifest
-    when not 0 (a manifest without it was packed with the default)."""
+    """Longest keyframe interval of the stored VP9, in stored frames (a keyframe at least every N frames); 0 = the
+    packer's default (150: one keyframe per clip at 10 s × 15 fps). A shorter interval makes larger files. DALI 2.4's
+    NVDEC decoder cannot use it: it builds no frame index, so it never seeks to a keyframe and decodes every frame
+    from frame 0 to the last one asked for. Recorded in the manifest when not 0 (a manifest without it was packed
+    with the default)."""
     workers: int = 0
     """Parallel processes; 0 means all cores."""
     include_song: bool = False
