@@ -33,11 +33,11 @@ def label_table(report) -> Table:
 
 
 def order_line(manifest) -> str:
-    """The folder's format and how its clips are ordered: the shuffle seed, or file-name order (formats 1 and 2)."""
-    seed = manifest.options.get("shuffle_seed")
-    if seed is None:
+    """The folder's format and how its clips are ordered: file-name order (formats 1 and 2), or shuffled with the
+    recorded seed (a missing one read as the default, as a resume reads it)."""
+    if manifest.format_version < 3:
         return f"format {manifest.format_version}: each split's clips in file-name order (re-pack to shuffle them)"
-    return f"format {manifest.format_version}: each split's clips shuffled with --seed {seed}"
+    return f"format {manifest.format_version}: each split's clips shuffled with --seed {manifest.options.get('shuffle_seed', 0)}"
 
 
 @user_errors

@@ -316,8 +316,6 @@ def read_manifest(out: Path) -> Manifest:
     )
     _need(isinstance(d.get("dataset"), str), path, "dataset is missing")
     _need(isinstance(d.get("options"), dict), path, "options is missing")
-    # from format 3 on the clips' order is part of the pack: inspect and resume must know its seed
-    _need(version < 3 or "shuffle_seed" in d["options"], path, f"options.shuffle_seed is missing (format {version} records it)")
     _check_options(d["options"], path)
     _need(isinstance(d.get("complete"), bool), path, "complete is missing")
     _need(isinstance(d.get("shards"), list), path, "shards is not a list")
