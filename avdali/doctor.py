@@ -24,9 +24,19 @@ TESTED_PYTHONS = ((3, 11), (3, 12))
 MIN_FREE_BYTES = 2 * 1024**3
 """Less free space than this where shards or runs go fails the check (a RAVDESS shard set is ~1 GiB)."""
 REINSTALL = "pip install -e . (in the avdali checkout) installs the tested versions"
-NVDEC_FIX = ("hardware video decode is hidden: in a container give the driver's video capability "
-             "(NVIDIA_DRIVER_CAPABILITIES=compute,utility,video, or docker run --gpus all,capabilities=compute,utility,video); "
-             "meanwhile set data.loader = \"torch\" or decode on the CPU")
+NVDEC_HIDDEN_FIX = (
+    "the driver's video decode library is hidden or missing: in a container grant the driver's video capability "
+    "(docker run --gpus 'all,\"capabilities=compute,utility,video\"', quoted exactly so, or Docker splits it on the "
+    "commas; or NVIDIA_DRIVER_CAPABILITIES=compute,utility,video); outside one, install the driver's libnvcuvid "
+    "(Ubuntu: libnvidia-decode-VERSION). Meanwhile set data.decode = \"cpu\" (\"auto\" chooses it here)"
+)
+"""The fix when ``libnvcuvid.so.1`` does not load."""
+NVDEC_DECODE_FIX = (
+    "libnvcuvid loads but NVDEC failed the probe (its error is on this line): set data.decode = \"cpu\" (DALI decodes "
+    "video on its CPU threads, the rest stays on the GPU; \"auto\" chooses it here); if dali-gpu passes, report the "
+    "error with the output of `avdali doctor --json`"
+)
+"""The fix for any other NVDEC probe failure (the decode fails or gives wrong frames): no container setting helps."""
 
 
 @dataclass
@@ -213,8 +223,9 @@ def check_nvdec() -> Check:
     try:
         detail = native.probe_nvdec(0)
     except Exception as e:  # noqa: BLE001 - the failure is the finding
-        return Check("nvdec", "fail", str(e) if isinstance(e, RuntimeError) else native.reason(e), NVDEC_FIX,
-                     required=False)
+        # only a library that does not load is the container's doing; a decode that fails needs another fix
+        fix = NVDEC_HIDDEN_FIX if isinstance(e, native.NvcuvidMissing) else NVDEC_DECODE_FIX
+        return Check("nvdec", "fail", str(e) if isinstance(e, RuntimeError) else native.reason(e), fix, required=False)
     return Check("nvdec", "ok", detail, required=False)
 
 

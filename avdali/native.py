@@ -93,15 +93,21 @@ NVDEC_MAX_ERROR = 12.0
 few levels of the gradient."""
 
 
+class NvcuvidMissing(RuntimeError):
+    """``probe_nvdec``: the driver's decode library does not load (a container without the driver's ``video``
+    capability, or a driver installed without it); any other probe failure is a plain ``RuntimeError``."""
+
+
 def probe_nvdec(device_id: int = 0) -> str:
     """Decode a small VP9 clip with DALI's ``mixed`` decoder (NVDEC) on ``device_id`` and compare it with the frames
-    encoded; raises (naming what failed) when NVDEC cannot be used here, else returns a short detail."""
+    encoded; raises (naming what failed: ``NvcuvidMissing`` or ``RuntimeError``) when NVDEC cannot be used here, else
+    returns a short detail."""
     import ctypes
 
     try:
         ctypes.CDLL("libnvcuvid.so.1")
     except OSError as e:
-        raise RuntimeError(f"libnvcuvid.so.1 does not load ({e})") from None
+        raise NvcuvidMissing(f"libnvcuvid.so.1 does not load ({e})") from None
     from avdali.data.dali import probe_video_decode  # DALI is imported in data/dali.py alone
 
     frames = gradient_frames(8, 128)  # NVDEC's minimum VP9 frame is 128x128

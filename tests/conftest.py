@@ -118,28 +118,52 @@ freeze_backbone = {str(freeze_backbone).lower()}
 """
 
 
-@pytest.fixture(scope="session")
-def ravdess_shards_v1(tmp_path_factory, ravdess_shards) -> Path:
-    """``ravdess_shards`` rewritten as format 1 (before ``--keep-partial``): 16-byte ``meta.i32`` without
-    ``streams``, ``format_version`` 1, tars re-hashed in the manifest. Readers must take it as all streams real."""
-    from avdali import shardformat as fmt
+def _as_older_format(src: Path, out: Path, version: int, rewrite) -> Path:
+    """``src``'s shards as an older avdali wrote them: each tar's samples passed through ``rewrite`` (samples →
+    samples), tars re-hashed in the manifest, ``format_version`` set and ``shuffle_seed`` (format 3) left out."""
     from avdali.packing.writer import write_shard
     from avdali.shardformat.manifest import read_manifest, write_manifest
-    from avdali.shardformat.members import decode_meta_i32, read_members
+    from avdali.shardformat.members import read_members
 
-    out = tmp_path_factory.mktemp("ravdess_shards_v1")
-    manifest = read_manifest(ravdess_shards)
+    manifest = read_manifest(src)
     for entry in manifest.shards:
         samples: list[dict] = []
-        for key, ext, data in read_members(ravdess_shards / entry.name):
+        for key, ext, data in read_members(src / entry.name):
             if not samples or samples[-1]["__key__"] != key:
                 samples.append({"__key__": key})
             samples[-1][ext] = data
+        shard = write_shard(out, entry.name, rewrite(samples))
+        entry.keys, entry.sha256, entry.bytes = shard.keys, shard.sha256, shard.bytes
+    manifest.format_version = version
+    del manifest.options["shuffle_seed"]
+    write_manifest(out, manifest)
+    return out
+
+
+@pytest.fixture(scope="session")
+def ravdess_shards_v1(tmp_path_factory, ravdess_shards) -> Path:
+    """``ravdess_shards`` rewritten as format 1 (before ``--keep-partial``): 16-byte ``meta.i32`` without
+    ``streams``, ``format_version`` 1, no ``shuffle_seed``. Readers must take it as all streams real. The tars keep
+    their sample order, so only the format tells a resume that they are not the shards it would write."""
+    from avdali import shardformat as fmt
+    from avdali.shardformat.members import decode_meta_i32
+
+    def without_streams(samples: list[dict]) -> list[dict]:
         for sample in samples:
             assert decode_meta_i32(sample["meta.i32"])["streams"] == fmt.STREAMS_ALL
             sample["meta.i32"] = sample["meta.i32"][: 4 * len(fmt.META_FIELDS_V1)]
-        shard = write_shard(out, entry.name, samples)
-        entry.sha256, entry.bytes = shard.sha256, shard.bytes
-    manifest.format_version = 1
-    write_manifest(out, manifest)
-    return out
+        return samples
+
+    return _as_older_format(ravdess_shards, tmp_path_factory.mktemp("ravdess_shards_v1"), 1, without_streams)
+
+
+@pytest.fixture(scope="session")
+def ravdess_shards_v2(tmp_path_factory, ravdess_shards) -> Path:
+    """``ravdess_shards`` as format 2 wrote it (before pack-time shuffling): each tar's samples in file-name order,
+    ``format_version`` 2, no ``shuffle_seed`` in the options (the fixture has one shard per fold, so this is exactly
+    the old plan)."""
+
+    def in_name_order(samples: list[dict]) -> list[dict]:
+        return sorted(samples, key=lambda sample: sample["__key__"])
+
+    return _as_older_format(ravdess_shards, tmp_path_factory.mktemp("ravdess_shards_v2"), 2, in_name_order)

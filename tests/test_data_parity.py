@@ -144,9 +144,11 @@ def test_loaders_agree_on_keep_partial_shards(meld_partial_shards):
             assert torch_[i][3].abs().max() == 0  # silence normalises to zeros
 
 
-def test_dali_reads_format1_shards_as_whole(ravdess_shards_v1):
-    """A format-1 folder (16-byte meta.i32, no streams) reads as both streams present in DALI, as in torch."""
-    out = ravdess_shards_v1
+@pytest.mark.parametrize("version", [1, 2])
+def test_dali_reads_older_format_shards_as_whole(version, request):
+    """A format-1 folder (16-byte meta.i32, no streams) reads as both streams present in DALI, as in torch; so does
+    a format-2 folder (clips in file-name order, no shuffle_seed)."""
+    out = request.getfixturevalue(f"ravdess_shards_v{version}")
     base = dict(shards=str(out), batch_size=4, frames=2, crop=32, n_mels=16, num_threads=1)
     for loader in ("dali", "torch"):
         got = presence(DataConfig(loader=loader, **base), ["fold1"])

@@ -91,7 +91,7 @@ def test_package_outside_the_tested_range_fails(monkeypatch):
 
 def test_a_broken_optional_gpu_part_keeps_exit_zero(tmp_path, monkeypatch):
     monkeypatch.setattr(doctor, "check_nvdec", lambda: doctor.Check("nvdec", "fail", "libnvcuvid.so.1 does not load",
-                                                                    doctor.NVDEC_FIX, required=False))
+                                                                    doctor.NVDEC_HIDDEN_FIX, required=False))
     result, report = doctor_json(tmp_path)
     assert result.exit_code == 0 and report["ok"] is True
     assert next(c for c in report["checks"] if c["name"] == "nvdec")["status"] == "fail"
@@ -102,3 +102,59 @@ def test_a_crashing_check_is_a_failed_line(tmp_path, monkeypatch):
     result, report = doctor_json(tmp_path)
     check = next(c for c in report["checks"] if c["name"] == "cpu")
     assert result.exit_code == 1 and check["status"] == "fail" and "ZeroDivisionError" in check["detail"]
+
+
+DOCKER_VIDEO = """docker run --gpus 'all,"capabilities=compute,utility,video"'"""
+"""Docker's own quoting: without the inner double quotes it splits the value on its commas."""
+
+
+def fake_nvcuvid(monkeypatch, loads: bool) -> None:
+    """A GPU machine as far as ``check_nvdec`` asks, whose ``libnvcuvid.so.1`` loads or not."""
+    import ctypes
+
+    real = ctypes.CDLL
+
+    def cdll(name, *args, **kwargs):
+        if name != "libnvcuvid.so.1":
+            return real(name, *args, **kwargs)
+        if not loads:
+            raise OSError("libnvcuvid.so.1: cannot open shared object file: No such file or directory")
+        return object()
+
+    monkeypatch.setattr(doctor, "cuda_devices", lambda: 1)
+    monkeypatch.setattr(ctypes, "CDLL", cdll)
+
+
+def test_nvdec_hidden_gives_the_container_advice(monkeypatch):
+    fake_nvcuvid(monkeypatch, loads=False)
+    with pytest.raises(native.NvcuvidMissing, match="^libnvcuvid.so.1 does not load"):
+        native.probe_nvdec(0)
+    check = doctor.check_nvdec()
+    assert check.status == "fail" and not check.required
+    assert check.detail.startswith("libnvcuvid.so.1 does not load (libnvcuvid.so.1: cannot open")
+    assert check.fix == doctor.NVDEC_HIDDEN_FIX
+    assert DOCKER_VIDEO in check.fix and "NVIDIA_DRIVER_CAPABILITIES=compute,utility,video" in check.fix
+    assert 'data.decode = "cpu"' in check.fix
+
+
+@pytest.mark.parametrize("failure", ["decode", "wrong frames"])
+def test_nvdec_decode_failure_gets_its_own_fix(failure, monkeypatch):
+    """libnvcuvid loads, then the probe's decode fails or returns other frames: no container setting helps, so the fix
+    says to decode on the CPU instead."""
+    import numpy as np
+
+    from avdali.data import dali
+
+    def probe_video_decode(encoded, device_id=0):
+        if failure == "decode":
+            raise RuntimeError("Critical error in pipeline: CUDA_ERROR_NO_DEVICE")
+        return np.zeros((8, 128, 128, 3), np.uint8)
+
+    fake_nvcuvid(monkeypatch, loads=True)
+    monkeypatch.setattr(dali, "probe_video_decode", probe_video_decode)
+    check = doctor.check_nvdec()
+    expected = {"decode": "DALI mixed VP9 decode: RuntimeError: Critical error in pipeline: CUDA_ERROR_NO_DEVICE",
+                "wrong frames": "DALI mixed decode differs from the clip by"}[failure]
+    assert check.status == "fail" and check.detail.startswith(expected), check.detail
+    assert check.fix == doctor.NVDEC_DECODE_FIX and 'data.decode = "cpu"' in check.fix
+    assert "capabilities" not in check.fix and "docker" not in check.fix.lower()

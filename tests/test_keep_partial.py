@@ -53,7 +53,7 @@ def test_keep_partial_packs_marked_placeholders(meld_partial_src, meld_partial_s
     faults = faults_of(meld_partial_src)
     assert sorted(faults.values()) == ["black_no_audio", "black_video", "no_audio", "no_video"]
     manifest = read_manifest(meld_partial_shards)
-    assert manifest.format_version == fmt.FORMAT_VERSION == 2
+    assert manifest.format_version == fmt.FORMAT_VERSION == 3
     assert manifest.options["keep_partial"] is True
     assert manifest.partial == {"no_audio": 1, "no_video": 2}
     by_kind = {kind: key for key, kind in faults.items()}
@@ -282,15 +282,19 @@ def test_a_video_track_that_fails_to_decode_keeps_the_audio(meld_partial_src, mo
     assert wav.any() and clip.frames == count_webm_frames(clip.webm) >= 1
 
 
-def test_packing_into_a_format1_folder_redoes_every_shard(ravdess_src, ravdess_shards, ravdess_shards_v1, tmp_path):
-    """Re-running ``avdali shard`` on a folder packed by an older avdali (format 1) must not keep its shards (one
-    folder, two formats): it re-packs them all and ends as a fresh pack would."""
-    out = tmp_path / "v1"
+@pytest.mark.parametrize("version", [1, 2])
+def test_packing_into_an_older_format_folder_redoes_every_shard(version, ravdess_src, ravdess_shards, request, tmp_path):
+    """Re-running ``avdali shard`` on a folder packed by an older avdali (format 1; format 2, whose manifest has no
+    shuffle_seed: read as the default, so the options match) must not keep its shards (one folder, two formats): it
+    re-packs them all and ends as a fresh pack would."""
+    older = request.getfixturevalue(f"ravdess_shards_v{version}")
+    out = tmp_path / f"v{version}"
     out.mkdir()
-    for p in ravdess_shards_v1.iterdir():
+    for p in older.iterdir():
         (out / p.name).write_bytes(p.read_bytes())
     notes = []
     result = pack("ravdess", ravdess_src, out, PackOptions(**read_manifest(out).options),
                   lambda e: notes.append(e.text) if e.kind == "note" else None)
-    assert result.shards_kept == 0 and any("shard format 1, this avdali writes 2: re-packing every shard" in n for n in notes)
+    assert result.shards_kept == 0
+    assert any(f"shard format {version}, this avdali writes 3: re-packing every shard" in n for n in notes)
     assert folder_bytes(out) == folder_bytes(ravdess_shards)

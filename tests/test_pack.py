@@ -19,7 +19,7 @@ import soundfile as sf
 from avdali import labels
 from avdali import shardformat as fmt
 from avdali.errors import AvdaliError
-from avdali.packing.run import PackFailed, pack, pack_scan
+from avdali.packing.run import PackFailed, pack, pack_scan, shuffled
 from avdali.packing.writer import tar_bytes, write_shard
 from avdali.shardformat.index import tar_index
 from avdali.shardformat.manifest import read_manifest
@@ -88,6 +88,11 @@ def folder_bytes(out: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(out.iterdir())}
 
 
+def split_keys(manifest, split: str) -> list[str]:
+    """A split's packed keys in stored order (shard by shard)."""
+    return [k for s in manifest.shards if s.split == split for k in s.keys]
+
+
 def read_tar(path: Path) -> list[tarfile.TarInfo]:
     with tarfile.open(path) as tar:
         return tar.getmembers()
@@ -151,11 +156,17 @@ def test_plan_manifest_and_skips(tmp_path):
     result = fake_pack(tmp_path / "out")
     manifest = read_manifest(tmp_path / "out")
     assert manifest.complete and manifest == result.manifest
-    # 5 clips per split in groups of 2 → 3 shards per split; clip 2 of each split failed
-    assert [s.name for s in manifest.shards] == [f"ravdess-fold{f}-00000{i}.tar" for f in (1, 2) for i in range(3)]
-    assert [s.keys for s in manifest.shards[:3]] == [["fold1-00", "fold1-01"], ["fold1-03"], ["fold1-04"]]
+    # 5 clips per split, shuffled with seed 0 (pinned here: the order is a function of the seed and the keys only, so
+    # it is the same on every machine), in groups of 2 → 3 groups per split; clip 2 of each split failed, and in fold2
+    # it is alone in the last group: that group writes no shard, its skip is still recorded
+    assert [s.name for s in manifest.shards] == [f"ravdess-fold1-00000{i}.tar" for i in range(3)] + [
+        f"ravdess-fold2-00000{i}.tar" for i in range(2)
+    ]
+    assert [s.keys for s in manifest.shards] == [
+        ["fold1-01", "fold1-04"], ["fold1-03"], ["fold1-00"], ["fold2-03", "fold2-01"], ["fold2-00", "fold2-04"]
+    ]
     assert manifest.shards[1].skipped == [{"key": "fold1-02", "source": "fold1-02-bad.mp4", "reason": "corrupt video: junk"}]
-    assert {k: (v.samples, v.shards) for k, v in manifest.splits.items()} == {"fold1": (4, 3), "fold2": (4, 3)}
+    assert {k: (v.samples, v.shards) for k, v in manifest.splits.items()} == {"fold1": (4, 3), "fold2": (4, 2)}
     assert manifest.skipped == [
         {"source": "fold1-02-bad.mp4", "reason": "corrupt video: junk"},
         {"source": "fold2-02-bad.mp4", "reason": "corrupt video: junk"},
@@ -166,7 +177,8 @@ def test_plan_manifest_and_skips(tmp_path):
         expected_labels[labels.UNIFIED[i]] += 2
     assert manifest.labels == expected_labels
     assert sum(manifest.faces.values()) == 8
-    assert result.shards_written == 6 and result.clips_transcoded == 10
+    assert result.shards_written == 5 and result.clips_transcoded == 10
+    assert manifest.options["shuffle_seed"] == 0  # recorded also at its default
     # sample contents
     members = {m.name: m for m in read_tar(tmp_path / "out" / manifest.shards[0].name)}
     with tarfile.open(tmp_path / "out" / manifest.shards[0].name) as tar:
@@ -184,6 +196,64 @@ def test_same_inputs_same_bytes(tmp_path):
     fake_pack(tmp_path / "a")
     fake_pack(tmp_path / "b")
     assert folder_bytes(tmp_path / "a") == folder_bytes(tmp_path / "b")
+
+
+def test_shuffled_order_depends_on_the_seed_the_split_and_the_keys_only(tmp_path):
+    fold1 = [r for r in fake_scan(tmp_path, per_split=20).records if r.split == "fold1"]
+    order = [r.key for r in shuffled(fold1, 0, "fold1")]
+    assert order == [r.key for r in shuffled(fold1[::-1], 0, "fold1")]  # not the scan order
+    assert sorted(order) == [r.key for r in fold1] and order != sorted(order)
+    for seed, split in ((1, "fold1"), (0, "fold2")):
+        other = [r.key for r in shuffled(fold1, seed, split)]
+        assert other != order and sorted(other) == sorted(order), (seed, split)
+
+
+def test_another_seed_packs_the_same_clips_in_another_order(tmp_path):
+    a = fake_pack(tmp_path / "a").manifest
+    b = fake_pack(tmp_path / "b", shuffle_seed=7).manifest
+    for split in ("fold1", "fold2"):
+        assert split_keys(a, split) != split_keys(b, split)
+        assert sorted(split_keys(a, split)) == sorted(split_keys(b, split))
+    assert b.options["shuffle_seed"] == 7 and a.labels == b.labels and a.skipped == b.skipped
+
+
+def ravdess_speech_stems(actor: int) -> list[str]:
+    """Every speech trial of one actor as RAVDESS names it: 60 (neutral has one intensity, the 7 others two)."""
+    return [
+        f"01-01-{e:02d}-{i:02d}-{s:02d}-{r:02d}-{actor:02d}"
+        for e in range(1, 9) for i in ((1,) if e == 1 else (1, 2)) for s in (1, 2) for r in (1, 2)
+    ]  # fmt: skip
+
+
+def test_every_shard_and_every_rank_gets_a_mix_of_emotions(tmp_path):
+    """RAVDESS names start with the emotion: in file-name order each tar of a fold holds one emotion and a rank reading
+    a third of the tars sees three; shuffled, every tar holds several and every third holds all eight, close to the
+    fold's mix."""
+    from avdali.sources import scan_ravdess
+
+    src = tmp_path / "raw"
+    for actor in (2, 5):  # both in fold1: 120 clips, 15 tars of 8
+        for stem in ravdess_speech_stems(actor):
+            path = src / f"Actor_{actor:02d}" / f"{stem}.mp4"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(b"x")
+    pack_scan(scan_ravdess(src), "ravdess", src, tmp_path / "out", PackOptions(shard_size=8, workers=1),
+              transcode=fake_transcode)
+    tars = [s.keys for s in read_manifest(tmp_path / "out").shards]
+    keys = sorted(k for tar in tars for k in tar)
+    in_name_order = [keys[i : i + 8] for i in range(0, len(keys), 8)]  # the plan before pack-time shuffling
+
+    def mixed(tars: list[list[str]]) -> bool:
+        emotions = [[key.split("-")[2] for key in tar] for tar in tars]
+        thirds = [sum(emotions[i : i + 5], []) for i in range(0, 15, 5)]
+        # a third holds 40 clips: 40 × 8/120 ≈ 2.7 neutral, 40 × 16/120 ≈ 5.3 of each other emotion
+        close = all(1 <= third.count("01") <= 5 and all(2 <= third.count(f"{e:02d}") <= 9 for e in range(2, 9))
+                    for third in thirds)
+        return min(len(set(tar)) for tar in emotions) >= 4 and close
+
+    assert len(tars) == 15 and sorted(keys) == sorted(ravdess_speech_stems(2) + ravdess_speech_stems(5))
+    assert mixed(tars)
+    assert not mixed(in_name_order)
 
 
 class Stop(Exception):
@@ -213,7 +283,7 @@ def test_resume_keeps_finished_shards_and_ends_identical(tmp_path):
     kept = {s.name: os.stat(out / s.name) for s in stopped.shards}
     events = []
     result = fake_pack(out, events.append)
-    assert result.shards_kept == 2 and result.shards_written == 4 and result.clips_transcoded == 6
+    assert result.shards_kept == 2 and result.shards_written == 3 and result.clips_transcoded == 6
     for name, st in kept.items():
         now = os.stat(out / name)
         assert (now.st_ino, now.st_mtime_ns) == (st.st_ino, st.st_mtime_ns)
@@ -228,7 +298,7 @@ def test_resume_redoes_a_damaged_shard_and_rebuilds_a_lost_index(tmp_path):
     (out / "ravdess-fold2-000000.tar").write_bytes(b"damaged")
     (out / "ravdess-fold1-000000.idx").unlink()
     result = fake_pack(out)
-    assert result.shards_kept == 5 and result.shards_written == 1
+    assert result.shards_kept == 4 and result.shards_written == 1
     assert folder_bytes(out) == reference
 
 
@@ -237,6 +307,8 @@ def test_other_options_refuse_to_resume_unless_overwrite(tmp_path):
     fake_pack(out)
     with pytest.raises(AvdaliError, match=r"other options \(fps 15.0 → 10.0\).*--overwrite"):
         fake_pack(out, fps=10.0)
+    with pytest.raises(AvdaliError, match=r"other options \(shuffle_seed 0 → 1\).*--overwrite"):
+        fake_pack(out, shuffle_seed=1)
     src = out.parent / "src"
     pack_scan(fake_scan(src), "ravdess", src, out, PackOptions(shard_size=5, workers=1), overwrite=True, transcode=fake_transcode)
     manifest = read_manifest(out)
@@ -311,7 +383,11 @@ def test_ravdess_fixture_plan(ravdess_src, ravdess_shards):
     assert set(manifest.splits) == {"fold1", "fold2", "fold3", "fold4", "fold5"}
     for shard in manifest.shards:
         assert 1 <= shard.samples <= 4
-        assert shard.keys == sorted(shard.keys)
+    # each split's clips are stored in the order the recorded seed gives them
+    assert manifest.options["shuffle_seed"] == 0
+    for split in manifest.splits:
+        planned = shuffled([r for r in scan.records if r.split == split], 0, split)
+        assert split_keys(manifest, split) == [r.key for r in planned if r.key in packed]
 
 
 @pytest.mark.parametrize("fixture", ["ravdess_shards", "meld_shards"])
@@ -387,6 +463,59 @@ def test_real_pack_resumes_to_the_same_bytes(ravdess_src, ravdess_shards, tmp_pa
     assert result.shards_kept == 1
     assert (os.stat(out / first).st_ino, os.stat(out / first).st_mtime_ns) == (st.st_ino, st.st_mtime_ns)
     assert folder_bytes(out) == folder_bytes(ravdess_shards)
+
+
+@pytest.mark.slow
+def test_real_pack_twice_gives_the_same_sha256_for_every_file(ravdess_src, ravdess_shards, tmp_path):
+    """A second, uninterrupted pack of the fixture's sources with its options: every tar, idx and manifest.json."""
+    out = tmp_path / "again"
+    pack("ravdess", ravdess_src, out, PackOptions(**read_manifest(ravdess_shards).options))
+
+    def sha256s(folder: Path) -> dict[str, str]:
+        return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+    assert {name.rsplit(".", 1)[1] for name in sha256s(out)} == {"tar", "idx", "json"}
+    assert sha256s(out) == sha256s(ravdess_shards)
+
+
+# --- older formats ------------------------------------------------------------------------------
+
+
+def test_format2_folder_is_still_read_by_resolve_the_loaders_and_inspect(ravdess_shards_v2):
+    """A folder packed before pack-time shuffling (format 2: clips in file-name order, no shuffle_seed)."""
+    from typer.testing import CliRunner
+
+    from avdali.cli.app import app
+    from avdali.data.build import build_loader
+    from avdali.data.config import DataConfig
+    from avdali.data.shards import resolve
+    from avdali.shardformat.inspect import inspect_shards
+
+    out = ravdess_shards_v2
+    manifest = read_manifest(out)
+    assert manifest.format_version == 2 and "shuffle_seed" not in manifest.options
+    assert all(s.keys == sorted(s.keys) for s in manifest.shards) and len(manifest.shards) == len(manifest.splits)
+    shardset = resolve(out, ["fold1", "fold2"])
+    assert [k for f in shardset.files for k in f.keys] == split_keys(manifest, "fold1") + split_keys(manifest, "fold2")
+    cfg = DataConfig(shards=str(out), loader="torch", batch_size=2, frames=2, crop=32, n_mels=16, num_threads=1)
+    batches = list(build_loader(cfg, ["fold1"], train=False))
+    assert sum(int(b.valid.sum()) for b in batches) == manifest.splits["fold1"].samples
+    report = inspect_shards(out, decode_per_split=1)
+    assert report.ok, report.problems
+    result = CliRunner().invoke(app, ["inspect", str(out), "--decode", "0"])
+    assert result.exit_code == 0, result.output
+    assert "format 2: each split's clips in file-name order" in " ".join(result.output.split())
+
+
+@pytest.mark.parametrize("seed", [-1, True, "3", 2**63])
+def test_a_manifest_seed_must_be_one_the_packer_writes(seed, tmp_path):
+    out = tmp_path / "out"
+    fake_pack(out)
+    d = json.loads((out / "manifest.json").read_text())
+    d["options"]["shuffle_seed"] = seed
+    (out / "manifest.json").write_text(json.dumps(d))
+    with pytest.raises(AvdaliError, match="options are not ones `avdali shard` writes \\(--seed must be an integer"):
+        read_manifest(out)
 
 
 # --- bad inputs, packed for real --------------------------------------------------------------------

@@ -248,8 +248,8 @@ SHARD_FOLDERS = {
     "missing": (lambda src, dest: dest, "manifest.json: no manifest"),
     "empty": (lambda src, dest: dest.mkdir() or dest, "manifest.json: no manifest (is"),
     "format_version": (
-        lambda src, dest: edited_copy(src, dest, lambda d: d.update(format_version=3)),
-        "manifest.json: shard format version 3, this avdali reads 1 or 2; re-pack with `avdali shard`",
+        lambda src, dest: edited_copy(src, dest, lambda d: d.update(format_version=4)),
+        "manifest.json: shard format version 4, this avdali reads 1, 2 or 3; re-pack with `avdali shard`",
     ),
     "not_json": (lambda src, dest: not_json_copy(src, dest), "manifest.json: not valid JSON"),
     "incomplete": (lambda src, dest: edited_copy(src, dest, lambda d: d.update(complete=False)), "packing is not complete"),
@@ -360,7 +360,7 @@ def test_shard_into_a_folder_of_another_dataset_or_version_writes_nothing(tmp_pa
             "--shard-size", str(options["shard_size"]), "--workers", "1"]  # fmt: skip
     for name, edit, message in [
         ("meld", lambda d: d.update(dataset="meld"), "holds meld shards, not ravdess; use a new OUT folder or --overwrite"),
-        ("v3", lambda d: d.update(format_version=3), "shard format version 3, this avdali reads 1 or 2"),
+        ("v4", lambda d: d.update(format_version=4), "shard format version 4, this avdali reads 1, 2 or 3"),
     ]:
         out = edited_copy(ravdess_shards, tmp_path / name, edit)
         before = folder_state(out)

@@ -87,6 +87,21 @@ def test_missing_or_wrong_src_is_one_line(tmp_path):
     assert result.exit_code == 1 and "no Actor_XX folders found" in text and len(result.output.strip().splitlines()) <= 3
 
 
+def test_seed_is_recorded_shown_by_inspect_and_another_seed_refuses_to_resume(tmp_path):
+    src = tmp_path / "raw"
+    make_bad_ravdess(src)
+    out = tmp_path / "out"
+    result, text = invoke("shard", "ravdess", str(src), str(out), "--workers", "1", "--seed", "3")
+    assert result.exit_code == 0, result.output
+    assert read_manifest(out).options["shuffle_seed"] == 3
+    result, text = invoke("inspect", str(out), "--decode", "0")
+    assert result.exit_code == 0 and "format 3: each split's clips shuffled with --seed 3" in text
+    result, text = invoke("shard", "ravdess", str(src), str(out), "--workers", "1", "--seed", "4")
+    assert result.exit_code == 1 and "packed with other options (shuffle_seed 3 → 4)" in text
+    result, text = invoke("shard", "ravdess", str(src), str(tmp_path / "x"), "--seed", "-1")
+    assert result.exit_code == 1 and "--seed must be an integer between 0 and" in text
+
+
 def test_bad_option_is_one_line(tmp_path):
     result, text = invoke("shard", "ravdess", str(tmp_path), "--size", "64")
     assert result.exit_code == 1 and "--size must be ≥ 128" in text

@@ -32,6 +32,14 @@ def label_table(report) -> Table:
     return table
 
 
+def order_line(manifest) -> str:
+    """The folder's format and how its clips are ordered: file-name order (formats 1 and 2), or shuffled with the
+    recorded seed (a missing one read as the default, as a resume reads it)."""
+    if manifest.format_version < 3:
+        return f"format {manifest.format_version}: each split's clips in file-name order (re-pack to shuffle them)"
+    return f"format {manifest.format_version}: each split's clips shuffled with --seed {manifest.options.get('shuffle_seed', 0)}"
+
+
 @user_errors
 def inspect(
     out: Annotated[Path, typer.Argument(help="A shard folder written by `avdali shard` (holds manifest.json).")],
@@ -51,6 +59,7 @@ def inspect(
         highlight=False,
         soft_wrap=True,
     )
+    console.print(order_line(manifest), highlight=False, soft_wrap=True)
     if manifest.partial:
         from avdali.cli.shard import partial_line
 

@@ -26,8 +26,12 @@ SizeOpt = Annotated[int, typer.Option("--size", help="Side of the square face cr
 FpsOpt = Annotated[float, typer.Option("--fps", help="Stored video frame rate.")]
 MaxSecondsOpt = Annotated[float, typer.Option("--max-seconds", help="Longer clips are cut to their first N seconds.")]
 ShardSizeOpt = Annotated[int, typer.Option("--shard-size", help="Source clips per shard.")]
-KeyintOpt = Annotated[int, typer.Option("--keyint", help="Longest keyframe interval of the stored video in frames "
-                                        "(0: one keyframe per clip at the defaults; shorter helps NVDEC, costs bytes).")]
+KeyintOpt = Annotated[int, typer.Option("--keyint", help="A keyframe at least every N stored frames (0: one keyframe "
+                                        "per clip at the defaults); shorter means larger files. DALI 2.4's NVDEC decoder "
+                                        "cannot use it: it decodes every frame from frame 0.")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of the shuffled order of each split's clips in its shards "
+                                      "(recorded in manifest.json). Readers read shards in stored order, so shards hold a "
+                                      "mix of labels, not runs of file names (RAVDESS names start with the emotion).")]
 WorkersOpt = Annotated[int, typer.Option("--workers", "-j", help="Transcode processes (0 = all cores).")]
 StrictOpt = Annotated[bool, typer.Option("--strict", help="Fail when any source is skipped.")]
 KeepPartialOpt = Annotated[bool, typer.Option(
@@ -184,6 +188,7 @@ def ravdess(
     fps: FpsOpt = 15.0,
     max_seconds: MaxSecondsOpt = 10.0,
     shard_size: ShardSizeOpt = 64,
+    seed: SeedOpt = 0,
     keyint: KeyintOpt = 0,
     workers: WorkersOpt = 0,
     include_song: Annotated[bool, typer.Option("--include-song", help="Also pack the song recordings.")] = False,
@@ -199,7 +204,7 @@ def ravdess(
     SRC may be the folder the zips were unpacked into (one folder per zip or all in one), the Kaggle mirror's
     folder, or a folder up to a few levels above either (/kaggle/input)."""
     options = PackOptions(
-        size=size, fps=fps, max_seconds=max_seconds, shard_size=shard_size, keyint=keyint, workers=workers,
+        size=size, fps=fps, max_seconds=max_seconds, shard_size=shard_size, shuffle_seed=seed, keyint=keyint, workers=workers,
         include_song=include_song, strict=strict, splits=parse_splits(splits), keep_partial=keep_partial,
     )
     run_shard("ravdess", src, out, options, overwrite)
@@ -214,6 +219,7 @@ def meld(
     fps: FpsOpt = 15.0,
     max_seconds: MaxSecondsOpt = 10.0,
     shard_size: ShardSizeOpt = 64,
+    seed: SeedOpt = 0,
     keyint: KeyintOpt = 0,
     workers: WorkersOpt = 0,
     splits: Annotated[
@@ -228,7 +234,7 @@ def meld(
     SRC may be the Kaggle dataset folder, its MELD-RAW or MELD.Raw, or the release's MELD.Raw with the inner
     archives unpacked (in place, beside it, or macOS-style into folders named after them)."""
     options = PackOptions(
-        size=size, fps=fps, max_seconds=max_seconds, shard_size=shard_size, keyint=keyint, workers=workers,
+        size=size, fps=fps, max_seconds=max_seconds, shard_size=shard_size, shuffle_seed=seed, keyint=keyint, workers=workers,
         strict=strict, splits=parse_splits(splits), keep_partial=keep_partial,
     )
     run_shard("meld", src, out, options, overwrite)

@@ -1,10 +1,9 @@
 """Pack a raw dataset into shards: plan, transcode in parallel, write in order, resume after a stop.
 
-The plan: scan → per split, the records in order, cut into groups of ``shard_size`` → group ``i`` of a
-split becomes ``{dataset}-{split}-{i:06d}.tar`` holding the group's good clips. A shard's bytes depend
-only on its group, so a stopped run resumes by keeping every shard the manifest vouches for
-(same sha256, same planned keys) and redoing the rest, and the result is the same bytes as an
-uninterrupted run.
+The plan: scan → per split, the records in the order the shuffle seed gives them (``shuffled``), cut into groups
+of ``shard_size`` → group ``i`` of a split becomes ``{dataset}-{split}-{i:06d}.tar`` holding the group's good clips.
+A shard's bytes depend only on its group, so a stopped run resumes by keeping every shard the manifest vouches for
+(same sha256, same planned keys) and redoing the rest, and the result is the same bytes as an uninterrupted run.
 
 Clips are transcoded in a process pool (forkserver/spawn: ``fork`` after PyAV/OpenCV threads exist
 can deadlock) and consumed in plan order, so the parent writes shards one after another while the
@@ -14,6 +13,7 @@ workers already work on the next group.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import multiprocessing
 import re
 import signal
@@ -125,17 +125,31 @@ class _Group:
         return fmt.shard_name(self.records[0].dataset, self.split, self.index)
 
 
-def plan_groups(scan: Scan, shard_size: int) -> list[_Group]:
-    """Cut each split's records (in scan order) into groups of ``shard_size``."""
+def plan_groups(scan: Scan, shard_size: int, seed: int = 0) -> list[_Group]:
+    """Cut each split's records, in ``shuffled`` order, into groups of ``shard_size``."""
     by_split: dict[str, list[ClipRecord]] = {}
     for record in scan.records:
         by_split.setdefault(record.split, []).append(record)
     groups = []
     for split in sorted(by_split):
-        records = by_split[split]
+        records = shuffled(by_split[split], seed, split)
         for i in range(0, len(records), shard_size):
             groups.append(_Group(split, i // shard_size, records[i : i + shard_size]))
     return groups
+
+
+def shuffled(records: list[ClipRecord], seed: int, split: str) -> list[ClipRecord]:
+    """One split's records in the order ``seed`` gives them: sorted by SHA-256 of ``{seed}/{split}/{key}``.
+
+    Readers read tars in stored order and ranks read ranges of tars, so file-name order (RAVDESS names start with the
+    emotion) would give a rank a few emotions only. A keyed hash rather than a seeded generator: the order depends on
+    nothing but the seed and the keys (not on scan order, Python's or NumPy's generator versions, or the machine), so
+    the same sources and options keep giving byte-identical shards."""
+
+    def rank(record: ClipRecord) -> tuple[bytes, str]:
+        return hashlib.sha256(f"{seed}/{split}/{record.key}".encode()).digest(), record.key
+
+    return sorted(records, key=rank)
 
 
 def relative_source(path: Path, src: Path) -> str:
@@ -277,7 +291,8 @@ def _previous_manifest(out: Path, dataset: str, options: PackOptions, overwrite:
     if previous.dataset != dataset:
         raise AvdaliError(f"{path} holds {previous.dataset} shards, not {dataset}; {advice}")
     # every content option, a missing one read as its default: an option left at its default is not recorded
-    # (keyint, keep_partial), and a run that recorded one must not be resumed by a run that leaves it out
+    # (keyint, keep_partial), a manifest of an older format lacks shuffle_seed (its shards are re-packed below),
+    # and a run that recorded one must not be resumed by a run that leaves it out
     defaults = PackOptions().content_options() | {"keyint": 0, "keep_partial": False}
     current = defaults | options.content_options()
     recorded = {k: previous.options.get(k, defaults[k]) for k in current}
@@ -430,7 +445,7 @@ def _pack_locked(
     previous = _previous_manifest(out, dataset, options, overwrite)
     _remove_tmp_files(out)
 
-    groups = plan_groups(scan, options.shard_size)
+    groups = plan_groups(scan, options.shard_size, options.shuffle_seed)
     # the splits the reader found count even with no record left, so an empty split is reported, never dropped
     splits = sorted(set(scan.splits) | {g.split for g in groups})
     old_entries = {s.name: s for s in previous.shards} if previous else {}

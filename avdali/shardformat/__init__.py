@@ -28,14 +28,19 @@ placeholder (silent FLAC as long as the video, or black VP9 frames covering the 
 ``meta.i32`` (and ``streams``/``missing`` in the json) say which streams are real.
 
 Shards are ``{dataset}-{split}-{index:06d}.tar`` with a DALI index ``.idx`` beside each
-(the format ``wds2idx`` writes) and ``manifest.json`` at the root.
+(the format ``wds2idx`` writes) and ``manifest.json`` at the root. A split's clips are spread over its shards in an
+order shuffled with the pack's ``shuffle_seed`` (readers read in stored order: every shard holds a mix of labels).
 """
 
-FORMAT_VERSION = 2
-"""Bumped on any change a reader of older shards would misread; readers refuse versions not in ``READABLE_VERSIONS``.
-2: ``meta.i32`` gained ``streams`` (clips packed with ``--keep-partial`` may lack a real stream)."""
-READABLE_VERSIONS = (1, 2)
-"""Versions readers accept. A format-1 sample's ``meta.i32`` has no ``streams``: both streams are real."""
+FORMAT_VERSION = 3
+"""Bumped on any change a reader of older shards would misread, or that makes a folder's shards differ from what the
+packer now writes (``avdali shard`` re-packs a folder of another version); readers refuse versions not in
+``READABLE_VERSIONS``.
+2: ``meta.i32`` gained ``streams`` (clips packed with ``--keep-partial`` may lack a real stream).
+3: each split's clips are shuffled at pack time (seed recorded in the manifest's options as ``shuffle_seed``)."""
+READABLE_VERSIONS = (1, 2, 3)
+"""Versions readers accept. A format-1 sample's ``meta.i32`` has no ``streams``: both streams are real. Formats 1
+and 2 hold each split's clips in file-name order; their manifests have no ``shuffle_seed``."""
 
 VIDEO_EXT = "webm"
 AUDIO_EXT = "flac"

@@ -289,6 +289,12 @@ def _check_options(options: dict, path: Path) -> None:
         raise AvdaliError(f"{path}: options are not ones `avdali shard` writes ({e})") from None
 
 
+def _readable_versions() -> str:
+    """``READABLE_VERSIONS`` as a user reads them: ``1, 2 or 3``."""
+    *rest, last = map(str, fmt.READABLE_VERSIONS)
+    return f"{', '.join(rest)} or {last}" if rest else last
+
+
 def read_manifest(out: Path) -> Manifest:
     """Read and validate ``out/manifest.json`` (``AvdaliError`` naming the file and the problem)."""
     path = Path(out) / fmt.MANIFEST_NAME
@@ -305,7 +311,7 @@ def read_manifest(out: Path) -> Manifest:
     _need(
         version in fmt.READABLE_VERSIONS and not isinstance(version, bool),
         path,
-        f"shard format version {version!r}, this avdali reads {' or '.join(map(str, fmt.READABLE_VERSIONS))}; "
+        f"shard format version {version!r}, this avdali reads {_readable_versions()}; "
         "re-pack with `avdali shard`",
     )
     _need(isinstance(d.get("dataset"), str), path, "dataset is missing")

@@ -16,6 +16,13 @@ MAX_KEYINT = 1000
 """Longest keyframe interval ``--keyint`` accepts, in frames."""
 MAX_SECONDS = 3600.0
 """Longest clip a shard may hold; also bounds the frame and audio counts a reader accepts from a sample."""
+MAX_SEED = 2**63 - 1
+"""Largest ``--seed``: any JSON reader of the manifest holds it as a 64-bit integer."""
+
+
+def _int_in(value, low: int, high: int) -> bool:
+    """An int in ``[low, high]``, and not a bool: a manifest's JSON may hold ``true`` where a number belongs."""
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
 
 
 @dataclass(frozen=True)
@@ -30,11 +37,16 @@ class PackOptions:
     """Longer clips are cut to their first ``max_seconds`` (MELD has minutes-long outliers)."""
     shard_size: int = 64
     """Source clips per shard (a shard holds fewer when some of its clips are skipped)."""
+    shuffle_seed: int = 0
+    """Seed of the order of each split's clips in its shards (``--seed``): readers read tars in stored order, so a
+    rank that reads a range of tars must find every label there, not a run of file names sorted by emotion.
+    Always recorded in the manifest (a manifest without it is an older format, read as 0)."""
     keyint: int = 0
-    """Longest keyframe interval of the stored VP9, in stored frames; 0 = the packer's default (150: one keyframe
-    per clip at 10 s × 15 fps). A short interval lets NVDEC (which decodes every frame from the keyframe before the
-    first one asked for) start closer to the sampled frames, at the cost of larger files. Recorded in the manifest
-    when not 0 (a manifest without it was packed with the default)."""
+    """Longest keyframe interval of the stored VP9, in stored frames (a keyframe at least every N frames); 0 = the
+    packer's default (150: one keyframe per clip at 10 s × 15 fps). A shorter interval makes larger files. DALI 2.4's
+    NVDEC decoder cannot use it: it builds no frame index, so it never seeks to a keyframe and decodes every frame
+    from frame 0 to the last one asked for. Recorded in the manifest when not 0 (a manifest without it was packed
+    with the default)."""
     workers: int = 0
     """Parallel processes; 0 means all cores."""
     include_song: bool = False
@@ -65,8 +77,10 @@ class PackOptions:
             raise AvdaliError(f"--fps must be between 1 and {MAX_FPS:g}, got {self.fps}")
         if not 0 < self.max_seconds <= MAX_SECONDS:
             raise AvdaliError(f"--max-seconds must be > 0 and ≤ {MAX_SECONDS}, got {self.max_seconds}")
-        if isinstance(self.keyint, bool) or not isinstance(self.keyint, int) or not 0 <= self.keyint <= MAX_KEYINT:
+        if not _int_in(self.keyint, 0, MAX_KEYINT):
             raise AvdaliError(f"--keyint must be an integer between 0 (default) and {MAX_KEYINT}, got {self.keyint!r}")
+        if not _int_in(self.shuffle_seed, 0, MAX_SEED):
+            raise AvdaliError(f"--seed must be an integer between 0 and {MAX_SEED}, got {self.shuffle_seed!r}")
         if self.shard_size < 1:
             raise AvdaliError(f"--shard-size must be ≥ 1, got {self.shard_size}")
         if self.workers < 0:
