@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from nvidia.dali import fn, pipeline_def, types
 from nvidia.dali import math as dmath
-from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
+from nvidia.dali.tensors import TensorGPU
 
 from avdali import shardformat as fmt
 from avdali.data import clipspec, order
@@ -215,15 +215,16 @@ def meta_streams(meta):
 
 @pipeline_def
 def decode_only_pipeline(*, paths: list[str], index_paths: list[str], frames: int, jitter: bool):
-    """DALI's CPU video decoder alone on the frames the training loaders pick (reader → ``decoders.video``, each
-    frame once as ``video_graph`` reads them): the decode ceiling ``avdali bench loader`` compares the loaders with."""
+    """DALI's CPU video decoder alone on the frames the training loaders decode (reader → ``decoders.video`` of
+    ``decode_plan``'s frames, not put in order): the decode ceiling ``avdali bench loader`` compares the loaders
+    with."""
     webm, meta = fn.readers.webdataset(
         paths=paths, index_paths=index_paths,
         ext=[fmt.VIDEO_EXT, fmt.NUMS_EXT], dtypes=[types.UINT8, types.INT32], missing_component_behavior="error",
     )
     u = fn.random.uniform(range=[0.0, 1.0], shape=[frames]) if jitter else None
-    picks, positions = decode_plan(clipspec.frame_indices(meta[0], frames, u, GRAPH_OPS), meta[0], frames)
-    return fn.sequence_rearrange(fn.decoders.video(webm, frames=picks, pad_mode="none"), new_order=positions)
+    picks, _positions = decode_plan(clipspec.frame_indices(meta[0], frames, u, GRAPH_OPS), meta[0], frames)
+    return fn.decoders.video(webm, frames=picks, pad_mode="none")
 
 
 def pipeline_seed(seed: int, rank: int, epoch: int) -> int:
@@ -235,6 +236,44 @@ def info_length(shardset: ShardSet) -> int:
     """Bytes to pad ``source_info`` to: the longest "tar:offset:name.webm" of these shards (+ room)."""
     longest = max(len(f.tar) + 1 + len(str(max(f.video_offsets))) + 1 + max(map(len, f.keys)) for f in shardset.files)
     return longest + 16
+
+
+class PipelineRuns:
+    """A built pipeline's batches as torch tensors, ``batches`` per epoch, through DALI's public scheduling API
+    (``schedule_run`` / ``share_outputs`` / ``release_outputs``, as DALI's PyTorch iterator drives it). The first
+    ``prefetch`` runs are scheduled at once and one more per batch taken; with ``stop_after_epoch`` (a training
+    pipeline, dropped after its one epoch) none past the epoch's last batch: DALI's iterator always keeps
+    ``prefetch`` runs ahead, which here would decode the next epoch's first batches only to throw them away, and
+    dropping the pipeline would wait for them (~350 ms of CPU per epoch on 2 cores)."""
+
+    def __init__(self, pipe, batches: int, prefetch: int, *, stop_after_epoch: bool):
+        self.pipe, self.batches, self.stop_after_epoch = pipe, batches, stop_after_epoch
+        pipe.build()
+        pipe.schedule_run()  # the first call schedules ``prefetch`` runs
+        self.scheduled = prefetch
+
+    def epoch(self):
+        """One epoch: ``batches`` dicts of OUTPUTS → torch tensors (on the pipeline's device)."""
+        for _ in range(self.batches):
+            outputs = self.pipe.share_outputs()
+            batch = {name: _to_torch(out, self.pipe.exec_dynamic) for name, out in zip(OUTPUTS, outputs)}
+            self.pipe.release_outputs()
+            if not (self.stop_after_epoch and self.scheduled >= self.batches):
+                self.pipe.schedule_run()
+                self.scheduled += 1
+            yield batch
+
+
+def _to_torch(out, zero_copy: bool) -> torch.Tensor:
+    """A DALI output (TensorList) as one torch tensor: a DLPack view when DALI keeps released buffers valid (its
+    dynamic executor, the default), else a copy."""
+    tensor = out.as_tensor()
+    if isinstance(tensor, TensorGPU):
+        with torch.cuda.device(tensor.device_id):
+            view = torch.from_dlpack(tensor)
+    else:
+        view = torch.from_dlpack(tensor)
+    return view if zero_copy else view.clone()
 
 
 class DaliLoader:
@@ -262,7 +301,8 @@ class DaliLoader:
         lo, hi = order.rank_range(self.num_samples, rank, world_size)
         self.rank_samples = hi - lo
         self.epoch = 0
-        self._iterator = None
+        self._runs_now: PipelineRuns | None = None
+        self._next: tuple[int, PipelineRuns] | None = None  # the next training epoch's pipeline, built ahead
         self._info_len = info_length(shardset)
         self._lookup = {(f.tar, off): f.first + j for f in shardset.files for j, off in enumerate(f.video_offsets)}
         self._keys = {f.first + j: (f.tar, key) for f in shardset.files for j, key in enumerate(f.keys)}
@@ -275,17 +315,19 @@ class DaliLoader:
         epoch."""
         self.epoch = epoch
 
-    def files(self) -> tuple:
-        """The tars in the order the current epoch reads them (``order.reading_order``)."""
-        return order.reading_order(self.shardset, train=self.train, seed=self.seed, epoch=self.epoch)
+    def files(self, epoch: int | None = None) -> tuple:
+        """The tars in the order ``epoch`` (default: the current one) reads them (``order.reading_order``)."""
+        epoch = self.epoch if epoch is None else epoch
+        return order.reading_order(self.shardset, train=self.train, seed=self.seed, epoch=epoch)
 
     def rank_tars(self) -> list[str]:
         """The tars this rank reads in the current epoch."""
         return [p.span.tar for p in order.rank_parts(self.files(), self.rank, self.world_size)]
 
-    def make_pipeline(self, device_id: int | None):
-        """The pipeline object for this rank and epoch (defined, not built)."""
-        files = self.files()
+    def make_pipeline(self, device_id: int | None, epoch: int | None = None):
+        """The pipeline object for this rank and ``epoch`` (default: the current one; defined, not built)."""
+        epoch = self.epoch if epoch is None else epoch
+        files = self.files(epoch)
         return av_pipeline(
             paths=[f.tar for f in files],
             index_paths=[f.idx for f in files],
@@ -300,23 +342,30 @@ class DaliLoader:
             batch_size=self.cfg.batch_size,
             num_threads=self.cfg.num_threads,
             device_id=device_id,
-            seed=pipeline_seed(self.seed, self.rank, self.epoch if self.train else 0),
+            seed=pipeline_seed(self.seed, self.rank, epoch if self.train else 0),
             prefetch_queue_depth=self.cfg.prefetch,
         )
 
-    def _ensure_iterator(self):
-        # Training builds the epoch's pipeline (its file list is the epoch's order: ~10 ms to build on a CPU, plus
-        # the refill of the shuffle buffer); evaluation keeps one pipeline, reset at each epoch's end.
-        if self._iterator is not None and not self.train:
-            return self._iterator
-        self._iterator = None  # release the old pipeline's threads before starting new ones
+    def _runs(self, epoch: int) -> PipelineRuns:
+        """A built pipeline for ``epoch``, already decoding its first batches."""
         device_id = torch.cuda.current_device() if self.device == "cuda" else None
-        pipe = self.make_pipeline(device_id)
-        pipe.build()
-        self._iterator = DALIGenericIterator(
-            [pipe], list(OUTPUTS), reader_name="Reader", last_batch_policy=LastBatchPolicy.FILL, auto_reset=True
-        )
-        return self._iterator
+        return PipelineRuns(self.make_pipeline(device_id, epoch), len(self), self.cfg.prefetch,
+                            stop_after_epoch=self.train)
+
+    def _ensure_runs(self) -> PipelineRuns:
+        # Evaluation keeps one pipeline for every epoch. Training reads each epoch from its own pipeline (its file
+        # list is the epoch's order): the next epoch's is built while this epoch's last batches are read, so its
+        # first batches are decoded by then; any other jump (the first epoch, a resume) builds it now.
+        if self._runs_now is not None and not self.train:
+            return self._runs_now
+        self._runs_now = None  # release the old pipeline's threads before starting new ones
+        prepared, self._next = self._next, None
+        if prepared is not None and prepared[0] == self.epoch:
+            self._runs_now = prepared[1]
+        else:
+            del prepared
+            self._runs_now = self._runs(self.epoch)
+        return self._runs_now
 
     def _index_of(self, info: torch.Tensor) -> torch.Tensor:
         out = []
@@ -330,21 +379,24 @@ class DaliLoader:
         target = torch.device(f"cuda:{torch.cuda.current_device()}") if self.device == "cuda" else torch.device("cpu")
         position = 0
         finished = False
+        ahead = max(len(self) - self.cfg.prefetch, 0)  # from this batch on, the next epoch's pipeline decodes too
         try:
-            for outputs in self._outputs():
-                yield self._batch(outputs[0], position, target)
+            for step, outputs in enumerate(self._outputs()):
+                if self.train and step == ahead and self._next is None:
+                    self._next = (self.epoch + 1, self._runs(self.epoch + 1))
+                yield self._batch(outputs, position, target)
                 position += self.cfg.batch_size
             finished = True
         finally:
             if not finished or self.train:  # an abandoned epoch cannot be reset in DALI: start afresh next time
-                self._iterator = None
+                self._runs_now = None
 
     def _outputs(self):
-        """DALI's batches; a failed read ("Critical error in pipeline", which often names no file; also from building
-        the iterator, which reads the first batch) becomes one line naming the shard: the sample whose frame count its
-        video does not hold, the shard whose SHA-256 changed when a check finds one, else this rank's shards."""
+        """DALI's batches; a failed read ("Critical error in pipeline", which often names no file) becomes one line
+        naming the shard: the sample whose frame count its video does not hold, the shard whose SHA-256 changed
+        when a check finds one, else this rank's shards."""
         try:
-            yield from self._ensure_iterator()
+            yield from self._ensure_runs().epoch()
         except RuntimeError as e:
             tars = self.rank_tars()
             if _OUT_OF_RANGE in str(e) and not changed_shards(self.shardset, tars):  # a changed tar says more
