@@ -120,7 +120,8 @@ freeze_backbone = {str(freeze_backbone).lower()}
 
 def _as_older_format(src: Path, out: Path, version: int, rewrite) -> Path:
     """``src``'s shards as an older avdali wrote them: each tar's samples passed through ``rewrite`` (samples →
-    samples), tars re-hashed in the manifest, ``format_version`` set and ``shuffle_seed`` (format 3) left out."""
+    samples), tars re-hashed in the manifest, ``format_version`` set and what format 3 added left out: ``shuffle_seed``
+    and the per-shard ``frames`` / ``audio_samples`` totals."""
     from avdali.packing.writer import write_shard
     from avdali.shardformat.manifest import read_manifest, write_manifest
     from avdali.shardformat.members import read_members
@@ -134,6 +135,7 @@ def _as_older_format(src: Path, out: Path, version: int, rewrite) -> Path:
             samples[-1][ext] = data
         shard = write_shard(out, entry.name, rewrite(samples))
         entry.keys, entry.sha256, entry.bytes = shard.keys, shard.sha256, shard.bytes
+        entry.frames = entry.audio_samples = None  # per-shard totals came with format 3
     manifest.format_version = version
     del manifest.options["shuffle_seed"]
     write_manifest(out, manifest)

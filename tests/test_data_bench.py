@@ -25,6 +25,19 @@ def test_bench_loader_writes_figures(ravdess_shards, tmp_path):
     assert "dali" in result.output
 
 
+def test_bench_loader_measures_the_cache_apart_from_its_first_pass(ravdess_shards, tmp_path):
+    out = tmp_path / "bench.json"
+    result = CliRunner().invoke(app, ["bench", "loader", str(ravdess_shards), "--loaders", "dali,cache", "--batch-size",
+                                      "2", "--batches", "2", "--warmup", "1", "--frames", "4", "--splits", "fold1,fold2",
+                                      "--no-ceiling", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    figures = json.loads(out.read_text())
+    cache = figures["results"]["cache"]
+    assert cache["clips"] == 4 and cache["first_pass_s"] > 0 and 0 < cache["cache_gb"] < 1
+    assert "first_pass_s" not in figures["results"]["dali"]
+    assert "cache/dali" in figures["ratios"] and "first pass" in result.output
+
+
 def test_bench_loader_rejects_unknown_loader_and_naive_without_src(ravdess_shards):
     runner = CliRunner()
     result = runner.invoke(app, ["bench", "loader", str(ravdess_shards), "--loaders", "dali,tf"])
@@ -75,10 +88,12 @@ def test_cuda_loaders_cover_every_way_of_feeding_a_gpu():
     from avdali.data.benchmark import CUDA_LOADERS
     from avdali.data.config import DataConfig
 
-    assert CUDA_LOADERS["dali-gpu"] == ("dali", "cuda", "gpu") and CUDA_LOADERS["dali-hybrid"] == ("dali", "cuda", "cpu")
+    assert CUDA_LOADERS["dali-gpu"] == ("dali", "cuda", "gpu", "off")
+    assert CUDA_LOADERS["dali-hybrid"] == ("dali", "cuda", "cpu", "off")
     assert CUDA_LOADERS["dali-cpu"][1] == "cpu" and CUDA_LOADERS["torch"][0] == "torch"
-    for loader, _device, decode in CUDA_LOADERS.values():
-        DataConfig(loader=loader, decode=decode)  # valid settings
+    assert CUDA_LOADERS["cache"] == ("dali", "cuda", "auto", "device")
+    for loader, _device, decode, cache in CUDA_LOADERS.values():
+        DataConfig(loader=loader, decode=decode, cache=cache)  # valid settings
 
 
 def test_naive_loader_reads_only_the_clips_the_manifest_packed(ravdess_src, tmp_path):

@@ -356,9 +356,13 @@ def test_webdataset_reads_every_sample(fixture, request):
     assert manifest.complete and manifest.samples > 0
     urls = [str(p) for p in manifest.shard_paths(out)]
     seen = []
+    totals: dict[str, list[int]] = {}
     for sample in wds.WebDataset(urls, shardshuffle=False, empty_check=False):
         meta = json.loads(sample["json"])
         nums = decode_meta_i32(sample["meta.i32"])
+        shard_total = totals.setdefault(Path(sample["__url__"]).name, [0, 0])
+        shard_total[0] += nums["frames"]
+        shard_total[1] += nums["audio_samples"]
         assert int(sample["cls"]) == meta["label"] == nums["label"]
         assert decode_frames(sample["webm"]) == nums["frames"] == meta["frames"] > 0
         audio, rate = sf.read(io.BytesIO(sample["flac"]), dtype="int16")
@@ -366,6 +370,8 @@ def test_webdataset_reads_every_sample(fixture, request):
         assert meta["dataset"] == manifest.dataset and meta["key"] == sample["__key__"]
         seen.append(sample["__key__"])
     assert seen == [k for s in manifest.shards for k in s.keys]
+    # the per-shard totals a decoded-frame cache is sized by are the sums of the samples' meta.i32
+    assert {s.name: [s.frames, s.audio_samples] for s in manifest.shards} == totals
     # every source the reader found is either packed or listed as skipped
     split_totals = {k: v.samples for k, v in manifest.splits.items()}
     assert sum(split_totals.values()) == len(seen)

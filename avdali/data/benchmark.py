@@ -46,6 +46,11 @@ class Throughput:
     gpu_device_used_mb: float | None = None
     """Growth of the device's used memory (total − free, cudaMemGetInfo) from before the loader was built to the end
     of the timed part, MiB: torch's caching allocator and DALI's pools together; CUDA only."""
+    first_pass_s: float | None = None
+    """The decoded-frame cache: seconds of its first pass (decoding every stored frame once), apart from the steady
+    state the clips/s measure."""
+    cache_gb: float | None = None
+    """The decoded-frame cache: GB it holds (frames and audio)."""
 
     @property
     def clips_per_s(self) -> float:
@@ -62,16 +67,18 @@ class Throughput:
 
 
 CUDA_LOADERS = {
-    "dali-gpu": ("dali", "cuda", "gpu"),
-    "dali-hybrid": ("dali", "cuda", "cpu"),
-    "dali-cpu": ("dali", "cpu", "cpu"),
-    "torch": ("torch", "cuda", "auto"),
+    "dali-gpu": ("dali", "cuda", "gpu", "off"),
+    "dali-hybrid": ("dali", "cuda", "cpu", "off"),
+    "dali-cpu": ("dali", "cpu", "cpu", "off"),
+    "torch": ("torch", "cuda", "auto", "off"),
+    "cache": ("dali", "cuda", "auto", "device"),
 }
-"""``--device cuda`` loaders → (data.loader, loader device, data.decode): DALI decoding on NVDEC; DALI decoding on its
-CPU threads with every later op on the GPU; DALI entirely on the CPU (batches copied to the GPU); the torch loader's
-workers (pinned memory, non-blocking copies)."""
-CPU_LOADERS = ("dali", "torch", "naive")
-"""``--device cpu`` loaders."""
+"""``--device cuda`` loaders → (data.loader, loader device, data.decode, data.cache): DALI decoding on NVDEC; DALI
+decoding on its CPU threads with every later op on the GPU; DALI entirely on the CPU (batches copied to the GPU); the
+torch loader's workers (pinned memory, non-blocking copies); the decoded-frame cache in GPU memory (DALI's GPU
+crop and feature operators)."""
+CPU_LOADERS = ("dali", "torch", "naive", "cache")
+"""``--device cpu`` loaders (``cache``: the DALI loader with the decoded-frame cache in host memory)."""
 
 
 def process_tree_cpu_seconds() -> float:
@@ -134,7 +141,17 @@ def bench_loader(cfg: DataConfig, splits: list[str], count: int, warmup: int, de
         loader.set_epoch(e)
         return loader
 
-    return time_batches(name or cfg.loader, _epochs(epoch), len, count, warmup, cfg.frames)
+    return with_cache_figures(time_batches(name or cfg.loader, _epochs(epoch), len, count, warmup, cfg.frames), loader)
+
+
+def with_cache_figures(result: Throughput, loader) -> Throughput:
+    """``result`` with the first pass and size of ``loader``'s decoded-frame cache, when it has one."""
+    import dataclasses
+
+    store = getattr(getattr(loader, "loader", loader), "store", None)  # under a speaker stage too
+    if store is None:
+        return result
+    return dataclasses.replace(result, first_pass_s=round(store.fill_seconds, 2), cache_gb=round(store.bytes / 1024**3, 3))
 
 
 def bench_cuda_loader(cfg: DataConfig, splits: list[str], count: int, warmup: int, name: str) -> Throughput:
@@ -145,20 +162,21 @@ def bench_cuda_loader(cfg: DataConfig, splits: list[str], count: int, warmup: in
 
     from avdali.data.build import build_loader
 
-    loader_name, device, decode = CUDA_LOADERS[name]
+    loader_name, device, decode, cache = CUDA_LOADERS[name]
     gpu = torch.device("cuda", torch.cuda.current_device())
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     free, total = torch.cuda.mem_get_info()
     used_before = total - free
-    loader = build_loader(dataclasses.replace(cfg, loader=loader_name, decode=decode), splits, train=True, device=device)
+    loader = build_loader(dataclasses.replace(cfg, loader=loader_name, decode=decode, cache=cache), splits, train=True,
+                          device=device)
 
     def epoch(e):
         loader.set_epoch(e)
         return loader
 
-    result = time_batches(name, _epochs(epoch), lambda batch: len(batch.to(gpu)), count, warmup, cfg.frames,
-                          finish=torch.cuda.synchronize)
+    result = with_cache_figures(time_batches(name, _epochs(epoch), lambda batch: len(batch.to(gpu)), count, warmup,
+                                             cfg.frames, finish=torch.cuda.synchronize), loader)
     free, total = torch.cuda.mem_get_info()
     mib = 1024**2
     return dataclasses.replace(result, gpu_peak_allocated_mb=round(torch.cuda.max_memory_allocated() / mib, 1),
@@ -255,6 +273,8 @@ def run_benchmark(
             results.append(bench_cuda_loader(cfg, splits, count, warmup, name))
         elif name == "naive":
             results.append(bench_naive(cfg, dataset, src, splits, count, warmup))
+        elif name == "cache":
+            results.append(bench_loader(replace(cfg, loader="dali", cache="host"), splits, count, warmup, name="cache"))
         else:
             results.append(bench_loader(replace(cfg, loader=name), splits, count, warmup))
     ceilings = []
@@ -280,7 +300,8 @@ def run_benchmark(
         out["gpu"] = torch.cuda.get_device_name()
     names = [r.name for r in results]
     wanted = (("dali", "torch"), ("dali", "naive"), ("torch", "naive"), ("dali-gpu", "torch"), ("dali-hybrid", "torch"),
-              ("dali-cpu", "torch"), ("dali-gpu", "dali-hybrid"))
+              ("dali-cpu", "torch"), ("dali-gpu", "dali-hybrid"), ("cache", "dali"), ("cache", "dali-hybrid"),
+              ("cache", "torch"))
     for a, b in itertools.permutations(names, 2):
         if (a, b) in wanted:
             out["ratios"][f"{a}/{b}"] = round(rows[a].clips_per_s / rows[b].clips_per_s, 2)
@@ -294,6 +315,8 @@ def _figures(r: Throughput, ceiling: Throughput | None) -> dict:
                    cpu_cores=None if r.cpu_cores is None else round(r.cpu_cores, 2))
     if r.gpu_peak_allocated_mb is not None:
         figures.update(gpu_peak_allocated_mb=r.gpu_peak_allocated_mb, gpu_device_used_mb=r.gpu_device_used_mb)
+    if r.first_pass_s is not None:
+        figures.update(first_pass_s=r.first_pass_s, cache_gb=r.cache_gb)
     return figures
 
 

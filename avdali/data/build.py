@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterator, Protocol, Sequence
+from typing import Callable, Iterator, Protocol, Sequence
 
 from avdali import native
 from avdali.data import order
@@ -50,6 +50,8 @@ def build_loader(
     world_size: int = 1,
     seed: int = 0,
     local_ranks: int = 1,
+    say: Callable[[str], None] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Loader:
     """A loader over ``splits`` of ``cfg.shards`` for one rank.
 
@@ -59,7 +61,9 @@ def build_loader(
     LOCAL_RANK). ``local_ranks``: ranks on this machine, which share its cores (``data.num_threads = 0``). With
     ``cfg.verify`` the tars this rank can read are checked against the manifest's SHA-256 first (in training: all
     of them, since ranks trade tars between epochs). With ``cfg.speaker_norm`` every batch passes through the speaker
-    stage (``speakers.SpeakerNorm``) on its device.
+    stage (``speakers.SpeakerNorm``) on its device. With ``cfg.cache`` the decoded-frame cache (``cache.py``) may
+    serve the DALI loader's batches: ``say`` gets the one line that says whether and why, ``progress(done, total)``
+    follows its first pass.
     """
     _check_device(device)
     native.require(native.loader_parts(cfg.loader))  # in this process, before any worker or pipeline thread starts
@@ -70,12 +74,22 @@ def build_loader(
         parts = order.rank_epoch(shardset, rank, world_size, train=False)
         verify_shards(shardset, [f.tar for f in shardset.files] if train else [p.span.tar for p in parts])
     cfg = resolve_threads(cfg, local_ranks)
-    loader = _build(cfg, shardset, train=train, device=device, rank=rank, world_size=world_size, seed=seed)
+    loader = None
+    if cfg.cache != "off":
+        from avdali.data.cache import build_cached
+
+        loader = build_cached(cfg, shardset, train=train, device=device, rank=rank, world_size=world_size, seed=seed,
+                              frame_size=probe_frame_size(shardset), say=say, progress=progress)
+    if loader is None:
+        loader = _build(cfg, shardset, train=train, device=device, rank=rank, world_size=world_size, seed=seed)
     if not cfg.speaker_norm:
         return loader
-    from avdali.data.speakers import SpeakerNorm, SpeakerNormalised, load_speaker_stats
+    from avdali.data import speakers
 
-    return SpeakerNormalised(loader, SpeakerNorm.for_shards(load_speaker_stats(shardset.root, cfg), shardset))
+    store = getattr(loader, "store", None)  # a decoded-frame cache: its statistics need no second pass
+    compute = (lambda: speakers.stats_from_cache(store, shardset, cfg)) if store is not None else None
+    stats = speakers.load_speaker_stats(shardset.root, cfg, compute)
+    return speakers.SpeakerNormalised(loader, speakers.SpeakerNorm.for_shards(stats, shardset))
 
 
 def _build(cfg: DataConfig, shardset, *, train: bool, device: str, rank: int, world_size: int, seed: int) -> Loader:

@@ -119,6 +119,12 @@ def random_crop_box(u, height: int, width: int, ops=NUMPY):
     return top, left, h, w
 
 
+def crop_roi(top, left, h, w, flip):
+    """The resampling window of a crop box as (start, end) corners, (y, x) each: mirrored (start > end along x) when
+    ``flip`` is 1, which makes a resize of it come out flipped."""
+    return (top, left + flip * w), (top + h, left + w - flip * w)
+
+
 def draw_crop_box(height: int, width: int, rng: np.random.Generator) -> tuple[int, int, int, int]:
     """``random_crop_box`` in numpy: (top, left, h, w) as Python ints."""
     return tuple(int(v) for v in random_crop_box(rng.random(4, dtype=np.float32), height, width))

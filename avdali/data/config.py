@@ -14,6 +14,7 @@ FEATURES = ("logmel", "mfcc")
 VIDEO_DTYPES = ("uint8", "float16", "float32")
 CROP_INTERPS = ("nearest", "linear")
 DECODES = ("auto", "gpu", "cpu")
+CACHES = ("off", "host", "device", "auto")
 
 
 # The message style of every config section (train/config.py, models/config.py): "<key> must be <rule>, got <value>".
@@ -71,6 +72,16 @@ class DataConfig:
     """Batches prepared ahead (DALI prefetch queue depth / DataLoader prefetch factor per worker)."""
     shuffle_buffer: int = 256
     """Samples in the shuffle buffer in training (DALI ``initial_fill`` / webdataset shuffle size)."""
+    cache: str = "off"
+    """The decoded-frame cache (``data/cache.py``, DALI loader): ``off`` decodes every epoch from the shards;
+    ``host`` / ``device`` decode every stored frame and audio track once, into host (pinned on CUDA runs) or GPU
+    memory, and every later epoch reads the clip specification's frames and windows from there through the same
+    DALI crop and feature operators; ``auto``: ``device`` on CUDA, ``host`` on the CPU, when the estimate (from the
+    manifest, printed) fits ``cache_max_gb`` and the free memory with a margin, else streaming (one line says
+    why). A forced mode that its budget cannot hold stops before decoding anything. Training caches the whole
+    training split on every rank (ranks trade tars each epoch); evaluation only the rank's range."""
+    cache_max_gb: float = 32.0
+    """The most memory a loader's cache may take, in GB (on top of the free-memory margin)."""
     speaker_norm: bool = False
     """Normalise each clip by its speaker (``data/speakers.py``): every frame minus the speaker's mean frame, before
     the crop, and the audio features standardised per bin with the speaker's mean and std instead of the clip's own.
@@ -93,6 +104,12 @@ class DataConfig:
         _choice("video_dtype", self.video_dtype, VIDEO_DTYPES)
         _choice("crop_interp", self.crop_interp, CROP_INTERPS)
         _choice("decode", self.decode, DECODES)
+        _choice("cache", self.cache, CACHES)
+        if self.cache != "off" and self.loader != "dali":
+            raise ConfigError(f'data.cache = {self.cache!r} needs data.loader = "dali" (its epochs run the DALI '
+                              'pipeline\'s own crop and feature operators); got data.loader = "torch"')
+        if not self.cache_max_gb > 0:
+            raise ConfigError(f"data.cache_max_gb must be > 0, got {self.cache_max_gb!r}")
         _choice("label_space", self.label_space, tuple(LABEL_SPACES))
         _at_least("batch_size", self.batch_size, 1)
         _at_least("frames", self.frames, 1)

@@ -25,6 +25,7 @@ fixed length in the graph) looked up in the shard indexes.
 
 from __future__ import annotations
 
+from collections import deque
 from types import SimpleNamespace
 
 import numpy as np
@@ -43,6 +44,7 @@ from avdali.data.shards import ShardSet
 from avdali.errors import AvdaliError
 
 OUTPUTS = ("video", "audio", "audio_len", "label", "info", "streams", "crop_box", "flipped")
+"""``av_pipeline``'s outputs, in order (the last two in training with augmentation only)."""
 _VIDEO_DTYPES = {"uint8": types.UINT8, "float16": types.FLOAT16, "float32": types.FLOAT}
 _INTERPS = {"nearest": types.INTERP_NN, "linear": types.INTERP_LINEAR}
 _OUT_OF_RANGE = "out-of-bounds frame index"
@@ -99,38 +101,37 @@ def read_samples(*, paths: list[str], index_paths: list[str], train: bool, shard
     )
 
 
-def video_graph(webm, num_frames, cfg: DataConfig, *, jitter: bool, gpu: bool, decode: str,
-                frame_size: tuple[int, int]):
-    """Frames T,H,W,C of the clip specification (``crop`` square, uint8 or ImageNet-normalised floats) and the crop
-    window (top, left, h, w; int32) and flip (bool) that made them."""
-    t, crop = cfg.frames, cfg.crop
-    height, width = frame_size
-    u = fn.random.uniform(range=[0.0, 1.0], shape=[t]) if jitter else None
+def video_frames(webm, num_frames, t: int, u, *, gpu: bool, decode: str):
+    """The clip specification's T frames (T,H,W,C uint8, in order) of each ``webm``: ``u`` (T draws, or None for
+    evaluation) picks them, each is decoded once (``decode_plan``), on NVDEC (``decode="gpu"``) or the CPU threads;
+    on the GPU when ``gpu``."""
     frames, positions = decode_plan(clipspec.frame_indices(num_frames, t, u, GRAPH_OPS), num_frames, t)
     video = fn.decoders.video(webm, device="mixed" if gpu and decode == "gpu" else "cpu", frames=frames,
                               pad_mode="none")  # F,H,W,C uint8; an index past the video raises (named by the loader)
     if gpu and decode == "cpu":
         video = video.gpu()  # hybrid: only the decode runs on the CPU threads; everything after it on the GPU
-    video = fn.sequence_rearrange(video, new_order=positions)
+    return fn.sequence_rearrange(video, new_order=positions)
 
-    # The layout stays T,H,W,C: the iterator hands it over as an N,T,C,H,W view whose memory is channels-last.
+
+def crop_frames(video, cfg: DataConfig, frame_size: tuple[int, int], roi=None):
+    """T,H,W,C frames → the clip specification's crop (``crop`` square, uint8 or ImageNet-normalised floats).
+
+    ``roi``: None for evaluation's centre crop; for training, the (start, end) float (y, x) corners of the window to
+    resample (``clipspec.crop_roi``: mirrored for a flipped clip), from ``training_window`` or fed by the cache."""
+    crop = cfg.crop
+    height, width = frame_size
     out_dtype = _VIDEO_DTYPES[cfg.video_dtype]
     norm = {}
     if cfg.video_dtype != "uint8":
         norm = dict(mean=[m * 255 for m in IMAGENET_MEAN], std=[s * 255 for s in IMAGENET_STD])
-    if jitter:
-        top, left, h, w = clipspec.random_crop_box(fn.random.uniform(range=[0.0, 1.0], shape=[4]), height, width,
-                                                   GRAPH_OPS)
-        flip = fn.cast(fn.random.coin_flip(probability=clipspec.FLIP_PROBABILITY), dtype=types.INT32)
-        # a flipped window (start > end along x) makes the resize mirror the crop: no separate flip pass
-        start = fn.cast(fn.stack(top, left + flip * w), dtype=types.FLOAT)
-        end = fn.cast(fn.stack(top + h, left + w - flip * w), dtype=types.FLOAT)
-        video = fn.resize(video, roi_start=start, roi_end=end, roi_relative=False, size=[crop, crop],
+    # The layout stays T,H,W,C: the loader hands it over as an N,T,C,H,W view whose memory is channels-last.
+    if roi is not None:
+        video = fn.resize(video, roi_start=roi[0], roi_end=roi[1], roi_relative=False, size=[crop, crop],
                           interp_type=_INTERPS[cfg.crop_interp], antialias=clipspec.CROP_ANTIALIAS)
         if norm:
             video = fn.crop_mirror_normalize(video, dtype=out_dtype, output_layout="FHWC", **norm)
-        return video, fn.stack(top, left, h, w), fn.cast(flip, dtype=types.BOOL)
-    top, left, side = clipspec.center_crop_box(height, width, crop)
+        return video
+    _top, _left, side = clipspec.center_crop_box(height, width, crop)
     video = fn.crop_mirror_normalize(
         video,
         crop=[side, side],
@@ -144,21 +145,40 @@ def video_graph(webm, num_frames, cfg: DataConfig, *, jitter: bool, gpu: bool, d
     if side != crop:  # frames smaller than the crop: scale the centred square up
         video = fn.resize(video, size=[crop, crop], antialias=True)
         video = fn.crop_mirror_normalize(video, dtype=out_dtype, output_layout="FHWC", **norm)
-    box = fn.cast(num_frames * 0, dtype=types.INT32) + GRAPH_OPS.const([top, left, side, side])
-    return video, box, fn.cast(num_frames * 0, dtype=types.BOOL)
+    return video
 
 
-def audio_graph(flac, cfg: DataConfig, *, jitter: bool, gpu: bool):
-    """Features F,A of the clip specification's audio window (standardised per bin over the valid frames, or raw
-    with ``data.speaker_norm``, whose stage standardises them), zero-padded, and the valid frame count (int64)."""
-    window = clipspec.window_samples(cfg.audio_seconds)
+def training_window(frame_size: tuple[int, int]):
+    """Training's crop window drawn in the graph: the resize's (start, end) corners, and the window (top, left, h, w;
+    int32) and flip (bool) the loader hands on with the batch."""
+    top, left, h, w = clipspec.random_crop_box(fn.random.uniform(range=[0.0, 1.0], shape=[4]), *frame_size, GRAPH_OPS)
+    flip = fn.cast(fn.random.coin_flip(probability=clipspec.FLIP_PROBABILITY), dtype=types.INT32)
+    start, end = clipspec.crop_roi(top, left, h, w, flip)
+    roi = (fn.cast(fn.stack(*start), dtype=types.FLOAT), fn.cast(fn.stack(*end), dtype=types.FLOAT))
+    return roi, fn.stack(top, left, h, w), fn.cast(flip, dtype=types.BOOL)
+
+
+def eval_crop(frame_size: tuple[int, int], crop: int) -> tuple[int, int, int, int]:
+    """Evaluation's crop window (top, left, h, w) of ``crop_frames`` (centre square, not flipped)."""
+    top, left, side = clipspec.center_crop_box(*frame_size, crop)
+    return top, left, side, side
+
+
+def audio_window(flac, window: int, u=None):
+    """Each ``flac`` decoded (16 kHz mono float) and cut to the clip specification's window (``u``: a uniform draw
+    for training's offset, None for evaluation's centred one): the samples (CPU) and their count (int32)."""
     audio, _rate = fn.decoders.audio(flac, sample_rate=clipspec.SAMPLE_RATE, downmix=True, dtype=types.FLOAT)
     length = audio.shape(dtype=types.INT32)[0]
-    u = fn.random.uniform(range=[0.0, 1.0]) if jitter else None
     start = clipspec.audio_start(length, window, u, GRAPH_OPS)
     valid = dmath.min(length - start, window)
     audio = fn.slice(audio, fn.stack(start), fn.stack(valid), axes=[0], normalized_anchor=False,
                      normalized_shape=False)
+    return audio, valid
+
+
+def audio_features(audio, cfg: DataConfig, *, gpu: bool):
+    """Features F,A of audio windows (standardised per bin over their frames, or raw with ``data.speaker_norm``,
+    whose stage standardises them), zero-padded to the window's frame count."""
     if gpu:
         audio = audio.gpu()
     spec = fn.spectrogram(audio, nfft=clipspec.NFFT, window_length=clipspec.WINDOW, window_step=clipspec.HOP,
@@ -170,8 +190,8 @@ def audio_graph(flac, cfg: DataConfig, *, jitter: bool, gpu: bool):
         feats = fn.mfcc(feats, n_mfcc=cfg.n_mfcc, dct_type=2, normalize=True, axis=0)
     if not cfg.speaker_norm:  # per clip and bin over time, before padding, so the padding does not skew it
         feats = fn.normalize(feats, axes=[1], epsilon=clipspec.NORM_EPS)
-    feats = fn.pad(feats, axes=[1], shape=[clipspec.feature_frames(window)], fill_value=0.0)
-    return feats, fn.cast(1 + valid // clipspec.HOP, dtype=types.INT64)
+    window = clipspec.window_samples(cfg.audio_seconds)
+    return fn.pad(feats, axes=[1], shape=[clipspec.feature_frames(window)], fill_value=0.0)
 
 
 @pipeline_def(enable_conditionals=False)
@@ -189,8 +209,8 @@ def av_pipeline(
     decode: str = "cpu",
 ):
     """Reader → video frames (N,T,H,W,C) + audio features (N,F,A) + audio_len + label + source_info + streams
-    (the real-streams bitmask of ``meta.i32``; a format-1 sample's shorter vector reads as both real) + crop_box +
-    flipped.
+    (the real-streams bitmask of ``meta.i32``; a format-1 sample's shorter vector reads as both real), and in
+    training (augmentation on) crop_box + flipped.
 
     ``device``: ``"cpu"`` or ``"gpu"``; ``decode`` (``device="gpu"`` only): ``"cpu"`` decodes on the CPU threads with
     the frames moved to the GPU at once, ``"gpu"`` on NVDEC; ``frame_size``: (height, width) of the stored frames.
@@ -200,10 +220,89 @@ def av_pipeline(
     webm, flac, meta = read_samples(paths=paths, index_paths=index_paths, train=train, shard_id=shard_id,
                                     num_shards=num_shards, shuffle_buffer=cfg.shuffle_buffer)
     info = fn.pad(fn.get_property(webm, key="source_info"), axes=[0], shape=[info_len], fill_value=0)
-    video, box, flipped = video_graph(webm, meta[0], cfg, jitter=jitter, gpu=gpu, decode=decode, frame_size=frame_size)
-    feats, audio_len = audio_graph(flac, cfg, jitter=jitter, gpu=gpu)
+    u_frames = fn.random.uniform(range=[0.0, 1.0], shape=[cfg.frames]) if jitter else None
+    roi, window = (None, ()) if not jitter else (lambda r, *w: (r, w))(*training_window(frame_size))
+    video = crop_frames(video_frames(webm, meta[0], cfg.frames, u_frames, gpu=gpu, decode=decode), cfg, frame_size, roi)
+    audio, valid = audio_window(flac, clipspec.window_samples(cfg.audio_seconds),
+                                fn.random.uniform(range=[0.0, 1.0]) if jitter else None)
+    audio_len = fn.cast(1 + valid // clipspec.HOP, dtype=types.INT64)
     label = fn.cast(meta[1] if cfg.label_space == "unified" else meta[2], dtype=types.INT64)
-    return video, feats, audio_len, label, info, meta_streams(meta), box, flipped
+    return (video, audio_features(audio, cfg, gpu=gpu), audio_len, label, info, meta_streams(meta), *window)
+
+
+@pipeline_def(enable_conditionals=False)
+def decode_all_pipeline(*, paths: list[str], index_paths: list[str], info_len: int):
+    """Every frame and the whole audio track of every sample of ``paths``, in stored order (the cache's first pass):
+    frames (F,H,W,C uint8), audio (16 kHz mono float32), meta.i32, source_info."""
+    webm, flac, meta = read_samples(paths=paths, index_paths=index_paths, train=False, shard_id=0, num_shards=1,
+                                    shuffle_buffer=1)
+    audio, _rate = fn.decoders.audio(flac, sample_rate=clipspec.SAMPLE_RATE, downmix=True, dtype=types.FLOAT)
+    info = fn.pad(fn.get_property(webm, key="source_info"), axes=[0], shape=[info_len], fill_value=0)
+    return fn.decoders.video(webm), audio, meta, info
+
+
+def decode_all(shardset: ShardSet, wanted: set[int], threads: int, batch_size: int = 8):
+    """(index, frames, audio, meta.i32 bytes) of every sample in ``wanted``, each once, decoded on ``threads`` CPU
+    threads from the tars that hold them."""
+    files = [f for f in shardset.files if any(f.first + j in wanted for j in range(f.count))]
+    lookup = {(f.tar, off): f.first + j for f in files for j, off in enumerate(f.video_offsets)}
+    total = sum(f.count for f in files)
+    pipe = decode_all_pipeline(paths=[f.tar for f in files], index_paths=[f.idx for f in files],
+                               info_len=info_length(shardset), batch_size=batch_size, num_threads=threads,
+                               device_id=None, prefetch_queue_depth=2)
+    pipe.build()
+    seen: set[int] = set()
+    for _ in range(-(-total // batch_size)):
+        frames, audio, meta, info = pipe.run()
+        for i in range(len(frames)):
+            text = np.asarray(info[i]).tobytes().rstrip(b"\0").decode()
+            tar, offset, _name = text.rsplit(":", 2)
+            index = lookup[(tar, int(offset))]
+            if index in wanted and index not in seen:  # the last batch repeats a sample (pad_last_batch)
+                seen.add(index)
+                yield index, np.asarray(frames[i]), np.asarray(audio[i]), np.asarray(meta[i]).tobytes()
+
+
+@pipeline_def(enable_conditionals=False)
+def cached_clip_pipeline(*, cfg: DataConfig, gpu: bool, inputs_on_gpu: bool, jitter: bool,
+                         frame_size: tuple[int, int]):
+    """The decoded-frame cache's transforms: the streaming graph's ``crop_frames`` and ``audio_features`` on inputs
+    the cache feeds (``feed_cached``): each clip's T frames, its audio window and, in training, its crop window's
+    corners. Outputs video and audio features; on the GPU when ``gpu``."""
+    place = "gpu" if inputs_on_gpu else "cpu"
+    # no_copy: DALI reads the cache's buffers in place; the loader keeps each batch's alive until it is taken
+    frames = fn.external_source(name="frames", device=place, layout="FHWC", dtype=types.UINT8, no_copy=True)
+    audio = fn.external_source(name="audio", device=place, dtype=types.FLOAT, no_copy=True)
+    if gpu and not inputs_on_gpu:
+        frames = frames.gpu()
+    roi = None
+    if jitter:  # the window's corners, drawn on the host by the same clipspec formulas
+        roi = (fn.external_source(name="roi_start", device="cpu", dtype=types.FLOAT),
+               fn.external_source(name="roi_end", device="cpu", dtype=types.FLOAT))
+    return crop_frames(frames, cfg, frame_size, roi), audio_features(audio, cfg, gpu=gpu and not inputs_on_gpu)
+
+
+def cached_runs(cfg: DataConfig, *, device: str, jitter: bool, frame_size: tuple[int, int], inputs_on_gpu: bool,
+                batches: int) -> PipelineRuns:
+    """The built ``cached_clip_pipeline`` for one cached loader, fed batch by batch (``feed_cached``)."""
+    device_id = torch.cuda.current_device() if device == "cuda" else None
+    pipe = cached_clip_pipeline(cfg=cfg, gpu=device == "cuda", inputs_on_gpu=inputs_on_gpu, jitter=jitter,
+                                frame_size=frame_size, batch_size=cfg.batch_size, num_threads=cfg.num_threads,
+                                device_id=device_id, prefetch_queue_depth=min(cfg.prefetch, batches), seed=0)
+    return PipelineRuns(pipe, min(cfg.prefetch, batches))
+
+
+def feed_cached(pipe, frames, windows: list, roi: tuple[np.ndarray, np.ndarray] | None) -> None:
+    """One batch of the cache's inputs into ``cached_clip_pipeline``: frames N,T,H,W,C, audio windows (one 1-D array
+    per clip), the crop windows' (start, end) corners N,2 each (training). Host inputs are numpy arrays; CUDA tensors
+    are read on torch's current stream."""
+    on_gpu = isinstance(frames, torch.Tensor) and frames.is_cuda
+    stream = torch.cuda.current_stream().cuda_stream if on_gpu else None
+    pipe.feed_input("frames", frames, layout="FHWC", cuda_stream=stream)
+    pipe.feed_input("audio", windows, cuda_stream=stream)
+    if roi is not None:
+        pipe.feed_input("roi_start", roi[0])
+        pipe.feed_input("roi_end", roi[1])
 
 
 def meta_streams(meta):
@@ -239,29 +338,43 @@ def info_length(shardset: ShardSet) -> int:
 
 
 class PipelineRuns:
-    """A built pipeline's batches as torch tensors, ``batches`` per epoch, through DALI's public scheduling API
-    (``schedule_run`` / ``share_outputs`` / ``release_outputs``, as DALI's PyTorch iterator drives it). The first
-    ``prefetch`` runs are scheduled at once and one more per batch taken; with ``stop_after_epoch`` (a training
-    pipeline, dropped after its one epoch) none past the epoch's last batch: DALI's iterator always keeps
-    ``prefetch`` runs ahead, which here would decode the next epoch's first batches only to throw them away, and
-    dropping the pipeline would wait for them (~350 ms of CPU per epoch on 2 cores)."""
+    """A built pipeline's batches as torch tensors, through DALI's public scheduling API (``schedule_run`` /
+    ``share_outputs`` / ``release_outputs``, as DALI's PyTorch iterator drives it), ``prefetch`` runs ahead.
 
-    def __init__(self, pipe, batches: int, prefetch: int, *, stop_after_epoch: bool):
-        self.pipe, self.batches, self.stop_after_epoch = pipe, batches, stop_after_epoch
+    ``epoch(batches)`` yields one epoch. With ``run_ahead`` (an evaluation pipeline, read again next epoch) it keeps
+    ``prefetch`` runs in flight past the epoch's end, as DALI's iterator does; without it (a training pipeline,
+    dropped after its epoch, or one fed by the caller) it schedules no run past the epoch's last batch: the
+    iterator's run-ahead would decode the next epoch's first batches only to throw them away, and dropping the
+    pipeline would wait for them (~350 ms of CPU per epoch on 2 cores). ``feed``, for pipelines with external
+    sources, is called once before each run is scheduled (it ``feed_input``s that run's inputs) and returns what
+    the caller wants back with that run's outputs."""
+
+    def __init__(self, pipe, prefetch: int):
+        self.pipe, self.depth = pipe, prefetch
         pipe.build()
-        pipe.schedule_run()  # the first call schedules ``prefetch`` runs
-        self.scheduled = prefetch
+        self.ahead = 0  # runs scheduled, not yet taken
+        self.primed = False  # DALI's first schedule_run schedules ``prefetch_queue_depth`` runs at once
+        self.fed: deque = deque()
 
-    def epoch(self):
-        """One epoch: ``batches`` dicts of OUTPUTS → torch tensors (on the pipeline's device)."""
-        for _ in range(self.batches):
+    def _schedule(self, feed) -> None:
+        runs = 1 if self.primed else self.depth
+        for _ in range(runs if feed is not None else 0):
+            self.fed.append(feed())
+        self.pipe.schedule_run()
+        self.primed = True
+        self.ahead += runs
+
+    def epoch(self, batches: int, names: tuple[str, ...], *, run_ahead: bool = False, feed=None):
+        """``batches`` (outputs as a dict ``names`` → torch tensor on the pipeline's device, what ``feed`` returned
+        for that run or None)."""
+        for taken in range(batches):
+            while self.ahead < self.depth and (run_ahead or taken + self.ahead < batches):
+                self._schedule(feed)
             outputs = self.pipe.share_outputs()
-            batch = {name: _to_torch(out, self.pipe.exec_dynamic) for name, out in zip(OUTPUTS, outputs)}
+            batch = {name: _to_torch(out, self.pipe.exec_dynamic) for name, out in zip(names, outputs)}
             self.pipe.release_outputs()
-            if not (self.stop_after_epoch and self.scheduled >= self.batches):
-                self.pipe.schedule_run()
-                self.scheduled += 1
-            yield batch
+            self.ahead -= 1
+            yield batch, (self.fed.popleft() if self.fed else None)
 
 
 def _to_torch(out, zero_copy: bool) -> torch.Tensor:
@@ -306,6 +419,9 @@ class DaliLoader:
         self._info_len = info_length(shardset)
         self._lookup = {(f.tar, off): f.first + j for f in shardset.files for j, off in enumerate(f.video_offsets)}
         self._keys = {f.first + j: (f.tar, key) for f in shardset.files for j, key in enumerate(f.keys)}
+        jitter = train and cfg.augment
+        self._names = OUTPUTS if jitter else OUTPUTS[:-2]
+        self._eval_crop = None if jitter else torch.tensor([eval_crop(frame_size, cfg.crop)], dtype=torch.int32)
 
     def __len__(self) -> int:
         return order.batches_per_epoch(self.num_samples, self.cfg.batch_size, self.world_size)
@@ -343,14 +459,16 @@ class DaliLoader:
             num_threads=self.cfg.num_threads,
             device_id=device_id,
             seed=pipeline_seed(self.seed, self.rank, epoch if self.train else 0),
-            prefetch_queue_depth=self.cfg.prefetch,
+            prefetch_queue_depth=min(self.cfg.prefetch, len(self)),
         )
 
-    def _runs(self, epoch: int) -> PipelineRuns:
-        """A built pipeline for ``epoch``, already decoding its first batches."""
+    def _runs(self, epoch: int, start: bool = False) -> PipelineRuns:
+        """A built pipeline for ``epoch`` (with ``start``: already decoding its first batches)."""
         device_id = torch.cuda.current_device() if self.device == "cuda" else None
-        return PipelineRuns(self.make_pipeline(device_id, epoch), len(self), self.cfg.prefetch,
-                            stop_after_epoch=self.train)
+        runs = PipelineRuns(self.make_pipeline(device_id, epoch), min(self.cfg.prefetch, len(self)))
+        if start:
+            runs._schedule(None)
+        return runs
 
     def _ensure_runs(self) -> PipelineRuns:
         # Evaluation keeps one pipeline for every epoch. Training reads each epoch from its own pipeline (its file
@@ -383,7 +501,7 @@ class DaliLoader:
         try:
             for step, outputs in enumerate(self._outputs()):
                 if self.train and step == ahead and self._next is None:
-                    self._next = (self.epoch + 1, self._runs(self.epoch + 1))
+                    self._next = (self.epoch + 1, self._runs(self.epoch + 1, start=True))
                 yield self._batch(outputs, position, target)
                 position += self.cfg.batch_size
             finished = True
@@ -396,7 +514,8 @@ class DaliLoader:
         naming the shard: the sample whose frame count its video does not hold, the shard whose SHA-256 changed
         when a check finds one, else this rank's shards."""
         try:
-            yield from self._ensure_runs().epoch()
+            for outputs, _ in self._ensure_runs().epoch(len(self), self._names, run_ahead=not self.train):
+                yield outputs
         except RuntimeError as e:
             tars = self.rank_tars()
             if _OUT_OF_RANGE in str(e) and not changed_shards(self.shardset, tars):  # a changed tar says more
@@ -420,9 +539,15 @@ class DaliLoader:
             valid=valid.to(target, non_blocking=True),
             audio_present=((streams & fmt.STREAM_AUDIO) != 0).to(target, non_blocking=True),
             video_present=((streams & fmt.STREAM_VIDEO) != 0).to(target, non_blocking=True),
-            crop_box=out["crop_box"].to(target, non_blocking=True),
-            flipped=out["flipped"].to(target, non_blocking=True),
+            **self._crops(out, n, target),
         )
+
+    def _crops(self, out: dict, n: int, target: torch.device) -> dict:
+        """crop_box and flipped of a batch: the graph's draws in training, evaluation's constant window otherwise."""
+        if self._eval_crop is None:
+            return dict(crop_box=out["crop_box"].to(target, non_blocking=True),
+                        flipped=out["flipped"].to(target, non_blocking=True))
+        return dict(crop_box=self._eval_crop.expand(n, 4).to(target), flipped=torch.zeros(n, dtype=torch.bool, device=target))
 
     def _check_labels(self, label: torch.Tensor, index: torch.Tensor) -> None:
         """Labels come from ``meta.i32`` on the CPU: a corrupt one is named here (on the GPU the loss would hit a

@@ -32,7 +32,7 @@ from avdali.data.shards import ShardSet
 from avdali.errors import AvdaliError
 from avdali.files import atomic_write
 from avdali.shardformat.manifest import read_manifest
-from avdali.shardformat.members import decode_meta_i32
+from avdali.shardformat.members import decode_meta_i32, read_members
 
 
 
@@ -198,15 +198,64 @@ def _load(path: Path, key: str) -> SpeakerStats | None:
     return SpeakerStats(speakers, {(tar, sample): who for tar, sample, who in table["speaker"]}, dict(table["split"]))
 
 
-def load_speaker_stats(shards: str | Path, cfg) -> SpeakerStats:
-    """The folder's speaker statistics for ``cfg``'s audio features (a ``DataConfig``): from the cache when it
-    matches the shards, else computed (and cached when the folder is writable)."""
+def speakers_of(shardset: ShardSet) -> dict[tuple[str, str], str]:
+    """(tar file name, sample key) → speaker, from each sample's json (read, never decoded)."""
+    out = {}
+    for f in shardset.files:
+        for key, ext, data in read_members(Path(f.tar)):
+            if ext == fmt.META_EXT:
+                source = f"{f.tar}:{key}"
+                try:
+                    meta = json.loads(data)
+                except ValueError as e:
+                    raise AvdaliError(f"{source}: unreadable sample json ({e})") from None
+                out[(Path(f.tar).name, key)] = speaker_of(meta, source)
+    return out
+
+
+def stats_from_cache(store, shardset: ShardSet, cfg) -> SpeakerStats:
+    """The statistics of the speakers of ``shardset``'s samples from a decoded-frame cache's ``store``
+    (``cache.CacheStore``), with no second decoding pass: the cached frames summed per speaker, and the features of
+    each cached audio track (``decode.AudioFeatures.raw``). Placeholder streams are left out, as in the folder's
+    pass."""
+    import torch
+
+    from avdali.data.decode import AudioFeatures
+
+    features = AudioFeatures(cfg)
+    who = speakers_of(shardset)
+    split = {Path(f.tar).name: f.entry.split for f in shardset.files}
+    sums: dict[tuple[str, str], Sums] = {}
+    for f in shardset.files:
+        name = Path(f.tar).name
+        for j, key in enumerate(f.keys):
+            r = store.row.get(f.first + j)
+            if r is None:
+                continue
+            group = sums.setdefault((split[name], who[(name, key)]), Sums())
+            if store.streams[r] & fmt.STREAM_VIDEO:
+                a = int(store.frame_start[r])
+                group.add_frames(store.frames[a : a + int(store.frame_count[r])].cpu().numpy())
+            if store.streams[r] & fmt.STREAM_AUDIO:
+                a = int(store.audio_start[r])
+                wav = store.audio[a : a + int(store.audio_count[r])].cpu()
+                group.add_features(features.raw(wav).numpy())
+    return SpeakerStats({g: s.speaker() for g, s in sums.items()}, who, split)
+
+
+def load_speaker_stats(shards: str | Path, cfg, compute=None) -> SpeakerStats:
+    """The folder's speaker statistics for ``cfg``'s audio features (a ``DataConfig``): from the folder's cache file
+    when it matches the shards, else computed: by ``compute()`` when given (e.g. ``stats_from_cache`` for some of the
+    folder's splits, not written to the file), else by one pass over the folder (written to the file when the folder
+    is writable)."""
     shards = Path(shards)
     key = _cache_key(shards, cfg)
     path = cache_path(shards, cfg)
     cached = _load(path, key) if path.is_file() else None
     if cached is not None:
         return cached
+    if compute is not None:
+        return compute()
     stats = compute_speaker_stats(shards, cfg)
     try:
         _save(path, stats, key)

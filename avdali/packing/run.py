@@ -391,7 +391,9 @@ def _group_entry(group: _Group, outcomes: list[tuple[ClipRecord, Any, str | None
     if not samples:
         return None, skipped, samples
     shard = write_shard(out, group.name, samples)
-    return ShardEntry.from_file(shard, group.split, label_counts, faces, skipped, partial), skipped, samples
+    good = [clip for _, clip, _ in outcomes if clip is not None]
+    totals = dict(frames=sum(c.frames for c in good), audio_samples=sum(c.audio_samples for c in good))
+    return ShardEntry.from_file(shard, group.split, label_counts, faces, skipped, partial, **totals), skipped, samples
 
 
 def pack(

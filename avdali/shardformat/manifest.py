@@ -68,6 +68,11 @@ class ShardEntry(ShardFile):
     partial: list[dict] = field(default_factory=list)
     """Samples packed under ``--keep-partial`` with a placeholder stream: ``{key, source, missing, reason}``, where
     ``missing`` is ``audio`` or ``video``. Not written when empty (a default run's manifest has no such field)."""
+    frames: int | None = None
+    """Stored frames of all its samples together (the sum of their ``meta.i32`` counts): what a decoded-frame cache
+    of the shard needs before decoding it. None in manifests of format 1–2, which did not record it."""
+    audio_samples: int | None = None
+    """16 kHz audio samples of all its samples together. None in manifests of format 1–2."""
 
     @property
     def planned_keys(self) -> set[str]:
@@ -75,10 +80,11 @@ class ShardEntry(ShardFile):
 
     @classmethod
     def from_file(
-        cls, shard: ShardFile, split: str, labels_: dict, faces: dict, skipped: list[dict], partial: list[dict] | None = None
+        cls, shard: ShardFile, split: str, labels_: dict, faces: dict, skipped: list[dict], partial: list[dict] | None = None,
+        frames: int | None = None, audio_samples: int | None = None,
     ) -> ShardEntry:
         return cls(**{**asdict(shard), "keys": list(shard.keys)}, split=split, labels=labels_, faces=faces, skipped=skipped,
-                   partial=list(partial or []))
+                   partial=list(partial or []), frames=frames, audio_samples=audio_samples)
 
 
 @dataclass
@@ -131,6 +137,9 @@ class Manifest:
         for shard in d["shards"]:
             if not shard["partial"]:
                 del shard["partial"]
+            for total in ("frames", "audio_samples"):  # None: a shard read from an older manifest
+                if shard[total] is None:
+                    del shard[total]
         if not any(d["partial"].values()):
             del d["partial"]
         return (json.dumps(d, sort_keys=True, indent=1, ensure_ascii=False) + "\n").encode()
@@ -260,6 +269,8 @@ def _shard_from_dict(d, path: Path, i: int) -> ShardEntry:
         path,
         f"{where}.partial is malformed (each needs key of this shard, source, missing audio|video, reason)",
     )
+    for total in ("frames", "audio_samples"):
+        _need(d.get(total) is None or _is_count(d[total]), path, f"{where}.{total} is not a count")
     return ShardEntry(
         name=name,
         index_name=d["index_name"],
@@ -272,6 +283,8 @@ def _shard_from_dict(d, path: Path, i: int) -> ShardEntry:
         faces=_count_map(d.get("faces", {}), path, f"{where}.faces is malformed"),
         skipped=[dict(s) for s in skipped],
         partial=[{k: p[k] for k in ("key", "source", "missing", "reason")} for p in partial],
+        frames=d.get("frames"),
+        audio_samples=d.get("audio_samples"),
     )
 
 
