@@ -11,15 +11,18 @@ not hide the rest:
 0. versions: GPU, driver, CUDA, torch, DALI, Python; `avdali doctor --json` (CUDA, DALI on the GPU, NVDEC). A loader
    the doctor finds broken (no DALI, no NVDEC) is left out of the later steps (``loaders`` in the JSON says which ran).
 1. `avdali bench loader --device cuda` at batch 64 (with the CPU decode ceiling) and 256: dali-gpu (NVDEC),
-   dali-hybrid (CPU decode, GPU ops), dali-cpu and torch workers: clips/s, frames/s, CPU cores busy, GPU memory.
+   dali-hybrid (CPU decode, GPU ops), dali-cpu, torch workers and the decoded-frame cache in GPU memory (its first
+   pass apart): clips/s, frames/s, CPU cores busy, GPU memory.
 2. `avdali bench train --config-only --batch-sizes B` for B = 64, 256, 8 (one step each, so a slow one keeps the
    others' figures) with the dali (data.decode = auto) and torch loaders, bf16, torch.compile, channels_last:
-   clips/s, data-wait share, step ms, achieved TFLOP/s and MFU (FLOPs by FlopCounterMode).
+   clips/s, data-wait share, step ms, achieved TFLOP/s and MFU (FLOPs by FlopCounterMode); then the DALI loader at
+   batch 256 with the decoded-frame cache (data.cache = "device"), and at batch 64 with speaker normalisation.
 3. `avdali train --gpus 1` (torchrun, NCCL, DDP, DALI with data.decode = auto) for two short epochs, then
    `avdali eval` of its best.pt on CUDA.
 4. `avdali train --gpus 64`: must stop with one line before starting ranks.
-The steps run in that order of value (1 and 2 interleaved: b64 loader, train b64, train b256, loader b256, train b8);
-those the budget no longer covers are recorded as skipped.
+The steps run in that order of value (1 and 2 interleaved: b64 loader, train b64, train b256, loader b256, train
+b256 with the cache, train b64 with speaker normalisation, train b8); those the budget no longer covers are recorded
+as skipped.
 
 OUT/gpu_check.json holds the machine, every step's exact command, exit code, seconds and its figures (the bench
 JSONs inlined); it is rewritten after each step, so a run cut short still leaves what it measured. Commit it under
@@ -173,12 +176,12 @@ def main() -> int:
     dali = works.get("dali", True) and (args.cpu or works.get("dali-gpu", True))
     nvdec = works.get("nvdec", True)
     cuda_loaders = [name for name, ok in (("dali-gpu", dali and nvdec), ("dali-hybrid", dali), ("dali-cpu", dali),
-                                          ("torch", True)) if ok]
+                                          ("torch", True), ("cache", dali)) if ok]
     train_loaders = "dali,torch" if dali else "torch"
     summary["loaders"] = {"bench_loader": cuda_loaders, "bench_train": train_loaders}
 
     def bench_loader(batch: int, count: int, warmup: int, ceiling: bool, limit: int) -> None:
-        device = ["--device", "cpu", "--loaders", "dali,torch" if dali else "torch"] if args.cpu else [
+        device = ["--device", "cpu", "--loaders", "dali,torch,cache" if dali else "torch"] if args.cpu else [
             "--device", "cuda", "--loaders", ",".join(cuda_loaders)]
         figures = out / f"bench_loader_b{batch}.json"
         steps.run(f"bench_loader_b{batch}", [
@@ -186,23 +189,32 @@ def main() -> int:
             "--warmup", str(warmup), "--frames", "4" if args.cpu else "16", *([] if ceiling else ["--no-ceiling"]),
             "--json", str(figures)], limit, figures)  # fmt: skip
 
-    def bench_train(batch: int, limit: int) -> None:
-        figures = out / f"bench_train_b{batch}.json"
-        steps.run(f"bench_train_b{batch}", [
-            *avdali, "bench", "train", str(shards), "--config", config, "--loaders", train_loaders, "--config-only",
+    def bench_train(batch: int, limit: int, variant: str = "", loaders: str = train_loaders, extra=()) -> None:
+        name = f"bench_train{variant}_b{batch}"
+        figures = out / f"{name}.json"
+        steps.run(name, [
+            *avdali, "bench", "train", str(shards), "--config", config, "--loaders", loaders, "--config-only",
             "--batch-sizes", str(batch), "--steps", "3" if args.cpu else "10", "--warmup", "1" if args.cpu else "3",
-            *set_flags, "--json", str(figures)], limit, figures)  # fmt: skip
+            *set_flags, *[flag for value in extra for flag in ("--set", value)], "--json", str(figures)],
+            limit, figures)  # fmt: skip
 
     # most valuable first: when the budget runs out, the later (cheaper to redo, or already checked) steps are skipped
+    cache = ['data.cache="host"' if args.cpu else 'data.cache="device"']
     if args.cpu:
         bench_loader(4, 3, 1, True, 60)
         bench_train(2, 120)
         bench_train(4, 120)
+        if dali:
+            bench_train(4, 90, "_cache", "dali", cache)
+            bench_train(2, 90, "_speaker_norm", "dali", ["data.speaker_norm=true"])
     else:
         bench_loader(64, 12, 3, True, 75)
         bench_train(64, 90)
         bench_train(256, 90)
         bench_loader(256, 8, 2, False, 75)
+        if dali:
+            bench_train(256, 75, "_cache", "dali", cache)
+            bench_train(64, 60, "_speaker_norm", "dali", ["data.speaker_norm=true"])
         bench_train(8, 75)
 
     run_dir = out / "run"
