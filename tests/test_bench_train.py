@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from avdali.cli.app import app
-from avdali.train.bench import StepRecorder, Variant, _Done, variants_for
+from avdali.bench.training import StepRecorder, Variant, _Done, variants_for
 from avdali.train.window import WindowSums
 from conftest import tiny_run_toml
 

@@ -167,7 +167,7 @@ def bench_cuda_loader(cfg: DataConfig, splits: list[str], count: int, warmup: in
 
 def bench_naive(cfg: DataConfig, dataset: str | None, src: str, splits: list[str] | None, count: int, warmup: int) -> Throughput:
     """The notebook-style loader over the raw tree's clips that the shards hold (``dataset`` None: the shards')."""
-    from avdali.data.naive import naive_loader
+    from avdali.bench.naive_loader import naive_loader
     from avdali.shardformat.manifest import read_manifest
 
     native.require(("pyav-h264", "torchaudio"))  # the raw clips' decoder and the MFCC, before the workers start

@@ -155,7 +155,7 @@ def bench_training(
     import torch
 
     from avdali.train.distributed import resolve_device
-    from avdali.train.flops import PEAK_SOURCE, peak_tflops, run_flops_per_clip, throughput_figures
+    from avdali.bench.flops import PEAK_SOURCE, peak_tflops, run_flops_per_clip, throughput_figures
 
     if not (shards / "manifest.json").is_file():
         raise AvdaliError(f"{shards}: no manifest.json (SHARDS must be a folder written by `avdali shard`)")

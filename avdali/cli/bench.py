@@ -1,4 +1,4 @@
-"""``avdali bench …``: throughput measurements, printed. ``bench shard`` (here) prints ``avdali.packing.bench``'s
+"""``avdali bench …``: throughput measurements, printed. ``bench shard`` (here) prints ``avdali.bench.packing``'s
 figures; ``bench loader`` and ``bench train`` have their own modules."""
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def shard(
 ) -> None:
     """Pack N synthetic RAVDESS-like 30 fps H.264 clips and report clips/s (overall, per core), bytes per
     packed clip, and the per-clip time split (face detection, decode-back verify, decode+crop+encode)."""
-    from avdali.packing.bench import bench_shard
+    from avdali.bench.packing import bench_shard
 
     with err_console.status("bench shard") as status:
         figures = bench_shard(parse_size(size, minimum=BENCH_MIN_SIDE), clips, workers, progress=status.update)

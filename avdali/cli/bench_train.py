@@ -1,4 +1,4 @@
-"""``avdali bench train SHARDS``: print what ``avdali.train.bench`` measures (training throughput per loader; on
+"""``avdali bench train SHARDS``: print what ``avdali.bench.training`` measures (training throughput per loader; on
 CUDA also AMP × torch.compile) as a table, and write it as JSON."""
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def train(
     training run (`avdali train`'s loop) in a temporary folder; warm-up steps are not timed.
     """
     from avdali.demo import DEMO_CONFIG
-    from avdali.train.bench import bench_training
+    from avdali.bench.training import bench_training
 
     names = [n.strip() for n in loaders.split(",") if n.strip()]
     unknown = [n for n in names if n not in LOADERS]
