@@ -14,7 +14,7 @@ from avdali.models.avfusion import MISSING_KEYS, build_model
 from avdali.models.config import ModelConfig
 from avdali.train.checkpoint import load_checkpoint, save_checkpoint
 from avdali.train.config import load_config
-from avdali.train.inference import load_model
+from avdali.infer.load import load_model
 from avdali.train.modality import (
     MODALITIES,
     dropout_masks,

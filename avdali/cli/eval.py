@@ -31,8 +31,8 @@ def eval_checkpoint(
     """Evaluate a checkpoint on shards: accuracy, unweighted accuracy, macro and weighted F1, per-class table and
     confusion matrix. Data settings (frames, crop, features, audio window) come from the checkpoint; a model trained
     in the unified 7-class space evaluates on either dataset."""
-    from avdali.train.inference import evaluate_checkpoint, load_model
-    from avdali.train.report import report_dict, robustness_dict, write_confusion_png, write_json
+    from avdali.infer.load import evaluate_checkpoint, load_model
+    from avdali.infer.report import report_dict, robustness_dict, write_confusion_png, write_json
 
     check_choice("--device", device, DEVICE_CHOICES)
     check_choice("--loader", loader, LOADERS)
@@ -112,7 +112,7 @@ def robustness_table(robustness: dict, config: dict) -> Table:
 
 def class_table(confusion: np.ndarray, class_names) -> Table:
     """Precision, recall, F1 and support per class."""
-    from avdali.train.report import per_class
+    from avdali.infer.report import per_class
 
     table = Table(title="per class", header_style="bold")
     table.add_column("class")

@@ -2,7 +2,7 @@
 
 The clip goes through the packer's ``transcode_clip`` (face crop, stored size and fps, 16 kHz mono audio)
 with the pack options of the shards the checkpoint was trained on (their ``manifest.json``; the defaults
-when those shards are not here), then through the loaders' evaluation transforms (``avdali.data.single``):
+when those shards are not here), then through the loaders' evaluation transforms (``avdali.infer.clip_batch``):
 centre frame sampling, centre crop, centred audio window, log-mel/MFCC with the checkpoint's settings.
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from avdali import native
-from avdali.data.single import clip_batch
+from avdali.infer.clip_batch import clip_batch
 from avdali.data.speakers import Speaker, Sums, add_clip
 from avdali.data.decode import AudioFeatures
 from avdali.errors import AvdaliError
@@ -23,7 +23,7 @@ from avdali.packing.transcode import ClipError, Transcoded, transcode_clip
 from avdali.shardformat.manifest import read_manifest
 from avdali.shardformat.options import PackOptions
 from avdali.train.config import RunConfig
-from avdali.train.inference import LoadedModel
+from avdali.infer.load import LoadedModel
 from avdali.train.inputs import model_video, to_device
 from avdali.train.evaluate import forward_logits
 from avdali.train.modality import MODALITIES, unservable_reason

@@ -28,9 +28,9 @@ import numpy as np
 
 from avdali.errors import AvdaliError
 from avdali.shardformat.manifest import Manifest, read_manifest
-from avdali.train.inference import LoadedModel, check_label_space, default_eval_splits, evaluate_checkpoint, load_model
+from avdali.infer.load import LoadedModel, check_label_space, default_eval_splits, evaluate_checkpoint, load_model
 from avdali.train.protocol import ravdess_fold_splits
-from avdali.train.report import write_file, write_json
+from avdali.infer.report import write_file, write_json
 
 TABLE_METRICS = (("acc", "accuracy"), ("ua", "UA"), ("weighted_f1", "weighted F1"), ("macro_f1", "macro F1"))
 """The table's metrics in order: key in ``evaluate``'s dict, title (UA = unweighted accuracy = mean per-class recall)."""
