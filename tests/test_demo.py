@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from avdali import demo
+from avdali.experiments import demo
 from avdali.cli.app import app
 from avdali.errors import AvdaliError
 from avdali.folder_lock import LOCK_NAME

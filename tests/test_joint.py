@@ -341,7 +341,7 @@ def test_joint_training_with_real_loaders(tmp_path, ravdess_shards, meld_shards,
 def test_cross_marks_both_datasets_of_a_joint_checkpoint_in_domain(tmp_path, ravdess_shards, meld_shards):
     from test_eval_cli import make_checkpoint
 
-    from avdali.train.cross import plan_cross
+    from avdali.experiments.cross import plan_cross
 
     joint = make_checkpoint(tmp_path / "joint" / "best.pt", ravdess_shards, shards_override(ravdess_shards, meld_shards),
                             "data.dataset=ravdess+meld", "data.fold=2")

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from avdali.demo import FULL, DemoSize
+from avdali.experiments.demo import FULL, DemoSize
 from avdali.labels import LABEL_SPACES, ravdess_unified_id
 from avdali.sources.ravdess import actor_fold, parse_ravdess_name
 from avdali.synth.expression import expression_for

@@ -33,7 +33,7 @@ def train(
     On CUDA every loader runs with AMP (bf16) and torch.compile on and off. Each variant is a short real
     training run (`avdali train`'s loop) in a temporary folder; warm-up steps are not timed.
     """
-    from avdali.demo import DEMO_CONFIG
+    from avdali.experiments.demo import DEMO_CONFIG
     from avdali.bench.training import bench_training
 
     names = [n.strip() for n in loaders.split(",") if n.strip()]

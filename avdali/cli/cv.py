@@ -27,7 +27,7 @@ def cv(
     each in OUT/fold{k}; prints every fold's test metrics and their mean ± std (population std over folds)."""
     from avdali.cli.reporting import RichReporter
     from avdali.train.config import load_config
-    from avdali.train.cv import parse_folds, run_cv
+    from avdali.experiments.cv import parse_folds, run_cv
 
     fold_list = parse_folds(folds)
     cfg = load_config(config, list(set_ or []))

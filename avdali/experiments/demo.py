@@ -28,7 +28,7 @@ from avdali.folder_lock import hold_folder
 from avdali.packing.run import PackEvent, PackResult
 from avdali.shardformat.options import PackOptions
 
-DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "demo.toml"
+DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.toml"
 """The demo's run config: the one source of truth (``configs/demo.toml`` is a copy a test keeps equal)."""
 SYNTH_MARKER = "avdali-demo-synth.json"
 """Written into OUT/raw once the synthetic tree is complete: the settings it was made with."""
