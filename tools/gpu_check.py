@@ -113,7 +113,7 @@ def machine(cpu: bool) -> dict:
     except Exception as e:  # noqa: BLE001 - a report, not a check: say what went wrong
         info["torch_error"] = str(e)
     try:
-        from avdali.doctor import driver_version
+        from avdali.machine.doctor import driver_version
 
         info["driver"] = driver_version()
     except Exception as e:  # noqa: BLE001

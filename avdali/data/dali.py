@@ -449,7 +449,7 @@ def _dali_reason(message: str) -> str:
     return lines[0] if lines else message.strip()[:200]
 
 
-# --- probes for `avdali doctor` and the native-load check (avdali.native): tiny pipelines, nothing read from disk ---
+# --- probes for `avdali doctor` and the native-load check (avdali.machine.libraries): tiny pipelines, nothing read from disk ---
 
 
 @pipeline_def(enable_conditionals=False)

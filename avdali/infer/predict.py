@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from avdali import native
+from avdali.machine import libraries
 from avdali.infer.clip_batch import clip_batch
 from avdali.data.speakers import Speaker, Sums, add_clip
 from avdali.data.decode import AudioFeatures
@@ -149,7 +149,7 @@ def predict_clip(loaded: LoadedModel, path: str | Path, options: PackOptions | N
     otherwise, and for a ``modality`` the clip or the checkpoint cannot serve, one-line AvdaliError.
     ``speaker_clips``: a folder of other clips of the same person, needed by a ``data.speaker_norm`` checkpoint.
     """
-    native.require((*native.PACK_PARTS, *native.loader_parts("torch")))  # transcode + the torch loader's features
+    libraries.require((*libraries.PACK_PARTS, *libraries.loader_parts("torch")))  # transcode + the torch loader's features
     path = Path(path)
     if modality is not None and modality not in MODALITIES:
         raise AvdaliError(f"--modality must be one of {', '.join(MODALITIES)}, got {modality!r}")

@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from avdali import labels, native
+from avdali import labels
+from avdali.machine import libraries
 from avdali import shardformat as fmt
 from avdali.errors import AvdaliError
 from avdali.files import TMP_SUFFIX, file_sha256
@@ -411,7 +412,7 @@ def pack(
     Raises ``AvdaliError`` for a bad ``src`` or a mismatching earlier run, ``PackFailed`` after writing
     the manifest when nothing could be packed or (``strict``) anything was skipped.
     """
-    native.require(native.PACK_PARTS)  # a library that does not load: one line here, not a worker traceback
+    libraries.require(libraries.PACK_PARTS)  # a library that does not load: one line here, not a worker traceback
     from avdali.sources import scan as scan_dataset
 
     src, out = Path(src), Path(out)

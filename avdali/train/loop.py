@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from avdali import native
+from avdali.machine import libraries
 from avdali.data.build import build_loader
 from avdali.errors import AvdaliError
 from avdali.folder_lock import hold_folder
@@ -175,7 +175,7 @@ def run_training(cfg: RunConfig, *, resume: bool = False, nprocs: int = 1, repor
     The run folder's lock (``avdali.folder_lock``) is held once per run: by this process when it trains alone or
     starts the local ranks, by rank 0 under torchrun. A second run into the same folder stops at once.
     """
-    native.require(native.loader_parts(cfg.data.loader))  # before ranks and DataLoader workers start
+    libraries.require(libraries.loader_parts(cfg.data.loader))  # before ranks and DataLoader workers start
     cfg, plan = resolve_config(cfg, resume=resume)
     run_dir = Path(cfg.train.run_dir)
     if under_launcher() and launcher_rank() != 0:
