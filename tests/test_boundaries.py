@@ -24,7 +24,7 @@ def test_readers_reach_the_format_without_packing_and_the_format_without_torch()
         "import avdali.shardformat.inspect, avdali.shardformat.index, avdali.files\n"
         "assert 'torch' not in sys.modules, 'shardformat loaded torch'\n"
         "import avdali.data.build, avdali.data.torch_loader, avdali.infer.clip_batch, avdali.data.integrity, "
-        "avdali.train.protocol, avdali.infer.load, avdali.train.evaluate"
+        "avdali.train.plan, avdali.infer.load, avdali.train.evaluate"
     )
     assert "avdali.shardformat.manifest" in loaded  # the readers do read the format …
     assert not {m for m in loaded if m.startswith("avdali.packing")}  # … through shardformat, not through packing

@@ -306,7 +306,7 @@ def test_compiled_model_saves_raw_state_dict(tmp_path, fake_loader, monkeypatch)
 
 
 def test_log_window_sums_steps_on_the_device_and_reads_them_once():
-    from avdali.train.window import LogWindow
+    from avdali.train.log_window import LogWindow
 
     window = LogWindow(torch.device("cpu"))
     logits = torch.tensor([[2.0, 0.0], [0.0, 2.0], [2.0, 0.0]])

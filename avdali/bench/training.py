@@ -18,7 +18,7 @@ from pathlib import Path
 
 from avdali.errors import AvdaliError
 from avdali.train.config import load_config, toml_literal
-from avdali.train.window import WindowSums
+from avdali.train.log_window import WindowSums
 
 UNLIMITED_EPOCHS = 1_000_000
 """Epochs asked of a bench run: it never ends on its own; the reporter stops it after the measured steps."""

@@ -29,7 +29,7 @@ import numpy as np
 from avdali.errors import AvdaliError
 from avdali.shardformat.manifest import Manifest, read_manifest
 from avdali.infer.load import LoadedModel, check_label_space, default_eval_splits, evaluate_checkpoint, load_model
-from avdali.train.protocol import ravdess_fold_splits
+from avdali.train.plan import ravdess_fold_splits
 from avdali.infer.report import write_file, write_json
 
 TABLE_METRICS = (("acc", "accuracy"), ("ua", "UA"), ("weighted_f1", "weighted F1"), ("macro_f1", "macro F1"))

@@ -24,9 +24,9 @@ from avdali.train import checkpoint as ckpt
 from avdali.train.config import RunConfig, config_from_dict
 from avdali.train.distributed import resolve_device
 from avdali.train.evaluate import evaluate_modalities
-from avdali.train.inputs import AMP_DTYPES
+from avdali.train.model_inputs import AMP_DTYPES
 from avdali.train.modality import require_modality, servable_modalities
-from avdali.train.protocol import ravdess_fold_splits
+from avdali.train.plan import ravdess_fold_splits
 
 @dataclass
 class LoadedModel:

@@ -24,7 +24,7 @@ from avdali.shardformat.manifest import read_manifest
 from avdali.shardformat.options import PackOptions
 from avdali.train.config import RunConfig
 from avdali.infer.load import LoadedModel
-from avdali.train.inputs import model_video, to_device
+from avdali.train.model_inputs import model_video, to_device
 from avdali.train.evaluate import forward_logits
 from avdali.train.modality import MODALITIES, unservable_reason
 

@@ -28,7 +28,7 @@ from typing import Any, Callable, Sequence
 from avdali.errors import ConfigError
 from avdali.labels import UNIFIED
 from avdali.shardformat.manifest import read_manifest
-from avdali.train.protocol import SplitPlan, check_shards_fit, default_metric, plan_splits
+from avdali.train.plan import SplitPlan, check_shards_fit, default_metric, plan_splits
 
 JOINT_METRIC = "joint"
 """Name of the joint validation value (``val/joint``, ``best_joint``, the checkpoint's ``metric``)."""

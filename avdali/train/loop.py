@@ -53,12 +53,12 @@ from avdali.train.distributed import (
     under_launcher,
 )
 from avdali.train.evaluate import evaluate, evaluate_modalities
-from avdali.train.inputs import AMP_DTYPES, autocast, model_video, to_device
+from avdali.train.model_inputs import AMP_DTYPES, autocast, model_video, to_device
 from avdali.train.metrics_writer import MetricsWriter
 from avdali.train.modality import dropout_masks, hparam_metrics, servable_modalities, test_tag
 from avdali.shardformat.manifest import read_manifest
-from avdali.train.window import LogWindow, WindowSums
-from avdali.train.protocol import SplitPlan, balanced_class_weights, check_shards_fit, default_metric, plan_splits
+from avdali.train.log_window import LogWindow, WindowSums
+from avdali.train.plan import SplitPlan, balanced_class_weights, check_shards_fit, default_metric, plan_splits
 from avdali.train.joint import JOINT_METRIC, JointPlan, JointRun, check_joint_metric, plan_joint
 
 
