@@ -26,7 +26,7 @@ from avdali.labels import NATIVE_RAVDESS, UNIFIED
 from avdali.models.avfusion import build_model
 from avdali.shardformat.manifest import read_manifest
 from avdali.train.checkpoint import save_checkpoint
-from avdali.train.config import load_config
+from avdali.train.config_toml import load_config
 from avdali.train.evaluate import classification_metrics
 from avdali.infer.load import load_model, newest_checkpoint
 from avdali.infer.report import per_class, report_dict, write_confusion_png, write_json

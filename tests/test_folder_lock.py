@@ -205,7 +205,7 @@ def test_killed_packer_is_taken_over_and_training_waits_for_complete_shards(tmp_
 
 def test_multi_rank_training_locks_the_run_folder_on_rank_0_only(tmp_path, monkeypatch, ravdess_shards):
     from avdali.train import loop
-    from avdali.train.config import load_config
+    from avdali.train.config_toml import load_config
 
     config = tmp_path / "tiny.toml"
     config.write_text(tiny_run_toml(ravdess_shards))

@@ -15,7 +15,7 @@ from avdali.data.mixture import PASS_STRIDE, MixtureLoader
 from avdali.errors import AvdaliError, ConfigError
 from avdali.shardformat.manifest import ShardEntry, build_manifest, read_manifest, write_manifest
 from avdali.train import checkpoint as ckpt, loop
-from avdali.train.config import load_config
+from avdali.train.config_toml import load_config
 from avdali.train.joint import JointPlan, mixture_class_distribution
 from avdali.train.loop import resolve_config, train
 

@@ -13,7 +13,7 @@ from avdali.errors import AvdaliError, ConfigError
 from avdali.models.avfusion import MISSING_KEYS, build_model
 from avdali.models.config import ModelConfig
 from avdali.train.checkpoint import load_checkpoint, save_checkpoint
-from avdali.train.config import load_config
+from avdali.train.config_toml import load_config
 from avdali.infer.load import load_model
 from avdali.train.modality import (
     MODALITIES,

@@ -23,7 +23,7 @@ from avdali.models.avfusion import build_model
 from avdali.shardformat.manifest import read_manifest
 from avdali.shardformat.options import PackOptions
 from avdali.train.checkpoint import save_checkpoint
-from avdali.train.config import load_config
+from avdali.train.config_toml import load_config
 from avdali.infer.load import load_model
 from avdali.infer.predict import logits_of, pack_options_for, predict_clip, transcode_input
 

@@ -372,7 +372,7 @@ def test_shard_into_a_folder_of_another_dataset_or_version_writes_nothing(tmp_pa
 def test_run_training_checks_the_shards_for_every_entry_point(tmp_path, run_dir, ravdess_shards):
     """cv, demo and bench train call run_training, not the CLI: the manifest check is theirs too, before any write."""
     from avdali.errors import ConfigError
-    from avdali.train.config import load_config
+    from avdali.train.config_toml import load_config
     from avdali.train.loop import run_training
 
     config = tmp_path / "tiny.toml"

@@ -14,7 +14,7 @@ from avdali.data.batch import Batch
 from avdali.errors import AvdaliError
 from avdali.shardformat.manifest import ShardEntry, build_manifest, write_manifest
 from avdali.train import checkpoint as ckpt, loop
-from avdali.train.config import load_config
+from avdali.train.config_toml import load_config
 from avdali.train.loop import TrainingStopped, lr_at, resolve_config, train
 
 NUM_CLASSES = 7

@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 from avdali.errors import AvdaliError
-from avdali.train.config import load_config, toml_literal
+from avdali.train.config_toml import load_config, toml_literal
 from avdali.train.log_window import WindowSums
 
 UNLIMITED_EPOCHS = 1_000_000
@@ -166,7 +166,7 @@ def bench_training(
     if peak is None and device == "cuda":
         peak = peak_tflops(torch.cuda.get_device_name())
     results = []
-    for batch in batch_sizes or [base.data.batch_size]:
+    for batch in batch_sizes or [base.data.pipeline.batch_size]:
         for variant in variants_for(device, loaders, base.train.amp, base.train.compile, grid):
             if progress:
                 progress(variant, batch)
@@ -182,9 +182,9 @@ def bench_training(
         "shards": str(shards),
         "config": str(config),
         "overrides": overrides,
-        "batch_size": base.data.batch_size,
-        "frames": base.data.frames,
-        "crop": base.data.crop,
+        "batch_size": base.data.pipeline.batch_size,
+        "frames": base.data.pipeline.frames,
+        "crop": base.data.pipeline.crop,
         "warmup_steps": warmup,
         "peak_tflops": peak,
         "peak_source": PEAK_SOURCE if peak is not None else None,

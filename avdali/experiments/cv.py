@@ -20,7 +20,8 @@ from typing import Callable, Sequence
 from avdali.errors import AvdaliError, ConfigError
 from avdali.files import atomic_write_text
 from avdali.folder_lock import hold_folder
-from avdali.train.config import RunConfig, config_to_toml
+from avdali.train.config import RunConfig
+from avdali.train.config_toml import config_to_toml
 from avdali.train.plan import RAVDESS_FOLDS, plan_splits
 
 CV_JSON = "cv.json"

@@ -219,7 +219,7 @@ def new_run_dir(runs: Path, now: datetime | None = None) -> Path:
 
 def demo_config(shards: Path, run_dir: Path, seed: int, size: DemoSize, overrides: tuple[str, ...] = ()):
     """``DEMO_CONFIG`` pointed at the demo's shards and run folder (RunConfig)."""
-    from avdali.train.config import load_config, toml_literal
+    from avdali.train.config_toml import load_config, toml_literal
 
     return load_config(DEMO_CONFIG, [
         f"data.shards={toml_literal(str(shards))}",
@@ -272,7 +272,7 @@ def _run_demo_locked(out: Path, seed: int, size: DemoSize, overrides: tuple[str,
     run_dir = new_run_dir(out / "runs")
     cfg = demo_config(shards, run_dir, seed, size, overrides)
     held_out = test_actors(size, cfg.data.fold)
-    progress.stage("train", f"{cfg.train.epochs} epochs on {cfg.data.loader} loader; test fold {cfg.data.fold} = "
+    progress.stage("train", f"{cfg.train.epochs} epochs on {cfg.data.pipeline.loader} loader; test fold {cfg.data.fold} = "
                             f"actors {', '.join(map(str, held_out))} (never seen) → {run_dir}")
     tic = time.perf_counter()
     result = run_training(cfg, reporter=progress.reporter())

@@ -21,7 +21,8 @@ from avdali.labels import LABEL_SPACES
 from avdali.models.avfusion import AVFusionModel, build_model, with_missing_embeddings
 from avdali.shardformat.manifest import Manifest, read_manifest
 from avdali.train import checkpoint as ckpt
-from avdali.train.config import RunConfig, config_from_dict
+from avdali.train.config import RunConfig
+from avdali.train.config_toml import config_from_dict
 from avdali.train.distributed import resolve_device
 from avdali.train.evaluate import evaluate_modalities
 from avdali.train.model_inputs import AMP_DTYPES
@@ -59,7 +60,7 @@ class LoadedModel:
     @property
     def label_space(self) -> str:
         """``unified`` or ``ravdess8``."""
-        return self.config.data.label_space
+        return self.config.data.pipeline.label_space
 
     @property
     def amp_dtype(self) -> torch.dtype | None:
@@ -84,10 +85,10 @@ def load_model(path: str | Path, device: str = "auto", *, label_space: str | Non
     except ConfigError as e:
         raise AvdaliError(f"{path}: the checkpoint's config is not valid here ({e})") from None
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, backbone_weights="none"))
-    class_names = LABEL_SPACES[cfg.data.label_space]
-    if label_space is not None and label_space != cfg.data.label_space:
+    class_names = LABEL_SPACES[cfg.data.pipeline.label_space]
+    if label_space is not None and label_space != cfg.data.pipeline.label_space:
         raise AvdaliError(
-            f"{path}: trained in label space {cfg.data.label_space!r} ({len(class_names)} classes), "
+            f"{path}: trained in label space {cfg.data.pipeline.label_space!r} ({len(class_names)} classes), "
             f"{label_space!r} ({len(LABEL_SPACES[label_space])} classes) asked for"
         )
     model = build_model(cfg.model)
@@ -102,7 +103,7 @@ def load_model(path: str | Path, device: str = "auto", *, label_space: str | Non
     out_features = model.classifier[-1].out_features
     if out_features != len(class_names):
         raise AvdaliError(
-            f"{path}: the model has {out_features} outputs but label space {cfg.data.label_space!r} has {len(class_names)} classes"
+            f"{path}: the model has {out_features} outputs but label space {cfg.data.pipeline.label_space!r} has {len(class_names)} classes"
         )
     model.to(target).eval()
     if cfg.train.channels_last:
@@ -209,7 +210,7 @@ def evaluate_checkpoint(
         raise AvdaliError(
             f"{shards}: no split {', '.join(map(repr, missing))}; it holds {', '.join(sorted(manifest.splits))}"
         )
-    overrides = {"shards": str(shards), "mix": [], "dataset": ""}  # one folder, even for a joint checkpoint
+    overrides = {"shards": str(shards)}  # one folder, even for a joint checkpoint
     if loader is not None:
         overrides["loader"] = loader
     if batch_size is not None:
@@ -217,7 +218,7 @@ def evaluate_checkpoint(
     if num_threads is not None:
         overrides["num_threads"] = num_threads
     try:
-        data_cfg = dataclasses.replace(loaded.config.data, **overrides).loader_config()
+        data_cfg = dataclasses.replace(loaded.config.data.pipeline, **overrides)
     except ConfigError as e:
         raise AvdaliError(str(e)) from None
     batches = build_loader(data_cfg, splits, train=False, device=loaded.device.type)

@@ -117,7 +117,7 @@ def speaker_for(loaded: LoadedModel, path: Path, clip: Transcoded, speaker_clips
     """The statistics of the person in ``clip`` for a ``data.speaker_norm`` checkpoint (None otherwise) and the number
     of clips they come from: ``clip`` and every video in the folder ``speaker_clips`` (other clips of the same person,
     any emotion; a file of the clip's own name is the clip itself, counted once), face-cropped as the clip is."""
-    if not loaded.config.data.speaker_norm:
+    if not loaded.config.data.pipeline.speaker_norm:
         return None, 0
     if speaker_clips is None:
         raise AvdaliError(f"{loaded.path} was trained with data.speaker_norm (each clip against the speaker's mean "

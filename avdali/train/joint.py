@@ -34,55 +34,6 @@ JOINT_METRIC = "joint"
 """Name of the joint validation value (``val/joint``, ``best_joint``, the checkpoint's ``metric``)."""
 
 
-# --- config checks (called from DataSection.__post_init__) -------------------------------------------------------
-
-
-def check_joint_data(data, dataset_choices: Sequence[str]) -> None:
-    """The ``[data]`` rules of shard lists and ``data.mix``, one ConfigError each; a one-folder list becomes that
-    folder (the same run as the string)."""
-    shards = data.shards
-    if isinstance(shards, str) and shards.strip().startswith("["):
-        raise ConfigError(f'data.shards {shards!r} looks like a list that is not TOML; quote each folder: '
-                          f'data.shards=["shards/ravdess", "shards/meld"]')
-    if isinstance(shards, (list, tuple)):
-        if not shards:
-            raise ConfigError("data.shards must name at least one shard folder, got []")
-        if any(not isinstance(s, str) or not s.strip() for s in shards):
-            raise ConfigError(f"data.shards must be folder names, got {list(shards)!r}")
-        seen: dict[Path, str] = {}
-        for folder in shards:
-            key = Path(folder).expanduser().resolve()
-            if key in seen:
-                raise ConfigError(f"data.shards names the folder {folder!r} twice (as {seen[key]!r} too)")
-            seen[key] = folder
-        data.shards = list(shards) if len(shards) > 1 else shards[0]
-    mix = data.mix
-    if not isinstance(mix, (list, tuple)):
-        raise ConfigError(f"data.mix must be a list of positive sampling weights, got {mix!r}")
-    for w in mix:
-        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w <= 0:
-            raise ConfigError(f"data.mix must be positive numbers (one sampling weight per data.shards folder), got {list(mix)!r}")
-    folders = data.shard_folders()
-    if mix and len(mix) != len(folders):
-        raise ConfigError(f"data.mix has {len(mix)} weight(s) but data.shards names {len(folders)} folder(s); give one weight per folder")
-    if not data.joint:
-        if data.dataset not in dataset_choices:
-            raise ConfigError(f"data.dataset must be one of {', '.join(map(repr, dataset_choices))}; got {data.dataset!r}")
-        return
-    if data.label_space != "unified":
-        raise ConfigError(f"data.label_space {data.label_space!r}: a joint run (several data.shards) trains in the "
-                          f"shared 'unified' space")
-    for role in ("train", "val", "test"):
-        if getattr(data, f"{role}_splits"):
-            raise ConfigError(f"data.{role}_splits: a joint run uses each dataset's own splits (RAVDESS data.fold, "
-                              f"MELD train/dev/test); leave it empty")
-    if data.dataset:
-        parts = data.dataset.split("+")
-        if len(parts) != len(folders) or any(p not in dataset_choices or not p for p in parts):
-            raise ConfigError(f"data.dataset {data.dataset!r}: a joint run names one dataset per data.shards folder, "
-                              f"joined by '+' (e.g. 'ravdess+meld'), or leaves it empty")
-
-
 # --- the plan ------------------------------------------------------------------------------------------------
 
 
@@ -216,7 +167,7 @@ class JointRun:
         self.cfg, self.plan, self.build = cfg, plan, build
         self.common = dict(device=device, rank=rank, world_size=world_size, seed=seed, local_ranks=local_ranks)
         loaders = [build(cfg.data.loader_config(p.shards), p.plan.train, train=True, **self.common) for p in plan.parts]
-        self.train_loader = MixtureLoader(loaders, [p.weight for p in plan.parts], batch_size=cfg.data.batch_size,
+        self.train_loader = MixtureLoader(loaders, [p.weight for p in plan.parts], batch_size=cfg.data.pipeline.batch_size,
                                           world_size=world_size, rank=rank, seed=seed,
                                           names=[p.dataset for p in plan.parts])
         self.val_loaders = {p.dataset: build(cfg.data.loader_config(p.shards), p.plan.val, train=False, **self.common)

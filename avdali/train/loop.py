@@ -38,7 +38,8 @@ from avdali.folder_lock import hold_folder
 from avdali.labels import LABEL_SPACES
 from avdali.models.avfusion import build_model
 from avdali.train import checkpoint as ckpt
-from avdali.train.config import RunConfig, dump_config
+from avdali.train.config import RunConfig
+from avdali.train.config_toml import dump_config
 from avdali.train.distributed import (
     DistInfo,
     all_gather_objects,
@@ -175,7 +176,7 @@ def run_training(cfg: RunConfig, *, resume: bool = False, nprocs: int = 1, repor
     The run folder's lock (``avdali.folder_lock``) is held once per run: by this process when it trains alone or
     starts the local ranks, by rank 0 under torchrun. A second run into the same folder stops at once.
     """
-    libraries.require(libraries.loader_parts(cfg.data.loader))  # before ranks and DataLoader workers start
+    libraries.require(libraries.loader_parts(cfg.data.pipeline.loader))  # before ranks and DataLoader workers start
     cfg, plan = resolve_config(cfg, resume=resume)
     run_dir = Path(cfg.train.run_dir)
     if under_launcher() and launcher_rank() != 0:
@@ -237,7 +238,7 @@ class Trainer:
         self.reporter = reporter or NullReporter()
         self.run_dir = Path(cfg.train.run_dir)
         self.amp_dtype = AMP_DTYPES[cfg.train.amp]
-        self.class_names = LABEL_SPACES[cfg.data.label_space]
+        self.class_names = LABEL_SPACES[cfg.data.pipeline.label_space]
         self.plan = plan
 
         # Same seed on every rank for the initial weights (DDP also broadcasts rank 0's), then a rank's own
@@ -318,10 +319,10 @@ class Trainer:
     def _class_weights(self) -> torch.Tensor | None:
         if self.cfg.optim.class_weights == "none":
             return None
-        if self.cfg.data.label_space != "unified":
+        if self.cfg.data.pipeline.label_space != "unified":
             raise AvdaliError(
                 f'optim.class_weights = "balanced" counts unified labels from the manifest; '
-                f"data.label_space is {self.cfg.data.label_space!r}"
+                f"data.label_space is {self.cfg.data.pipeline.label_space!r}"
             )
         return torch.tensor(balanced_class_weights(list(self.plan.train_class_counts)), dtype=torch.float32, device=self.device)
 
@@ -561,13 +562,13 @@ class Trainer:
         c = self.cfg
         if self.joint:
             return (
-                f"{self.joint.summary()} · {c.data.loader} loader · {self.info.world_size} rank(s) on "
+                f"{self.joint.summary()} · {c.data.pipeline.loader} loader · {self.info.world_size} rank(s) on "
                 f"{self.device.type} · amp {c.train.amp} · compile {c.train.compile} · "
                 f"{self.steps_per_epoch} steps/epoch × {c.train.epochs} epochs"
             )
         return (
             f"{self.plan.dataset}: train {'+'.join(self.plan.train)} ({self.train_loader.num_samples} clips), "
-            f"val {'+'.join(self.plan.val)}, test {'+'.join(self.plan.test) or '-'} · {c.data.loader} loader · "
+            f"val {'+'.join(self.plan.val)}, test {'+'.join(self.plan.test) or '-'} · {c.data.pipeline.loader} loader · "
             f"{self.info.world_size} rank(s) on {self.device.type} · amp {c.train.amp} · compile {c.train.compile} · "
             f"{self.steps_per_epoch} steps/epoch × {c.train.epochs} epochs · metric {c.train.metric}"
         )

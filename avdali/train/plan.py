@@ -94,13 +94,13 @@ def check_shards_fit(data, manifest: Manifest | None = None) -> Manifest:
             f"data.dataset is {data.dataset!r} but {shards} holds {manifest.dataset} shards; "
             f"point data.shards at {data.dataset} shards"
         )
-    if data.label_space == "ravdess8" and manifest.dataset != "ravdess":
+    if data.pipeline.label_space == "ravdess8" and manifest.dataset != "ravdess":
         raise ConfigError(f"data.label_space 'ravdess8' needs RAVDESS shards; {shards} holds {manifest.dataset}")
     size = manifest.options.get("size")  # read_manifest checked it is a valid --size when present
-    if size is not None and data.crop > size:
+    if size is not None and data.pipeline.crop > size:
         raise ConfigError(
-            f"data.crop {data.crop} is larger than the {size}x{size} frames stored in {shards}; "
-            f"use data.crop ≤ {size} or re-pack with --size ≥ {data.crop}"
+            f"data.crop {data.pipeline.crop} is larger than the {size}x{size} frames stored in {shards}; "
+            f"use data.crop ≤ {size} or re-pack with --size ≥ {data.pipeline.crop}"
         )
     return manifest
 
