@@ -247,7 +247,7 @@ def test_eval_cli_bad_input(tmp_path, ravdess_shards):
 @pytest.mark.slow
 def test_eval_reproduces_the_training_runs_test_metrics(tmp_path, ravdess_shards):
     # A real (one-epoch) run's best.pt: eval on the same test fold must give the numbers training logged as test/*.
-    from avdali.train.loop import run_training
+    from avdali.train.run import run_training
 
     cfg = load_config(None, [*TINY, f'data.shards="{ravdess_shards}"', "train.epochs=1", "data.augment=false",
                              f'train.run_dir="{tmp_path / "run"}"'])

@@ -204,22 +204,22 @@ def test_killed_packer_is_taken_over_and_training_waits_for_complete_shards(tmp_
 
 
 def test_multi_rank_training_locks_the_run_folder_on_rank_0_only(tmp_path, monkeypatch, ravdess_shards):
-    from avdali.train import loop
+    from avdali.train import run as train_run
     from avdali.train.config_toml import load_config
 
     config = tmp_path / "tiny.toml"
     config.write_text(tiny_run_toml(ravdess_shards))
     run_dir = tmp_path / "run"
     cfg = load_config(config, [f'train.run_dir="{run_dir}"'])
-    monkeypatch.setattr(loop, "_run_training_locked", lambda cfg, run_dir, *a: "trained")
+    monkeypatch.setattr(train_run, "_run_training_locked", lambda cfg, run_dir, *a: "trained")
     monkeypatch.setenv("WORLD_SIZE", "2")
     holder = start_holder(run_dir)
     try:
         monkeypatch.setenv("RANK", "1")
-        assert loop.run_training(cfg) == "trained"  # rank 1 neither takes nor needs the lock
+        assert train_run.run_training(cfg) == "trained"  # rank 1 neither takes nor needs the lock
         monkeypatch.setenv("RANK", "0")
         with pytest.raises(FolderBusy, match=f"pid {holder.pid}"):
-            loop.run_training(cfg)
+            train_run.run_training(cfg)
     finally:
         stop(holder)
     messages = []
@@ -228,6 +228,6 @@ def test_multi_rank_training_locks_the_run_folder_on_rank_0_only(tmp_path, monke
         def message(self, text):
             messages.append(text)
 
-    assert loop.run_training(cfg, reporter=Reporter()) == "trained"  # rank 0 after the holder was killed
+    assert train_run.run_training(cfg, reporter=Reporter()) == "trained"  # rank 0 after the holder was killed
     assert len(messages) == 1 and f"took over the lock left by avdali test-holder (pid {holder.pid}" in messages[0]
     assert "which is no longer running" in messages[0]

@@ -278,7 +278,7 @@ def test_old_checkpoint_without_missing_embeddings_still_evaluates(tmp_path, rav
 def test_training_with_modality_dropout_reports_each_modality(tmp_path, ravdess_shards):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from avdali.train.loop import run_training
+    from avdali.train.run import run_training
     from conftest import tiny_run_toml
 
     toml = tmp_path / "tiny.toml"

@@ -373,7 +373,7 @@ def test_run_training_checks_the_shards_for_every_entry_point(tmp_path, run_dir,
     """cv, demo and bench train call run_training, not the CLI: the manifest check is theirs too, before any write."""
     from avdali.errors import ConfigError
     from avdali.train.config_toml import load_config
-    from avdali.train.loop import run_training
+    from avdali.train.run import run_training
 
     config = tmp_path / "tiny.toml"
     config.write_text(tiny_run_toml(ravdess_shards))

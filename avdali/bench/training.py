@@ -122,7 +122,7 @@ def measure_variant(config: Path, overrides: list[str], variant: Variant, warmup
     """One short training run of ``variant`` (in a temporary run folder); its per-step figures summed."""
     import torch
 
-    from avdali.train.loop import run_training
+    from avdali.train.run import run_training
 
     torch._dynamo.reset()  # each variant compiles afresh, as its own training run would (no shared recompile budget)
     recorder = StepRecorder(warmup, steps)

@@ -1,5 +1,5 @@
 """How a training run shows on the console: the Reporter that ``avdali train``, ``cv`` and ``demo`` hand to
-``avdali.train.loop.run_training`` (the loop calls it on rank 0 only)."""
+``avdali.train.run.run_training`` (the loop calls it on rank 0 only)."""
 
 from __future__ import annotations
 

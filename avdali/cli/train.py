@@ -1,4 +1,4 @@
-"""``avdali train``: parse options, turn them into config overrides, call ``avdali.train.loop.run_training``."""
+"""``avdali train``: parse options, turn them into config overrides, call ``avdali.train.run.run_training``."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def train(
     command with `torchrun --nnodes … -m avdali train …` (each rank reads RANK/LOCAL_RANK/WORLD_SIZE).
     """
     from avdali.train.config_toml import load_config
-    from avdali.train.loop import run_training
+    from avdali.train.run import run_training
 
     nprocs, device = _ranks(gpus, procs, device)
     if config is None:

@@ -152,7 +152,7 @@ def _run_cv_locked(
     reporter_for: Callable[[int], object] | None,
     on_fold: Callable[[FoldResult], None] | None,
 ) -> CVSummary:
-    from avdali.train.loop import run_training
+    from avdali.train.run import run_training
 
     if (parent / CV_JSON).exists():
         raise AvdaliError(f"{parent} already holds a cross-validation ({CV_JSON}); choose another --out")

@@ -146,7 +146,7 @@ class DemoProgress(Protocol):
         """A line to show (e.g. a stale folder lock taken over)."""
 
     def reporter(self):
-        """The training Reporter (``avdali.train.loop.Reporter``), or None for none."""
+        """The training Reporter (``avdali.train.reporting.Reporter``), or None for none."""
 
 
 class NullProgress:
@@ -250,7 +250,7 @@ def run_demo(
 
 
 def _run_demo_locked(out: Path, seed: int, size: DemoSize, overrides: tuple[str, ...], progress: DemoProgress) -> DemoResult:
-    from avdali.train.loop import run_training
+    from avdali.train.run import run_training
 
     raw, shards = out / "raw", out / "shards"
     stages: list[StageTime] = []

@@ -110,7 +110,7 @@ def run_cross_demo(
     """The RAVDESS demo, then synthetic MELD → shards → a MELD run, then both best.pt on both shard folders."""
     from avdali.packing.run import pack
     from avdali.experiments.cross import run_cross, write_outputs
-    from avdali.train.loop import run_training
+    from avdali.train.run import run_training
 
     progress = progress or NullProgress()
     out = Path(out)
