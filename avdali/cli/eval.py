@@ -31,7 +31,8 @@ def eval_checkpoint(
     """Evaluate a checkpoint on shards: accuracy, unweighted accuracy, macro and weighted F1, per-class table and
     confusion matrix. Data settings (frames, crop, features, audio window) come from the checkpoint; a model trained
     in the unified 7-class space evaluates on either dataset."""
-    from avdali.infer.load import evaluate_checkpoint, load_model
+    from avdali.infer.evaluate import evaluate_checkpoint
+    from avdali.infer.load import load_model
     from avdali.infer.report import report_dict, robustness_dict, write_confusion_png, write_json
 
     check_choice("--device", device, DEVICE_CHOICES)

@@ -28,7 +28,8 @@ import numpy as np
 
 from avdali.errors import AvdaliError
 from avdali.shardformat.manifest import Manifest, read_manifest
-from avdali.infer.load import LoadedModel, check_label_space, default_eval_splits, evaluate_checkpoint, load_model
+from avdali.infer.evaluate import check_label_space, default_eval_splits, evaluate_checkpoint
+from avdali.infer.load import LoadedModel, load_model
 from avdali.train.plan import ravdess_fold_splits
 from avdali.infer.report import write_file, write_json
 
