@@ -35,14 +35,15 @@ GATED_PACK = """
 import sys, time
 from pathlib import Path
 from avdali.shardformat.options import PackOptions
-from avdali.packing.run import _real_transcode, pack
+from avdali.packing.run import pack
+from avdali.packing.workers import real_transcode
 
 gate = Path(sys.argv[3])
 
 def transcode_when_open(path, options):
     while not gate.exists():  # stays mid-run until the test opens the gate
         time.sleep(0.02)
-    return _real_transcode(path, options)
+    return real_transcode(path, options)
 
 pack("ravdess", Path(sys.argv[1]), Path(sys.argv[2]), PackOptions(size=128, fps=15, max_seconds=4.0, shard_size=4, workers=1),
      transcode=transcode_when_open)
