@@ -33,7 +33,7 @@ def eval_checkpoint(
     in the unified 7-class space evaluates on either dataset."""
     from avdali.infer.evaluate import evaluate_checkpoint
     from avdali.infer.load import load_model
-    from avdali.infer.report import report_dict, robustness_dict, write_confusion_png, write_json
+    from avdali.infer.report import eval_report, write_confusion_png, write_json
 
     check_choice("--device", device, DEVICE_CHOICES)
     check_choice("--loader", loader, LOADERS)
@@ -64,23 +64,7 @@ def eval_checkpoint(
     write_confusion_png(png, m["confusion"], loaded.class_names, title=title)
     console.print(f"confusion matrix → {escape(str(png))}", highlight=False, soft_wrap=True)
     if json_path is not None:
-        report = report_dict(
-            m,
-            loaded.class_names,
-            checkpoint=checkpoint,
-            epoch=loaded.epoch,
-            step=loaded.step,
-            label_space=loaded.label_space,
-            dataset=result.dataset,
-            shards=result.shards,
-            splits=result.splits,
-            loader=result.loader,
-            device=loaded.device.type,
-            seconds=round(result.seconds, 3),
-            modality=result.modality,
-        )
-        report["robustness"] = robustness_dict(result.robustness)
-        write_json(json_path, report)
+        write_json(json_path, eval_report(loaded, result, checkpoint))
         console.print(f"metrics → {escape(str(json_path))}", highlight=False, soft_wrap=True)
 
 
