@@ -158,7 +158,7 @@ def training_dataset(loaded: LoadedModel) -> str:
         return "+".join(read_manifest(Path(folder)).dataset for folder in data.shard_folders())
     except AvdaliError:
         pass
-    if data.label_space == "ravdess8":
+    if data.pipeline.label_space == "ravdess8":
         return "ravdess"
     raise AvdaliError(
         f"{loaded.path}: cannot tell which dataset it was trained on (its data.dataset is empty and its "

@@ -127,7 +127,7 @@ def speaker_for(loaded: LoadedModel, path: Path, clip: Transcoded, speaker_clips
     others = sorted(p for p in speaker_clips.iterdir() if p.suffix.lower() in SPEAKER_EXTS and p.name != path.name)
     if not others:
         raise AvdaliError(f"{speaker_clips}: no video files ({', '.join(SPEAKER_EXTS)}) for the speaker's statistics")
-    features = AudioFeatures(loaded.config.data)
+    features = AudioFeatures(loaded.config.data.pipeline)
     sums = Sums()
     clips = [(path, clip)] + [(p, transcode_input(p, options, keep_partial=True)) for p in others]
     for where, c in clips:
