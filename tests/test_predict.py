@@ -172,7 +172,7 @@ def test_predict_bad_inputs(tmp_path, ravdess_shards, ravdess_src):
         transcode_input(video_only, PackOptions())
 
 
-# --- a clip that lacks a stream (issue 12: predict from the stream it has) ------------------------------------------
+# --- a clip that lacks a stream (predict from the stream it has) --------------------------------------------------
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Reliability (issue 5), packing and bad input: a pack SIGKILLed at random moments never leaves a partial file
+"""Reliability, packing and bad input: a pack SIGKILLed at random moments never leaves a partial file
 under a final name and resumes to the uninterrupted bytes; every bad config, flag or shard folder is a one-line
 error with a non-zero exit that writes nothing over what was there.
 

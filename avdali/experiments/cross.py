@@ -3,7 +3,7 @@
 Every cell is one ``evaluate_checkpoint`` call (the function behind ``avdali eval``), so a cell's numbers are
 exactly what ``avdali eval --checkpoint C --shards S --split …`` prints for the same splits.
 
-Which splits a cell reads (the rule, also in README):
+Which splits a cell reads (the rule, also in docs/evaluation.md):
 
 - in-domain (the checkpoint was trained on the folder's dataset): ``avdali eval``'s default, the checkpoint's
   held-out test split (``data.test_splits`` when the shards hold them, else RAVDESS ``fold{data.fold}``, MELD ``test``);

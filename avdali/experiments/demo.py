@@ -74,7 +74,7 @@ QUICK = DemoSize(
     name="quick",
     # Speakers again, not trials: one actor per fold (3 training speakers x 24 trials, 10 epochs) scored 0.42-0.58
     # on its one test speaker, at the mercy of the install's numerics; 3 per fold x 12 trials (9 training speakers,
-    # 36 test clips of 3 speakers) is the same order of work and far steadier (measured spread: README, Demo).
+    # 36 test clips of 3 speakers) is the same order of work and far steadier (measured spread: docs/experiments.md).
     actors=tuple(sorted(THREE_ACTORS_PER_FOLD)),
     trials_per_actor=12,
     train_overrides=("train.epochs=12",),

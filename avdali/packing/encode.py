@@ -21,7 +21,7 @@ VIDEO_CODEC = "libvpx-vp9"
 GOP_FRAMES = 150
 """Longest keyframe interval of the stored VP9, in stored frames: one keyframe per clip at the
 defaults (10 s x 15 fps). Measured with DALI's CPU ``decoders.video`` fetching T = 8 or 16 evenly
-spaced frames (README section of the packer): shorter GOPs made no clip faster to read, because the
+spaced frames (docs/shard-format.md): shorter GOPs made no clip faster to read, because the
 sampled frames lie closer together than any useful GOP and a keyframe costs more to decode than the
 delta frames it spares, while they grew files by +10 % (GOP 30), +35-40 % (15) and +135-145 % (5).
 ffmpeg's default would be 12."""
