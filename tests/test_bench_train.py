@@ -10,8 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 from avdali.cli.app import app
-from avdali.train.bench import StepRecorder, Variant, _Done, variants_for
-from avdali.train.window import WindowSums
+from avdali.bench.training import StepRecorder, Variant, _Done, variants_for
+from avdali.train.log_window import WindowSums
 from conftest import tiny_run_toml
 
 runner = CliRunner()

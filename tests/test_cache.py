@@ -195,3 +195,34 @@ def test_cached_gpu_pipeline_is_defined(train, inputs_on_gpu):
     later = {device for name, device in ops.values() if name in ("Resize", "CropMirrorNormalize", "Spectrogram",
                                                                   "MelFilterBank", "ToDecibels", "Normalize")}
     assert later == {"gpu"}
+
+
+def test_a_cached_training_run_says_what_it_caches_and_shows_the_first_pass(tmp_path, ravdess_shards):
+    """`avdali train` with ``data.cache = "host"``: rank 0's reporter gets the cache's one line and a progress bar
+    that reaches every clip of each cached loader, and the run trains."""
+    from conftest import tiny_run_toml
+
+    from avdali.train.config_toml import load_config
+    from avdali.train.reporting import NullReporter
+    from avdali.train.run import run_training
+
+    class Recorder(NullReporter):
+        def __init__(self):
+            self.lines, self.bars = [], []
+
+        def message(self, text):
+            self.lines.append(text)
+
+        def progress(self, what, done, total):
+            self.bars.append((what, done, total))
+
+    toml = tmp_path / "tiny.toml"
+    toml.write_text(tiny_run_toml(ravdess_shards, loader="dali", data_extra='cache = "host"'))
+    reporter = Recorder()
+    result = run_training(load_config(toml, [f'train.run_dir="{tmp_path / "run"}"']), reporter=reporter)
+    assert result.epoch == 1 and result.step > 0
+    cached = [line for line in reporter.lines if line.startswith("caching")]
+    assert len(cached) >= 2 and all("host memory" in line for line in cached), reporter.lines  # train and val
+    finished = [(done, total) for _what, done, total in reporter.bars if done == total]
+    assert len(finished) == len(cached) and all(total > 0 for _done, total in finished)
+    assert all(what == "caching decoded frames" for what, _d, _t in reporter.bars)

@@ -8,17 +8,8 @@ from pathlib import Path
 import pytest
 
 from avdali.errors import ConfigError
-from avdali.train.config import (
-    DataSection,
-    OptimConfig,
-    RunConfig,
-    TrainConfig,
-    config_from_dict,
-    config_to_toml,
-    dump_config,
-    load_config,
-    parse_override,
-)
+from avdali.train.config import DataSection, OptimConfig, RunConfig, TrainConfig
+from avdali.train.config_toml import config_from_dict, config_to_toml, dump_config, load_config, parse_override
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -36,7 +27,7 @@ def test_defaults_file_overrides_precedence(tmp_path):
     assert cfg.optim.weight_decay == 0.2  # the file beats the default
     assert cfg.train.epochs == 9
     assert cfg.train.log_every == 3
-    assert cfg.data.loader == "torch"  # a bare word is a string
+    assert cfg.data.pipeline.loader == "torch"  # a bare word is a string
     assert cfg.optim.min_lr == OptimConfig().min_lr  # untouched: the default
     assert cfg.train.name == "run"  # the file's stem names the run
     assert load_config(None).optim.lr == OptimConfig().lr
@@ -123,7 +114,7 @@ def test_sections_check_themselves_when_built_directly():
         TrainConfig(max_bad_steps=0)
     with pytest.raises(ConfigError, match="data.fold"):
         DataSection(fold=0)
-    assert DataSection(fold=2).loader_config().batch_size == DataSection().batch_size
+    assert DataSection(fold=2).loader_config().batch_size == DataSection().pipeline.batch_size
 
 
 @pytest.mark.parametrize("name", ["ravdess", "meld", "demo", "joint"])
@@ -140,7 +131,7 @@ def test_shipped_configs_load_and_round_trip(name):
 @pytest.mark.parametrize("text", ["plain", 'say "hi"', "back\\slash", "tab\tnew\nline", "del\x7f", "é ü", "emoji 😀", "C:\\runs\\x"])
 def test_toml_literal_is_how_a_set_value_is_quoted(text):
     # the one quoting of --set values (TOML, like config files): parse_override reads back exactly what was quoted
-    from avdali.train.config import parse_override, toml_literal
+    from avdali.train.config_toml import parse_override, toml_literal
 
     assert parse_override(f"train.run_dir={toml_literal(text)}") == ("train", "run_dir", text)
     assert toml_literal(text).isascii()

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from avdali.cli.app import app
 from avdali.errors import AvdaliError
 from avdali.shardformat.manifest import read_manifest
-from avdali.train.cross import (
+from avdali.experiments.cross import (
     CELL_KEYS,
     SCHEMA,
     CrossCell,

@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 from avdali.cli.app import app
 from avdali.errors import AvdaliError, ConfigError
 from avdali.shardformat.manifest import read_manifest
-from avdali.train.config import load_config
-from avdali.train.cv import aggregate, check_cv_config, parse_folds
+from avdali.train.config_toml import load_config
+from avdali.experiments.cv import aggregate, check_cv_config, parse_folds
 from conftest import tiny_run_toml
 
 runner = CliRunner()

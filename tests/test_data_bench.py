@@ -70,7 +70,7 @@ def test_process_tree_cpu_counts_children():
     import sys
     import time
 
-    from avdali.data.benchmark import process_tree_cpu_seconds
+    from avdali.bench.loaders import process_tree_cpu_seconds
 
     before = process_tree_cpu_seconds()
     child = subprocess.Popen([sys.executable, "-c", "import time\nt=time.process_time()\nwhile time.process_time()-t<0.6: pass\ntime.sleep(30)"])
@@ -85,7 +85,7 @@ def test_process_tree_cpu_counts_children():
 
 
 def test_cuda_loaders_cover_every_way_of_feeding_a_gpu():
-    from avdali.data.benchmark import CUDA_LOADERS
+    from avdali.bench.loaders import CUDA_LOADERS
     from avdali.data.config import DataConfig
 
     assert CUDA_LOADERS["dali-gpu"] == ("dali", "cuda", "gpu", "off")
@@ -102,7 +102,7 @@ def test_naive_loader_reads_only_the_clips_the_manifest_packed(ravdess_src, tmp_
     import pytest
 
     from avdali.data.config import DataConfig
-    from avdali.data.naive import NaiveClips, packed_records
+    from avdali.bench.naive_loader import NaiveClips, packed_records
     from avdali.errors import AvdaliError
     from avdali.shardformat.manifest import read_manifest
     from avdali.shardformat.options import PackOptions

@@ -203,7 +203,7 @@ def test_gpu_pipeline_is_defined(ravdess_shards, train, features, video_dtype, c
 
 def test_decode_rule_auto_is_the_hybrid(ravdess_shards, monkeypatch):
     """``auto`` decodes on the CPU threads with every later op on the GPU, without asking the NVDEC probe."""
-    from avdali import native
+    from avdali.machine import libraries
     from avdali.data.config import resolve_decode
     from avdali.data.dali import DaliLoader
     from avdali.data.shards import resolve
@@ -211,7 +211,7 @@ def test_decode_rule_auto_is_the_hybrid(ravdess_shards, monkeypatch):
     assert resolve_decode("auto") == "cpu" and resolve_decode("gpu") == "gpu" and resolve_decode("cpu") == "cpu"
     with pytest.raises(AvdaliError, match="data.decode must be one of 'auto', 'gpu', 'cpu'; got 'nvdec'"):
         DataConfig(decode="nvdec")
-    monkeypatch.setattr(native, "nvdec_usable", lambda device_id=0: pytest.fail("the probe decides nothing now"))
+    monkeypatch.setattr(libraries, "nvdec_usable", lambda device_id=0: pytest.fail("the probe decides nothing now"))
     shardset = resolve(ravdess_shards, SPLITS)
     for device in ("cuda", "cpu"):
         loader = DaliLoader(small(ravdess_shards, decode="auto"), shardset, train=True, device=device, rank=0,
@@ -230,16 +230,16 @@ def test_num_threads_auto_shares_the_usable_cores(monkeypatch):
 
 
 def test_nvdec_unusable_without_cuda():
-    from avdali import native
+    from avdali.machine import libraries
 
     if torch.cuda.is_available():
         pytest.skip("checks the answer without CUDA")
-    assert native.nvdec_usable() is False
+    assert libraries.nvdec_usable() is False
 
 
 @pytest.mark.slow
 def test_torch_loader_works_without_dali(ravdess_shards, monkeypatch):
-    for name in [m for m in sys.modules if m == "nvidia.dali" or m.startswith("nvidia.dali.") or m == "avdali.data.dali"]:
+    for name in [m for m in sys.modules if m == "nvidia.dali" or m.startswith("nvidia.dali.") or m == "avdali.data.dali" or m.startswith("avdali.data.dali.")]:
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "nvidia.dali", None)  # import nvidia.dali now raises ImportError
     with pytest.raises(AvdaliError, match='data.loader = "torch"'):
@@ -275,7 +275,7 @@ def test_dali_crop_interp_is_used(ravdess_shards, interp):
     import numpy as np
     from nvidia.dali import fn, pipeline_def, types
 
-    from avdali.data.dali import _INTERPS
+    from avdali.data.dali.graph import _INTERPS
 
     ramp = np.repeat(np.repeat(np.arange(0, 256, 8, dtype=np.uint8), 4)[None, :, None], 128, axis=0)  # 128x128, steps of 8
     frames = np.broadcast_to(ramp, (2, 128, 128, 3)).copy()

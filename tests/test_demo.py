@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from avdali import demo
+from avdali.experiments import demo
 from avdali.cli.app import app
 from avdali.errors import AvdaliError
 from avdali.folder_lock import LOCK_NAME
 from avdali.sources.ravdess import actor_fold
-from avdali.train.config import load_config
+from avdali.train.config_toml import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -30,7 +30,7 @@ failed on a newer install (0.42 on its one test actor), which is why the quick d
 def test_shipped_config_is_the_documented_copy_and_loads():
     assert (REPO / "configs" / "demo.toml").read_bytes() == demo.DEMO_CONFIG.read_bytes()
     cfg = load_config(demo.DEMO_CONFIG)
-    assert cfg.data.label_space == "unified" and cfg.data.fold == 1
+    assert cfg.data.pipeline.label_space == "unified" and cfg.data.fold == 1
     assert cfg.model.backbone_weights == "none"  # the demo must not need a download
 
 

@@ -10,19 +10,19 @@ from collections import namedtuple
 import pytest
 from typer.testing import CliRunner
 
-from avdali import doctor, native
+from avdali.machine import doctor, libraries
 from avdali.cli.app import app
 
 runner = CliRunner()
-CPU_CHECKS = {"python", "packages", *native.PARTS, "cpu", "disk-shards", "disk-output"}
+CPU_CHECKS = {"python", "packages", *libraries.PARTS, "cpu", "disk-shards", "disk-output"}
 GPU_CHECKS = {"cuda", "dali-gpu", "nvdec"}
 
 
 @pytest.fixture(autouse=True)
 def fresh_probes():
-    native.forget()
+    libraries.forget()
     yield
-    native.forget()
+    libraries.forget()
 
 
 def doctor_json(tmp_path, *extra):
@@ -60,7 +60,7 @@ def test_broken_native_part_fails_with_its_fix(tmp_path, monkeypatch):
     def broken():
         raise OSError("libtorchaudio.so: undefined symbol: torch_exception_get_what_without_backtrace")
 
-    monkeypatch.setitem(native.PARTS, "torchaudio", dataclasses.replace(native.PARTS["torchaudio"], probe=broken))
+    monkeypatch.setitem(libraries.PARTS, "torchaudio", dataclasses.replace(libraries.PARTS["torchaudio"], probe=broken))
     result, report = doctor_json(tmp_path)
     check = next(c for c in report["checks"] if c["name"] == "torchaudio")
     assert result.exit_code == 1 and report["ok"] is False
@@ -127,8 +127,8 @@ def fake_nvcuvid(monkeypatch, loads: bool) -> None:
 
 def test_nvdec_hidden_gives_the_container_advice(monkeypatch):
     fake_nvcuvid(monkeypatch, loads=False)
-    with pytest.raises(native.NvcuvidMissing, match="^libnvcuvid.so.1 does not load"):
-        native.probe_nvdec(0)
+    with pytest.raises(libraries.NvcuvidMissing, match="^libnvcuvid.so.1 does not load"):
+        libraries.probe_nvdec(0)
     check = doctor.check_nvdec()
     assert check.status == "fail" and not check.required
     assert check.detail.startswith("libnvcuvid.so.1 does not load (libnvcuvid.so.1: cannot open")

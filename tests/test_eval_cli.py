@@ -26,10 +26,10 @@ from avdali.labels import NATIVE_RAVDESS, UNIFIED
 from avdali.models.avfusion import build_model
 from avdali.shardformat.manifest import read_manifest
 from avdali.train.checkpoint import save_checkpoint
-from avdali.train.config import load_config
+from avdali.train.config_toml import load_config
 from avdali.train.evaluate import classification_metrics
-from avdali.train.inference import load_model, newest_checkpoint
-from avdali.train.report import per_class, report_dict, write_confusion_png, write_json
+from avdali.infer.load import load_model, newest_checkpoint
+from avdali.infer.report import per_class, report_dict, write_confusion_png, write_json
 
 TINY = [
     "data.loader=torch", "data.frames=4", "data.crop=64", "data.n_mels=32", "data.batch_size=4", "data.num_threads=1",
@@ -162,7 +162,7 @@ def test_newest_checkpoint(tmp_path):
 
 def _reference(loaded, shards: Path, splits) -> tuple[np.ndarray, np.ndarray]:
     """Labels and predictions by running the model over a fresh loader ourselves (not through evaluate())."""
-    from avdali.train.predict import logits_of
+    from avdali.infer.predict import logits_of
 
     data_cfg = loaded.config.data.loader_config()
     data_cfg.shards = str(shards)
@@ -247,7 +247,7 @@ def test_eval_cli_bad_input(tmp_path, ravdess_shards):
 @pytest.mark.slow
 def test_eval_reproduces_the_training_runs_test_metrics(tmp_path, ravdess_shards):
     # A real (one-epoch) run's best.pt: eval on the same test fold must give the numbers training logged as test/*.
-    from avdali.train.loop import run_training
+    from avdali.train.run import run_training
 
     cfg = load_config(None, [*TINY, f'data.shards="{ravdess_shards}"', "train.epochs=1", "data.augment=false",
                              f'train.run_dir="{tmp_path / "run"}"'])

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from avdali.train.flops import PEAK_BF16_TFLOPS, achieved_tflops, mfu, model_flops_per_clip, peak_tflops, train_step_flops
+from avdali.bench.flops import PEAK_BF16_TFLOPS, achieved_tflops, mfu, model_flops_per_clip, peak_tflops, train_step_flops
 
 
 def test_linear_forward_backward_is_counted_as_the_hand_count():

@@ -35,14 +35,15 @@ GATED_PACK = """
 import sys, time
 from pathlib import Path
 from avdali.shardformat.options import PackOptions
-from avdali.packing.run import _real_transcode, pack
+from avdali.packing.run import pack
+from avdali.packing.workers import real_transcode
 
 gate = Path(sys.argv[3])
 
 def transcode_when_open(path, options):
     while not gate.exists():  # stays mid-run until the test opens the gate
         time.sleep(0.02)
-    return _real_transcode(path, options)
+    return real_transcode(path, options)
 
 pack("ravdess", Path(sys.argv[1]), Path(sys.argv[2]), PackOptions(size=128, fps=15, max_seconds=4.0, shard_size=4, workers=1),
      transcode=transcode_when_open)
@@ -204,22 +205,22 @@ def test_killed_packer_is_taken_over_and_training_waits_for_complete_shards(tmp_
 
 
 def test_multi_rank_training_locks_the_run_folder_on_rank_0_only(tmp_path, monkeypatch, ravdess_shards):
-    from avdali.train import loop
-    from avdali.train.config import load_config
+    from avdali.train import run as train_run
+    from avdali.train.config_toml import load_config
 
     config = tmp_path / "tiny.toml"
     config.write_text(tiny_run_toml(ravdess_shards))
     run_dir = tmp_path / "run"
     cfg = load_config(config, [f'train.run_dir="{run_dir}"'])
-    monkeypatch.setattr(loop, "_run_training_locked", lambda cfg, run_dir, *a: "trained")
+    monkeypatch.setattr(train_run, "_run_training_locked", lambda cfg, run_dir, *a: "trained")
     monkeypatch.setenv("WORLD_SIZE", "2")
     holder = start_holder(run_dir)
     try:
         monkeypatch.setenv("RANK", "1")
-        assert loop.run_training(cfg) == "trained"  # rank 1 neither takes nor needs the lock
+        assert train_run.run_training(cfg) == "trained"  # rank 1 neither takes nor needs the lock
         monkeypatch.setenv("RANK", "0")
         with pytest.raises(FolderBusy, match=f"pid {holder.pid}"):
-            loop.run_training(cfg)
+            train_run.run_training(cfg)
     finally:
         stop(holder)
     messages = []
@@ -228,6 +229,6 @@ def test_multi_rank_training_locks_the_run_folder_on_rank_0_only(tmp_path, monke
         def message(self, text):
             messages.append(text)
 
-    assert loop.run_training(cfg, reporter=Reporter()) == "trained"  # rank 0 after the holder was killed
+    assert train_run.run_training(cfg, reporter=Reporter()) == "trained"  # rank 0 after the holder was killed
     assert len(messages) == 1 and f"took over the lock left by avdali test-holder (pid {holder.pid}" in messages[0]
     assert "which is no longer running" in messages[0]

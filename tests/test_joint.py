@@ -15,9 +15,10 @@ from avdali.data.mixture import PASS_STRIDE, MixtureLoader
 from avdali.errors import AvdaliError, ConfigError
 from avdali.shardformat.manifest import ShardEntry, build_manifest, read_manifest, write_manifest
 from avdali.train import checkpoint as ckpt, loop
-from avdali.train.config import load_config
-from avdali.train.joint import JointPlan, mixture_class_distribution
-from avdali.train.loop import resolve_config, train
+from avdali.train.config_toml import load_config
+from avdali.train.distributed import init_distributed
+from avdali.train.plan import RunPlan, mixture_class_distribution
+from avdali.train.run import resolve_config, train
 
 from test_train_loop import PER_SPLIT, FakeLoader, fake_loader, fake_shards, scalar_events, tiny_config  # noqa: F401 (fixture)
 
@@ -80,7 +81,7 @@ def test_shard_folders_must_fit_together(tmp_path):
         cfg = load_config(None, [shards_override(*folders), "train.device=cpu", f"train.run_dir={str(tmp_path / 'r')!r}", *extra])
         if message is None:
             resolved, plan = resolve_config(cfg)
-            assert isinstance(plan, JointPlan) and resolved.data.dataset == "ravdess+meld"
+            assert isinstance(plan, RunPlan) and plan.joint and resolved.data.dataset == "ravdess+meld"
             continue
         with pytest.raises(ConfigError) as e:
             resolve_config(cfg)
@@ -207,14 +208,14 @@ def test_mixture_class_weights_match_a_hand_computation(tmp_path, fake_loader):
     meld_dist = np.array([10, 4, 0, 0, 0, 0, 0]) / 14
     q = 0.25 * rav_dist + 0.75 * meld_dist
     np.testing.assert_allclose(mixture_class_distribution(plan), q)
-    trainer = loop.Trainer(cfg, plan, loop.init_distributed("cpu"))
+    trainer = loop.Trainer(cfg, plan, init_distributed("cpu"))
     expected = torch.tensor(1 / (7 * q), dtype=torch.float32)  # sklearn's n / (classes · count) with n = 1
     torch.testing.assert_close(trainer.loss_weight, expected)
     trainer.writer.close()
 
 
 def test_best_rule_names_and_values(tmp_path):
-    from avdali.train.joint import joint_value, rule_text
+    from avdali.train.plan import joint_value, rule_text
 
     rav, meld = two_datasets(tmp_path)
     per_dataset = {"ravdess": {"ua": 0.6, "acc": 0.5, "weighted_f1": 0.1}, "meld": {"ua": 0.3, "acc": 0.9, "weighted_f1": 0.2}}
@@ -256,6 +257,22 @@ def test_joint_run_logs_per_dataset_and_keeps_best_by_the_rule(tmp_path, fake_lo
     # the training indices of the two datasets stay apart (MELD's shifted by the RAVDESS training clips)
     indices = result.ranks[0].last_epoch_indices
     assert len(indices) == 7 * 8 and max(indices) < 4 * PER_SPLIT
+
+
+def test_joint_run_tests_every_modality_it_trained_for(tmp_path, fake_loader):
+    """One run path: a joint run with modality dropout tests best.pt per modality as a single run does, each
+    dataset apart and by the rule (``test/audio_only/<dataset>/*``, ``test/audio_only/joint``)."""
+    rav, meld = two_datasets(tmp_path)
+    cfg, plan = tiny_config(rav, tmp_path / "run", shards_override(rav, meld), "train.epochs=1", "train.drop_video=0.3")
+    result = train(cfg, plan)
+    assert set(result.robustness) == {"both", "audio"} and result.robustness["both"] == result.test
+    audio = result.robustness["audio"]
+    assert audio["ravdess/num_samples"] == PER_SPLIT and audio["meld/num_samples"] == PER_SPLIT
+    assert audio["joint"] == pytest.approx((audio["ravdess/ua"] + audio["meld/weighted_f1"]) / 2)
+    events = scalar_events(cfg.train.run_dir)
+    for tag in ("test/audio_only/ravdess/ua", "test/audio_only/meld/weighted_f1", "test/audio_only/joint", "test/joint"):
+        assert tag in events, tag
+    assert not any(tag.startswith("test/video_only") for tag in events)  # drop_audio = 0: never trained for it
 
 
 @pytest.mark.slow  # two short runs
@@ -341,7 +358,7 @@ def test_joint_training_with_real_loaders(tmp_path, ravdess_shards, meld_shards,
 def test_cross_marks_both_datasets_of_a_joint_checkpoint_in_domain(tmp_path, ravdess_shards, meld_shards):
     from test_eval_cli import make_checkpoint
 
-    from avdali.train.cross import plan_cross
+    from avdali.experiments.cross import plan_cross
 
     joint = make_checkpoint(tmp_path / "joint" / "best.pt", ravdess_shards, shards_override(ravdess_shards, meld_shards),
                             "data.dataset=ravdess+meld", "data.fold=2")

@@ -198,8 +198,8 @@ def test_format1_shards_still_read(ravdess_shards_v1):
 
 def test_transcode_for_predict_keeps_a_partial_clip_when_asked(meld_partial_src):
     from avdali.data.config import DataConfig
-    from avdali.data.single import clip_batch
-    from avdali.train.predict import transcode_input
+    from avdali.infer.clip_batch import clip_batch
+    from avdali.infer.predict import transcode_input
 
     record = json.loads((meld_partial_src / "avdali_synth.json").read_text())
     path = {f["kind"]: meld_partial_src / f["path"] for f in record["faults"]}

@@ -13,8 +13,8 @@ from avdali.errors import AvdaliError, ConfigError
 from avdali.models.avfusion import MISSING_KEYS, build_model
 from avdali.models.config import ModelConfig
 from avdali.train.checkpoint import load_checkpoint, save_checkpoint
-from avdali.train.config import load_config
-from avdali.train.inference import load_model
+from avdali.train.config_toml import load_config
+from avdali.infer.load import load_model
 from avdali.train.modality import (
     MODALITIES,
     dropout_masks,
@@ -278,7 +278,7 @@ def test_old_checkpoint_without_missing_embeddings_still_evaluates(tmp_path, rav
 def test_training_with_modality_dropout_reports_each_modality(tmp_path, ravdess_shards):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from avdali.train.loop import run_training
+    from avdali.train.run import run_training
     from conftest import tiny_run_toml
 
     toml = tmp_path / "tiny.toml"

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from avdali import native
+from avdali.machine import libraries
 from avdali.cli.app import app
 from conftest import tiny_run_toml
 
@@ -20,9 +20,9 @@ runner = CliRunner()
 @pytest.fixture(autouse=True)
 def fresh_probes():
     """Probes are cached per process: each test sees its own (possibly broken) libraries."""
-    native.forget()
+    libraries.forget()
     yield
-    native.forget()
+    libraries.forget()
 
 
 def test_torchaudio_melspectrogram_peaks_at_the_tone():
@@ -46,24 +46,24 @@ def test_dali_cpu_pipeline_computes_and_decodes_vp9_like_pyav():
     from avdali.data.dali import probe_cpu_pipeline, probe_video_decode
 
     probe_cpu_pipeline()  # checks its own arithmetic
-    webm = native.encode_video(native.gradient_frames(6, 128), "libvpx-vp9", "webm")
+    webm = libraries.encode_video(libraries.gradient_frames(6, 128), "libvpx-vp9", "webm")
     dali = probe_video_decode(webm, device_id=None)
-    pyav = native.decode_video(webm, "vp9")
+    pyav = libraries.decode_video(webm, "vp9")
     assert dali.shape == pyav.shape == (6, 128, 128, 3)
     assert np.abs(dali.astype(float) - pyav.astype(float)).mean() < 3
 
 
 def test_dali_mixed_decoder_pipeline_is_well_formed():
     """The NVDEC probe's graph (device_id 0, ``mixed``) is defined, so argument names are checked, without a GPU."""
-    from avdali.data.dali import _probe_video_pipeline
+    from avdali.data.dali.probes import _probe_video_pipeline
 
     _probe_video_pipeline(encoded=np.zeros(16, np.uint8), device="mixed", batch_size=1, num_threads=1, device_id=0)
 
 
 @pytest.mark.parametrize("codec, container, decoder", [("libvpx-vp9", "webm", "vp9"), ("libx264", "mp4", "h264")])
 def test_pyav_round_trip(codec, container, decoder):
-    frames = native.gradient_frames(5, 64)
-    decoded = native.decode_video(native.encode_video(frames, codec, container), decoder)
+    frames = libraries.gradient_frames(5, 64)
+    decoded = libraries.decode_video(libraries.encode_video(frames, codec, container), decoder)
     assert decoded.shape == frames.shape
     assert np.abs(decoded.astype(float) - frames.astype(float)).mean() < 8
 
@@ -85,9 +85,9 @@ def test_opencv_haar_cascade_loads_and_runs():
     assert len(cascade.detectMultiScale(np.full((96, 96), 128, np.uint8))) == 0  # a flat grey image has no face
 
 
-@pytest.mark.parametrize("name", list(native.PARTS))
+@pytest.mark.parametrize("name", list(libraries.PARTS))
 def test_every_probe_passes_here(name):
-    works, detail = native.check(name)
+    works, detail = libraries.check(name)
     assert works, detail
 
 
@@ -115,7 +115,7 @@ def test_broken_torchaudio_stops_train_with_one_line(tmp_path, monkeypatch):
     config = tmp_path / "tiny.toml"
     config.write_text(tiny_run_toml(tmp_path / "shards", loader="torch"))
     line = one_error_line(runner.invoke(app, ["train", "--config", str(config), "--run-dir", str(tmp_path / "run")]))
-    assert f"torchaudio {native.version_of('torchaudio')} cannot be used" in line
+    assert f"torchaudio {libraries.version_of('torchaudio')} cannot be used" in line
     assert "undefined symbol: torch_exception_get_what_without_backtrace" in line
     assert "avdali doctor" in line
     assert not (tmp_path / "run").exists()
@@ -125,7 +125,7 @@ def test_broken_opencv_stops_shard_with_one_line(tmp_path, monkeypatch):
     def broken():
         raise ImportError("libGL.so.1: cannot open shared object file: No such file or directory")
 
-    monkeypatch.setitem(native.PARTS, "opencv-haar", dataclasses.replace(native.PARTS["opencv-haar"], probe=broken))
+    monkeypatch.setitem(libraries.PARTS, "opencv-haar", dataclasses.replace(libraries.PARTS["opencv-haar"], probe=broken))
     (tmp_path / "raw").mkdir()
     line = one_error_line(runner.invoke(app, ["shard", "ravdess", str(tmp_path / "raw"), str(tmp_path / "out")]))
     assert "opencv-python-headless" in line and "libGL.so.1" in line and "avdali doctor" in line

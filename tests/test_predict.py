@@ -16,16 +16,16 @@ from typer.testing import CliRunner
 from avdali.cli.app import app
 from avdali.data.build import build_loader
 from avdali.data.shards import resolve
-from avdali.data.single import clip_batch
+from avdali.infer.clip_batch import clip_batch
 from avdali.errors import AvdaliError
 from avdali.labels import UNIFIED
 from avdali.models.avfusion import build_model
 from avdali.shardformat.manifest import read_manifest
 from avdali.shardformat.options import PackOptions
 from avdali.train.checkpoint import save_checkpoint
-from avdali.train.config import load_config
-from avdali.train.inference import load_model
-from avdali.train.predict import logits_of, pack_options_for, predict_clip, transcode_input
+from avdali.train.config_toml import load_config
+from avdali.infer.load import load_model
+from avdali.infer.predict import logits_of, pack_options_for, predict_clip, transcode_input
 
 TINY = [
     "data.loader=torch", "data.frames=4", "data.crop=64", "data.n_mels=32", "data.batch_size=4", "data.num_threads=1",
@@ -172,7 +172,7 @@ def test_predict_bad_inputs(tmp_path, ravdess_shards, ravdess_src):
         transcode_input(video_only, PackOptions())
 
 
-# --- a clip that lacks a stream (issue 12: predict from the stream it has) ------------------------------------------
+# --- a clip that lacks a stream (predict from the stream it has) --------------------------------------------------
 
 
 @pytest.fixture(scope="module")

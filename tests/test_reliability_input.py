@@ -1,4 +1,4 @@
-"""Reliability (issue 5), packing and bad input: a pack SIGKILLed at random moments never leaves a partial file
+"""Reliability, packing and bad input: a pack SIGKILLed at random moments never leaves a partial file
 under a final name and resumes to the uninterrupted bytes; every bad config, flag or shard folder is a one-line
 error with a non-zero exit that writes nothing over what was there.
 
@@ -372,8 +372,8 @@ def test_shard_into_a_folder_of_another_dataset_or_version_writes_nothing(tmp_pa
 def test_run_training_checks_the_shards_for_every_entry_point(tmp_path, run_dir, ravdess_shards):
     """cv, demo and bench train call run_training, not the CLI: the manifest check is theirs too, before any write."""
     from avdali.errors import ConfigError
-    from avdali.train.config import load_config
-    from avdali.train.loop import run_training
+    from avdali.train.config_toml import load_config
+    from avdali.train.run import run_training
 
     config = tmp_path / "tiny.toml"
     config.write_text(tiny_run_toml(ravdess_shards))

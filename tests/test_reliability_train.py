@@ -1,4 +1,4 @@
-"""Faults at training time (issue 5): each ends in one clear line with nothing lost.
+"""Faults at training time: each ends in one clear line with nothing lost.
 
 - a run killed with SIGKILL mid-epoch resumes from last.pt with continuous steps, optimizer state and curves;
 - a write that fails (disk full, unwritable run folder) names the file and keeps the previous checkpoint / shards;

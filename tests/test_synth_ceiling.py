@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from avdali.demo import FULL
+from avdali.experiments.demo import FULL
 from tests.test_gpu_check import load_tool
 
 

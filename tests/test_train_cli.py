@@ -16,7 +16,8 @@ import torch
 from typer.testing import CliRunner
 
 from avdali.cli.app import app
-from avdali.train import loop
+from avdali.train import reporting
+from avdali.train import run as train_run
 from conftest import tiny_run_toml
 
 runner = CliRunner()
@@ -77,9 +78,9 @@ def test_flags_become_overrides(tmp_path, monkeypatch):
 
     def fake_run(cfg, *, resume, nprocs, reporter):
         seen.update(cfg=cfg, resume=resume, nprocs=nprocs)
-        return loop.TrainResult(run_dir=Path(cfg.train.run_dir), step=1, epoch=1, metric="ua", best_metric=0.5)
+        return reporting.TrainResult(run_dir=Path(cfg.train.run_dir), step=1, epoch=1, metric="ua", best_metric=0.5)
 
-    monkeypatch.setattr(loop, "run_training", fake_run)
+    monkeypatch.setattr(train_run, "run_training", fake_run)
     path = tiny_toml(tmp_path)
     result = invoke("--config", str(path), "--procs", "2", "--fold", "3", "--run-dir", str(tmp_path / "r"),
                     "--no-compile", "--set", "optim.lr=0.5", "--set", "data.fold=2")
@@ -100,13 +101,13 @@ def test_flags_become_overrides(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_two_cpu_ranks_train_disjoint_samples_into_identical_weights(tmp_path, monkeypatch, ravdess_shards):
     results = []
-    real_run = loop.run_training
+    real_run = train_run.run_training
 
     def spy(cfg, **kw):
         results.append(real_run(cfg, **kw))
         return results[-1]
 
-    monkeypatch.setattr(loop, "run_training", spy)
+    monkeypatch.setattr(train_run, "run_training", spy)
     run_dir = tmp_path / "run"
     result = invoke("--config", str(tiny_toml(tmp_path, ravdess_shards)), "--device", "cpu", "--procs", "2",
                     "--run-dir", str(run_dir))

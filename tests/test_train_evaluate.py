@@ -10,7 +10,7 @@ from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_m
 from avdali.data.batch import Batch
 from avdali.errors import ConfigError
 from avdali.train.evaluate import classification_metrics, evaluate
-from avdali.train.protocol import balanced_class_weights, ravdess_fold_splits
+from avdali.train.plan import balanced_class_weights, ravdess_fold_splits
 
 
 @pytest.mark.filterwarnings("ignore:y_pred contains classes not in y_true")

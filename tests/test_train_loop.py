@@ -14,8 +14,11 @@ from avdali.data.batch import Batch
 from avdali.errors import AvdaliError
 from avdali.shardformat.manifest import ShardEntry, build_manifest, write_manifest
 from avdali.train import checkpoint as ckpt, loop
-from avdali.train.config import load_config
-from avdali.train.loop import TrainingStopped, lr_at, resolve_config, train
+from avdali.train.config_toml import load_config
+from avdali.train import run as train_run
+from avdali.train.distributed import init_distributed
+from avdali.train.loop import TrainingStopped, lr_at
+from avdali.train.run import resolve_config, train
 
 NUM_CLASSES = 7
 PER_SPLIT = 14  # 2 clips of each class per fold
@@ -49,7 +52,8 @@ class FakeLoader:
     """The Loader contract over an easy synthetic task: the class shows in the frames' brightness and in one
     log-mel bin. Per rank: every world_size-th sample; padding (valid=False) evens out ranks and the last batch."""
 
-    def __init__(self, cfg, splits, *, train, device="cpu", rank=0, world_size=1, seed=0, local_ranks=1, nan_batches=()):
+    def __init__(self, cfg, splits, *, train, device="cpu", rank=0, world_size=1, seed=0, local_ranks=1,
+                 say=None, progress=None, nan_batches=()):
         self.batch_size = cfg.batch_size
         self.train = train
         self.rank, self.world_size, self.seed = rank, world_size, seed
@@ -206,10 +210,10 @@ def test_resume_refusals(tmp_path, fake_loader):
     shards = fake_shards(tmp_path / "shards")
     cfg, plan = tiny_config(shards, tmp_path / "run", "train.epochs=1", "train.test_at_end=false")
     with pytest.raises(AvdaliError, match="last.pt not found"):
-        loop.run_training(cfg, resume=True)
-    loop.run_training(cfg)
+        train_run.run_training(cfg, resume=True)
+    train_run.run_training(cfg)
     with pytest.raises(AvdaliError, match="already holds a run"):
-        loop.run_training(cfg)
+        train_run.run_training(cfg)
     # a different model cannot continue this checkpoint
     other, _ = tiny_config(shards, tmp_path / "run", "train.epochs=2", "model.video_dim=32")
     with pytest.raises(AvdaliError, match="does not fit"):
@@ -247,7 +251,7 @@ def test_balanced_class_weights_from_manifest(tmp_path, fake_loader):
     shards = fake_shards(tmp_path / "shards", dataset="meld")
     cfg, plan = tiny_config(shards, tmp_path / "run", "optim.class_weights=balanced", "train.epochs=1", "train.test_at_end=false")
     assert cfg.train.metric == "weighted_f1"  # MELD's metric when "auto"
-    trainer = loop.Trainer(cfg, plan, loop.init_distributed("cpu"))
+    trainer = loop.Trainer(cfg, plan, init_distributed("cpu"))
     # train split: neutral 4, the others 2,2,2,2,1,1 of 14 → 14 / (7 · count)
     expected = torch.tensor([14 / 28, 14 / 14, 14 / 14, 14 / 14, 14 / 14, 14 / 7, 14 / 7])
     torch.testing.assert_close(trainer.loss_weight, expected)
@@ -297,7 +301,7 @@ def test_compiled_model_saves_raw_state_dict(tmp_path, fake_loader, monkeypatch)
     monkeypatch.setattr(loop.torch, "compile", eager_compile)
     shards = fake_shards(tmp_path / "shards")
     cfg, plan = tiny_config(shards, tmp_path / "run", "train.epochs=1", "train.test_at_end=false", "train.compile=true")
-    trainer = loop.Trainer(cfg, plan, loop.init_distributed("cpu"))
+    trainer = loop.Trainer(cfg, plan, init_distributed("cpu"))
     assert compiled and trainer.model is not trainer.raw_model
     trainer.fit()
     state = ckpt.load_checkpoint(tmp_path / "run" / "last.pt")
@@ -306,7 +310,7 @@ def test_compiled_model_saves_raw_state_dict(tmp_path, fake_loader, monkeypatch)
 
 
 def test_log_window_sums_steps_on_the_device_and_reads_them_once():
-    from avdali.train.window import LogWindow
+    from avdali.train.log_window import LogWindow
 
     window = LogWindow(torch.device("cpu"))
     logits = torch.tensor([[2.0, 0.0], [0.0, 2.0], [2.0, 0.0]])

@@ -362,7 +362,7 @@ def _keyframes(webm: bytes) -> list[int]:
 def test_keyint_default_is_one_keyframe_per_clip_and_keyint_4_adds_keyframes(clips, good: Transcoded):
     from dataclasses import replace
 
-    from avdali.packing.transcode import GOP_FRAMES
+    from avdali.packing.encode import GOP_FRAMES
 
     assert OPTS.keyint == 0 and _keyframes(good.webm) == [0]  # 15 frames, one keyframe: what --keyint 0 always gave
     assert transcode_clip(clips["good"], replace(OPTS, keyint=GOP_FRAMES)).webm == good.webm  # 0 means that interval

@@ -1,4 +1,4 @@
-"""Reliability (issue 5), untrusted files: checkpoints carrying pickled code, tars with links or paths that leave
+"""Reliability, untrusted files: checkpoints carrying pickled code, tars with links or paths that leave
 their folder, and indexes or manifests whose numbers would make a reader seek or allocate without bound.
 
 avdali never extracts a tar to disk: it reads members into memory (``tarfile.extractfile``, webdataset, DALI with

@@ -116,7 +116,7 @@ def machine(cpu: bool) -> dict:
     except Exception as e:  # noqa: BLE001 - a report, not a check: say what went wrong
         info["torch_error"] = str(e)
     try:
-        from avdali.doctor import driver_version
+        from avdali.machine.doctor import driver_version
 
         info["driver"] = driver_version()
     except Exception as e:  # noqa: BLE001
@@ -154,7 +154,7 @@ def main() -> int:
     # every fold trains (the synthetic set is small: batch 256 still gets a few steps per epoch); fold1 validates
     config = CPU_CONFIG if args.cpu else CONFIG
     tiny = ["data.frames=4"] if args.cpu else []
-    from avdali.train.config import toml_literal  # the one way to quote a --set value (TOML, as config files)
+    from avdali.train.config_toml import toml_literal  # the one way to quote a --set value (TOML, as config files)
 
     sets = [f"data.shards={toml_literal(str(shards))}", 'model.backbone_weights="none"', f"data.num_threads={cores}",
             f"data.train_splits={toml_literal(FOLDS)}", 'data.val_splits=["fold1"]', *tiny,

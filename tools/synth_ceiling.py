@@ -18,13 +18,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from avdali.demo import FULL, DemoSize
+from avdali.experiments.demo import FULL, DemoSize
 from avdali.labels import LABEL_SPACES, ravdess_unified_id
 from avdali.sources.ravdess import actor_fold, parse_ravdess_name
 from avdali.synth.expression import expression_for
 from avdali.synth.identity import seeded_rng
 from avdali.synth.ravdess import plan_ravdess
-from avdali.train.protocol import ravdess_fold_splits
+from avdali.train.plan import ravdess_fold_splits
 
 DEMO_FOLD = 1
 """The demo's test fold (``avdali/configs/demo.toml``); ``ravdess_fold_splits`` gives its training folds."""

@@ -4,7 +4,7 @@ import os
 
 # Before torch loads (every command imports it lazily): OpenMP threads that spin at barriers lose whole scheduler slices
 # whenever another process holds a core — the loader's own decode workers, or any other job on a shared CPU. Measured
-# on the 2-core VM (README, When things go wrong: training): the demo's training 18.8/22.7 clips/s passive against
+# on the 2-core VM (docs/troubleshooting.md, Training): the demo's training 18.8/22.7 clips/s passive against
 # 17.9/19.2 spinning, side by side, and ~10x faster passive with one other busy process. A value the user set wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 

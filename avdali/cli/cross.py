@@ -32,7 +32,7 @@ def cross(
     """Evaluate every checkpoint on every shard folder: accuracy, UA (unweighted accuracy), weighted and macro F1 as
     an N×M table (rows: checkpoints, columns: datasets), in-domain cells marked with *. Each cell is what
     `avdali eval` gives for the same checkpoint, folder and splits."""
-    from avdali.train.cross import markdown, parse_split_choices, run_cross, write_outputs
+    from avdali.experiments.cross import markdown, parse_split_choices, run_cross, write_outputs
 
     check_choice("--device", device, DEVICE_CHOICES)
     check_choice("--loader", loader, LOADERS)

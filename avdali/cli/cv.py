@@ -26,8 +26,8 @@ def cv(
     """Cross-validate on RAVDESS: one training run per actor fold (test fold k, validation fold k % 5 + 1),
     each in OUT/fold{k}; prints every fold's test metrics and their mean ± std (population std over folds)."""
     from avdali.cli.reporting import RichReporter
-    from avdali.train.config import load_config
-    from avdali.train.cv import parse_folds, run_cv
+    from avdali.train.config_toml import load_config
+    from avdali.experiments.cv import parse_folds, run_cv
 
     fold_list = parse_folds(folds)
     cfg = load_config(config, list(set_ or []))

@@ -84,13 +84,13 @@ def demo(
     Runs on CPU in a few minutes. Training settings: avdali/configs/demo.toml (= configs/demo.toml). With --cross,
     also a synthetic MELD model and the table of both models on both datasets (`avdali cross`) in OUT/cross.
     """
-    from avdali.demo import FULL, QUICK, run_demo
+    from avdali.experiments.demo import FULL, QUICK, run_demo
 
     if out.exists() and not out.is_dir():
         raise AvdaliError(f"{out}: exists and is not a folder")
     size = QUICK if quick else FULL
     if cross:
-        from avdali.demo_cross import run_cross_demo
+        from avdali.experiments.demo_cross import run_cross_demo
 
         meld_csv = meld_csv or find_meld_csv_dir([Path.cwd().resolve(), Path(__file__).resolve().parent])
         if meld_csv is None:
@@ -115,7 +115,7 @@ def demo(
     )
     if cross:
         from avdali.cli.cross import print_outputs
-        from avdali.train.cross import markdown
+        from avdali.experiments.cross import markdown
 
         console.rule("[bold]cross-dataset table", align="left")
         console.print(markdown(both.table), highlight=False, soft_wrap=True, markup=False)

@@ -23,7 +23,7 @@ def doctor(
 
     Exit code 1 when a required part is broken; 0 when only the optional GPU parts are missing or broken.
     """
-    from avdali.doctor import run_checks
+    from avdali.machine.doctor import run_checks
 
     report = run_checks(shards=shards, output=output)
     if as_json:

@@ -31,8 +31,9 @@ def eval_checkpoint(
     """Evaluate a checkpoint on shards: accuracy, unweighted accuracy, macro and weighted F1, per-class table and
     confusion matrix. Data settings (frames, crop, features, audio window) come from the checkpoint; a model trained
     in the unified 7-class space evaluates on either dataset."""
-    from avdali.train.inference import evaluate_checkpoint, load_model
-    from avdali.train.report import report_dict, robustness_dict, write_confusion_png, write_json
+    from avdali.infer.evaluate import evaluate_checkpoint
+    from avdali.infer.load import load_model
+    from avdali.infer.report import eval_report, write_confusion_png, write_json
 
     check_choice("--device", device, DEVICE_CHOICES)
     check_choice("--loader", loader, LOADERS)
@@ -63,23 +64,7 @@ def eval_checkpoint(
     write_confusion_png(png, m["confusion"], loaded.class_names, title=title)
     console.print(f"confusion matrix → {escape(str(png))}", highlight=False, soft_wrap=True)
     if json_path is not None:
-        report = report_dict(
-            m,
-            loaded.class_names,
-            checkpoint=checkpoint,
-            epoch=loaded.epoch,
-            step=loaded.step,
-            label_space=loaded.label_space,
-            dataset=result.dataset,
-            shards=result.shards,
-            splits=result.splits,
-            loader=result.loader,
-            device=loaded.device.type,
-            seconds=round(result.seconds, 3),
-            modality=result.modality,
-        )
-        report["robustness"] = robustness_dict(result.robustness)
-        write_json(json_path, report)
+        write_json(json_path, eval_report(loaded, result, checkpoint))
         console.print(f"metrics → {escape(str(json_path))}", highlight=False, soft_wrap=True)
 
 
@@ -112,7 +97,7 @@ def robustness_table(robustness: dict, config: dict) -> Table:
 
 def class_table(confusion: np.ndarray, class_names) -> Table:
     """Precision, recall, F1 and support per class."""
-    from avdali.train.report import per_class
+    from avdali.infer.report import per_class
 
     table = Table(title="per class", header_style="bold")
     table.add_column("class")

@@ -61,7 +61,7 @@ def inspect(
     )
     console.print(order_line(manifest), highlight=False, soft_wrap=True)
     if manifest.partial:
-        from avdali.cli.shard import partial_line
+        from avdali.cli.pack_summary import partial_line
 
         console.print(partial_line(manifest), highlight=False, soft_wrap=True)
         for kind, keys in manifest.partial_keys.items():

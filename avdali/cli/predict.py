@@ -26,8 +26,8 @@ def predict(
 ) -> None:
     """Predict the emotion of one clip: the same face crop, frame sampling and log-mel as training, then the model's
     probabilities per class, most probable first."""
-    from avdali.train.inference import load_model, newest_checkpoint
-    from avdali.train.predict import predict_clip
+    from avdali.infer.load import load_model, newest_checkpoint
+    from avdali.infer.predict import predict_clip
 
     check_choice("--device", device, DEVICE_CHOICES)
     check_choice("--modality", modality, MODALITIES)

@@ -1,5 +1,5 @@
 """How a training run shows on the console: the Reporter that ``avdali train``, ``cv`` and ``demo`` hand to
-``avdali.train.loop.run_training`` (the loop calls it on rank 0 only)."""
+``avdali.train.run.run_training`` (the loop calls it on rank 0 only)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ class RichReporter:
         self._console: Console | None = None
         self._progress: Progress | None = None
         self._task = None
+        self._task_name: str | None = None
 
     @property
     def console(self) -> Console:
@@ -30,6 +31,7 @@ class RichReporter:
 
     def epoch_start(self, epoch: int, epochs: int, steps: int) -> None:
         self._stop_bar()
+        self._task_name = "train"
         self._progress = Progress(
             TextColumn(f"epoch {epoch}/{epochs}"),
             BarColumn(),
@@ -76,13 +78,24 @@ class RichReporter:
     def message(self, text: str) -> None:
         self.console.print(text, highlight=False)
 
+    def progress(self, what: str, done: int, total: int) -> None:
+        if self._progress is None or self._task_name != what:
+            self._stop_bar()
+            self._progress = Progress(TextColumn(what), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                                      TimeRemainingColumn(), console=self.console, transient=True)
+            self._progress.start()
+            self._task, self._task_name = self._progress.add_task(what, total=total), what
+        self._progress.update(self._task, completed=done)
+        if done >= total:
+            self._stop_bar()
+
     def close(self) -> None:
         self._stop_bar()
 
     def _stop_bar(self) -> None:
         if self._progress is not None:
             self._progress.stop()
-            self._progress = None
+            self._progress, self._task_name = None, None
 
     def __getstate__(self):
         # Consoles and live progress bars hold terminals and threads: rebuild them in the rank.

@@ -1,4 +1,4 @@
-"""``avdali train``: parse options, turn them into config overrides, call ``avdali.train.loop.run_training``."""
+"""``avdali train``: parse options, turn them into config overrides, call ``avdali.train.run.run_training``."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from rich.console import Console
 from avdali.cli.common import check_choice, user_errors
 from avdali.cli.reporting import RichReporter
 from avdali.errors import AvdaliError
-from avdali.train.config import DEVICE_CHOICES, toml_literal
+from avdali.train.config import DEVICE_CHOICES
+from avdali.train.config_toml import toml_literal
 
 
 @user_errors
@@ -31,8 +32,8 @@ def train(
     Precedence: config defaults < --config file < --set and the flags above. Multi-node: start the same
     command with `torchrun --nnodes … -m avdali train …` (each rank reads RANK/LOCAL_RANK/WORLD_SIZE).
     """
-    from avdali.train.config import load_config
-    from avdali.train.loop import run_training
+    from avdali.train.config_toml import load_config
+    from avdali.train.run import run_training
 
     nprocs, device = _ranks(gpus, procs, device)
     if config is None:

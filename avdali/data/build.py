@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Callable, Iterator, Protocol, Sequence
 
-from avdali import native
+from avdali.machine import libraries as native  # the library probes (machine/libraries.py)
 from avdali.data import order
 from avdali.data.batch import Batch
 from avdali.data.config import DataConfig, resolve_threads

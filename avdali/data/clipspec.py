@@ -1,6 +1,6 @@
 """The clip specification: what one clip contributes to a batch, written once for every loader.
 
-The DALI pipeline (``dali.py``), the torch loader's per-clip kernel (``decode.py``), ``avdali predict`` and the
+The DALI pipeline (``dali/graph.py``), the torch loader's per-clip kernel (``decode.py``), ``avdali predict`` and the
 decoded-frame cache read a clip by these rules and constants; none keeps a copy of its own. **The rule:** a transform
 lives here, or in a device stage after the loader (``normalize.prepare_video``, ``speakers.SpeakerNorm``), never in
 one loader only.

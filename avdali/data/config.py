@@ -6,6 +6,7 @@ import dataclasses
 import os
 from dataclasses import dataclass
 
+from avdali import config_checks
 from avdali.errors import ConfigError
 from avdali.labels import LABEL_SPACES
 
@@ -17,15 +18,13 @@ DECODES = ("auto", "gpu", "cpu")
 CACHES = ("off", "host", "device", "auto")
 
 
-# The message style of every config section (train/config.py, models/config.py): "<key> must be <rule>, got <value>".
+# The shared checks (avdali.config_checks), with this section's "data." prefix.
 def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ConfigError(f"data.{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
+    config_checks.choice(f"data.{name}", value, choices)
 
 
 def _at_least(name: str, value, low) -> None:
-    if value < low:
-        raise ConfigError(f"data.{name} must be ≥ {low}, got {value!r}")
+    config_checks.at_least(f"data.{name}", value, low)
 
 
 @dataclass

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from avdali.config_checks import choice, divides, even, integer_at_least
 from avdali.errors import ConfigError
 
 FUSIONS = ("cross", "additive")
@@ -56,26 +57,26 @@ class ModelConfig:
         # TOML gives lists; a tuple keeps the config hashable and printable the same way.
         if isinstance(self.audio_conv_channels, list):
             self.audio_conv_channels = tuple(self.audio_conv_channels)
-        _check_int("num_classes", self.num_classes, 2)
-        _check_int("audio_features", self.audio_features, 1)
-        _check_int("audio_dim", self.audio_dim, 2)
-        _check_even("audio_dim", self.audio_dim)
+        integer_at_least("model.num_classes", self.num_classes, 2)
+        integer_at_least("model.audio_features", self.audio_features, 1)
+        integer_at_least("model.audio_dim", self.audio_dim, 2)
+        even("model.audio_dim", self.audio_dim, "each LSTM direction gets half")
         if not isinstance(self.audio_conv_channels, tuple) or not self.audio_conv_channels:
             raise ConfigError(
                 f"model.audio_conv_channels must be a non-empty list of channel counts, got {self.audio_conv_channels!r}"
             )
         for channels in self.audio_conv_channels:
-            _check_int("audio_conv_channels", channels, 1)
-        _check_int("audio_kernel_size", self.audio_kernel_size, 1)
+            integer_at_least("model.audio_conv_channels", channels, 1)
+        integer_at_least("model.audio_kernel_size", self.audio_kernel_size, 1)
         if self.audio_kernel_size % 2 == 0:
             raise ConfigError(f"model.audio_kernel_size must be odd (1, 3, 5, ...), got {self.audio_kernel_size}")
-        _check_int("audio_pool", self.audio_pool, 1)
-        _check_int("audio_heads", self.audio_heads, 1)
-        _check_divides("audio_heads", self.audio_heads, "audio_dim", self.audio_dim)
-        _check_int("audio_layers", self.audio_layers, 1)
-        _check_int("audio_ff_dim", self.audio_ff_dim, 1)
-        _check_int("video_dim", self.video_dim, 2)
-        _check_even("video_dim", self.video_dim)
+        integer_at_least("model.audio_pool", self.audio_pool, 1)
+        integer_at_least("model.audio_heads", self.audio_heads, 1)
+        divides("model.audio_heads", self.audio_heads, "model.audio_dim", self.audio_dim)
+        integer_at_least("model.audio_layers", self.audio_layers, 1)
+        integer_at_least("model.audio_ff_dim", self.audio_ff_dim, 1)
+        integer_at_least("model.video_dim", self.video_dim, 2)
+        even("model.video_dim", self.video_dim, "each LSTM direction gets half")
         if not isinstance(self.backbone_weights, str) or not self.backbone_weights.strip():
             raise ConfigError(
                 f'model.backbone_weights must be "none", "imagenet" or a path to a resnet18 state_dict, '
@@ -83,12 +84,11 @@ class ModelConfig:
             )
         if not isinstance(self.freeze_backbone, bool):
             raise ConfigError(f"model.freeze_backbone must be true or false, got {self.freeze_backbone!r}")
-        if self.fusion not in FUSIONS:
-            raise ConfigError(f"model.fusion must be one of {', '.join(map(repr, FUSIONS))}; got {self.fusion!r}")
-        _check_int("fusion_heads", self.fusion_heads, 1)
-        _check_divides("fusion_heads", self.fusion_heads, "video_dim", self.video_dim)
-        _check_int("fusion_ff_dim", self.fusion_ff_dim, 1)
-        _check_int("additive_dim", self.additive_dim, 1)
+        choice("model.fusion", self.fusion, FUSIONS)
+        integer_at_least("model.fusion_heads", self.fusion_heads, 1)
+        divides("model.fusion_heads", self.fusion_heads, "model.video_dim", self.video_dim)
+        integer_at_least("model.fusion_ff_dim", self.fusion_ff_dim, 1)
+        integer_at_least("model.additive_dim", self.additive_dim, 1)
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
             raise ConfigError(f"model.dropout must be a number in [0, 1), got {self.dropout!r}")
         self.dropout = float(self.dropout)
@@ -98,19 +98,3 @@ class ModelConfig:
         """How many input audio frames one audio token covers after all pooling."""
         return self.audio_pool ** len(self.audio_conv_channels)
 
-
-def _check_int(name: str, value, minimum: int) -> None:
-    # bool is an int subclass; `true` in a TOML file is never a meant size.
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"model.{name} must be an integer ≥ {minimum}, got {value!r}")
-
-
-def _check_even(name: str, value: int) -> None:
-    # Bidirectional LSTMs give each direction half of the size.
-    if value % 2:
-        raise ConfigError(f"model.{name} must be even (each LSTM direction gets half), got {value}")
-
-
-def _check_divides(name: str, heads: int, dim_name: str, dim: int) -> None:
-    if dim % heads:
-        raise ConfigError(f"model.{name} must divide model.{dim_name} ({dim}), got {heads}")

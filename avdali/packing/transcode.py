@@ -20,7 +20,6 @@ No torch and no DALI here (ARCHITECTURE.md).
 
 from __future__ import annotations
 
-import io
 import math
 import time
 from dataclasses import dataclass, field
@@ -28,30 +27,23 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
-import cv2
 import numpy as np
-import soundfile as sf
 
 from avdali.errors import AvdaliError
 from avdali.packing import face as facemod
+from avdali.packing.encode import (
+    ClipError,
+    black_webm,
+    count_flac_samples,
+    count_webm_frames,
+    encode_flac,
+    encode_webm,
+    one_line,
+    plane,
+)
 from avdali.shardformat import AUDIO_RATE, STREAM_AUDIO, STREAM_VIDEO, STREAMS_ALL
 from avdali.shardformat.options import PackOptions
 
-VIDEO_CODEC = "libvpx-vp9"
-GOP_FRAMES = 150
-"""Longest keyframe interval of the stored VP9, in stored frames: one keyframe per clip at the
-defaults (10 s x 15 fps). Measured with DALI's CPU ``decoders.video`` fetching T = 8 or 16 evenly
-spaced frames (README section of the packer): shorter GOPs made no clip faster to read, because the
-sampled frames lie closer together than any useful GOP and a keyframe costs more to decode than the
-delta frames it spares, while they grew files by +10 % (GOP 30), +35-40 % (15) and +135-145 % (5).
-ffmpeg's default would be 12."""
-VP9_OPTIONS = {
-    "deadline": "realtime",  # with cpu-used 8: the fastest libvpx mode, ~5x "good" (MEDIA.md figure)
-    "cpu-used": "8",
-    "row-mt": "1",
-    "crf": "30",  # constant quality: small faces at 128 px need few bits; bit_rate 0 selects pure CRF
-    "lag-in-frames": "0",  # no look-ahead: no hidden alt-ref frames, one packet per shown frame
-}
 DETECT_EVERY = 8
 """Run the Haar detector on every 8th kept frame (~2 per second at 15 fps, 7 per RAVDESS clip):
 faces in these datasets move slowly, the track is interpolated in between, and each detection
@@ -59,15 +51,9 @@ costs ~5 ms (an idle core, 320x180), ~20 ms on a loaded or grainy frame."""
 BLACK_LUMA = 32
 """A frame whose brightest luma sample is at most this is black (limited-range black is 16; codec noise and a
 dark fade stay below 32, the darkest visible face is far above). Every kept frame black = no usable video."""
-BLACK_Y, BLACK_UV = 16, 128
-"""Limited-range (BT.601 "TV") black: what the placeholder webm holds and both loaders decode to RGB 0."""
 EPS = 1e-3
 """Slack when mapping a timestamp to a stored-frame slot, in frames: timestamps are rounded to the
 container's time base, so a frame due exactly on a slot boundary can land a hair before it."""
-
-
-class ClipError(Exception):
-    """A source clip that cannot become a sample; the message is one line (the packer records it)."""
 
 
 @dataclass
@@ -106,13 +92,6 @@ class Transcoded:
     @property
     def video_present(self) -> bool:
         return bool(self.streams & STREAM_VIDEO)
-
-
-def _one_line(err: BaseException) -> str:
-    """An error as one line; FFmpeg errors without their errno and file name (the packer names the file)."""
-    if isinstance(err, av.FFmpegError) and err.strerror:
-        return " ".join(err.strerror.split())
-    return " ".join(str(err).split()) or type(err).__name__
 
 
 def _source_info(container, video, audio) -> dict:
@@ -156,28 +135,6 @@ def _yuv420(frame: av.VideoFrame) -> av.VideoFrame:
     return frame.reformat(width=even_w, height=even_h, format="yuv420p")
 
 
-def _plane(frame: av.VideoFrame, index: int, height: int, width: int) -> np.ndarray:
-    """A plane as a (height, width) uint8 view on the frame's buffer (no copy; rows may be padded)."""
-    plane = frame.planes[index]
-    return np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)[:height, :width]
-
-
-def _crop_resize(frame: av.VideoFrame, box: facemod.CropBox, size: int) -> av.VideoFrame:
-    """Crop the box out of each yuv420p plane and resize to ``size``: no RGB round trip, only the crop is scaled."""
-    x, y, s = box.x, box.y, box.side
-    half = size // 2
-    luma = _plane(frame, 0, frame.height, frame.width)[y : y + s, x : x + s]
-    u = _plane(frame, 1, frame.height // 2, frame.width // 2)[y // 2 : (y + s) // 2, x // 2 : (x + s) // 2]
-    v = _plane(frame, 2, frame.height // 2, frame.width // 2)[y // 2 : (y + s) // 2, x // 2 : (x + s) // 2]
-    # INTER_AREA averages when shrinking (no aliasing); when the crop is smaller than size it acts bilinear.
-    out = np.empty(size * size * 3 // 2, np.uint8)  # PyAV's yuv420p array: Y, then U, then V, back to back
-    luma_size, chroma_size = size * size, half * half
-    out[:luma_size] = cv2.resize(luma, (size, size), interpolation=cv2.INTER_AREA).ravel()
-    out[luma_size : luma_size + chroma_size] = cv2.resize(u, (half, half), interpolation=cv2.INTER_AREA).ravel()
-    out[luma_size + chroma_size :] = cv2.resize(v, (half, half), interpolation=cv2.INTER_AREA).ravel()
-    return av.VideoFrame.from_ndarray(out.reshape(size * 3 // 2, size), format="yuv420p")
-
-
 @dataclass
 class _Decoded:
     """What one demux pass over the source yields."""
@@ -195,7 +152,7 @@ class _Decoded:
 
 
 def _is_black(frame: av.VideoFrame) -> bool:
-    return int(_plane(frame, 0, frame.height, frame.width).max()) <= BLACK_LUMA
+    return int(plane(frame, 0, frame.height, frame.width).max()) <= BLACK_LUMA
 
 
 def _decode_source(
@@ -248,7 +205,7 @@ def _decode_source(
                         check_black = False  # one bright frame: the picture is usable
                     if len(kept) % DETECT_EVERY == 0:
                         tic = time.perf_counter()
-                        detections[len(kept)] = find_face(_plane(frame, 0, frame.height, frame.width))
+                        detections[len(kept)] = find_face(plane(frame, 0, frame.height, frame.width))
                         detect_s += time.perf_counter() - tic
                     kept.append(frame)
             else:
@@ -264,7 +221,7 @@ def _decode_source(
         if not audio_done:
             take_audio(resampler.resample(None))  # the resampler holds back a few samples until flushed
     except av.FFmpegError as e:
-        raise ClipError(f"corrupt {kind}: {_one_line(e)}") from None
+        raise ClipError(f"corrupt {kind}: {one_line(e)}") from None
     missing = {}
     if video is None:
         missing["video"] = "no video stream"
@@ -283,77 +240,6 @@ def _decode_source(
         raise ClipError(f"neither stream is usable ({missing['video']}, {missing['audio']})")
     samples = np.concatenate(chunks)[:max_samples].astype(np.int16, copy=False) if num_samples else np.zeros(0, np.int16)
     return _Decoded(kept, detections, samples, detect_s, missing)
-
-
-def _encode_webm(
-    frames: list[av.VideoFrame], boxes: list[facemod.CropBox], rate: Fraction, size: int, threads: int,
-    keyint: int = 0,
-) -> bytes:
-    return _mux_webm((_crop_resize(frame, box, size) for frame, box in zip(frames, boxes)), rate, size, threads, keyint)
-
-
-def _black_webm(count: int, rate: Fraction, size: int, threads: int, keyint: int = 0) -> bytes:
-    """The placeholder of a missing picture: ``count`` black ``size``² frames, encoded like a real clip."""
-    planes = np.full(size * size * 3 // 2, BLACK_UV, np.uint8)
-    planes[: size * size] = BLACK_Y
-    black = planes.reshape(size * 3 // 2, size)
-    return _mux_webm(
-        (av.VideoFrame.from_ndarray(black, format="yuv420p") for _ in range(count)), rate, size, threads, keyint
-    )
-
-
-def _mux_webm(small_frames, rate: Fraction, size: int, threads: int, keyint: int = 0) -> bytes:
-    """``size``² yuv420p frames → VP9 webm bytes (the stored settings; same frames, same bytes)."""
-    buffer = io.BytesIO()
-    # +bitexact keeps the muxer from writing run-specific fields: same input, same bytes (MEDIA.md).
-    with av.open(buffer, "w", format="webm", options={"fflags": "+bitexact"}) as out:
-        stream = out.add_stream(VIDEO_CODEC, rate=rate, options=dict(VP9_OPTIONS))
-        stream.width = stream.height = size
-        stream.pix_fmt = "yuv420p"
-        stream.codec_context.gop_size = keyint or GOP_FRAMES
-        stream.codec_context.bit_rate = 0
-        stream.codec_context.thread_count = threads
-        time_base = 1 / rate
-        for index, small in enumerate(small_frames):
-            small.pts, small.time_base = index, time_base
-            out.mux(stream.encode(small))
-        out.mux(stream.encode(None))
-    return buffer.getvalue()
-
-
-def _encode_flac(samples: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    sf.write(buffer, samples, AUDIO_RATE, format="FLAC", subtype="PCM_16")
-    return buffer.getvalue()
-
-
-def _count_webm_frames(webm: bytes, size: int, expected: int) -> int:
-    """Decode the webm back (what DALI will do at training time) and count its frames."""
-    count = 0
-    try:
-        with av.open(io.BytesIO(webm), "r") as container:
-            for frame in container.decode(video=0):
-                if (frame.width, frame.height) != (size, size):
-                    raise ClipError(
-                        f"re-encoded video does not decode: frame {frame.width}x{frame.height}, not {size}x{size}"
-                    )
-                count += 1
-    except av.FFmpegError as e:
-        raise ClipError(f"re-encoded video does not decode: {_one_line(e)}") from None
-    if count != expected:  # a dropped frame would shift every later frame's time
-        raise ClipError(f"re-encoded video does not decode: {count} of {expected} frames")
-    return count
-
-
-def _count_flac_samples(flac: bytes) -> int:
-    try:
-        info = sf.info(io.BytesIO(flac))
-        data, rate = sf.read(io.BytesIO(flac), dtype="int16")
-    except (sf.LibsndfileError, RuntimeError) as e:
-        raise ClipError(f"re-encoded audio does not decode: {_one_line(e)}") from None
-    if rate != AUDIO_RATE or data.ndim != 1 or info.channels != 1 or not len(data):
-        raise ClipError(f"re-encoded audio does not decode: {info.channels} ch at {rate} Hz, {len(data)} samples")
-    return len(data)
 
 
 def transcode_clip(
@@ -377,7 +263,7 @@ def transcode_clip(
     try:
         container = av.open(str(path), "r", metadata_errors="ignore")
     except av.FFmpegError as e:
-        raise ClipError(f"corrupt video: {_one_line(e)}") from None
+        raise ClipError(f"corrupt video: {one_line(e)}") from None
     with container:
         if not options.keep_partial:
             if not container.streams.video:
@@ -405,7 +291,7 @@ def transcode_clip(
         return _partial_clip(decoded, rate, options, source, threads)
 
     webm, frames, face, face_box = _face_webm(decoded, rate, options, threads)
-    return _transcoded(webm, _encode_flac(decoded.audio), frames, float(rate), face, face_box, source, decoded,
+    return _transcoded(webm, encode_flac(decoded.audio), frames, float(rate), face, face_box, source, decoded,
                        STREAMS_ALL)
 
 
@@ -417,10 +303,10 @@ def _face_webm(decoded: _Decoded, rate: Fraction, options: PackOptions, threads:
     face_box = facemod.median_box(boxes) if boxes else None
     boxes = boxes or [facemod.centre_box(width, height)] * len(decoded.frames)
     try:
-        webm = _encode_webm(decoded.frames, boxes, rate, options.size, threads, options.keyint)
+        webm = encode_webm(decoded.frames, boxes, rate, options.size, threads, options.keyint)
     except av.FFmpegError as e:
-        raise ClipError(f"VP9 encode failed: {_one_line(e)}") from None
-    return webm, _count_webm_frames(webm, options.size, expected=len(decoded.frames)), face, face_box
+        raise ClipError(f"VP9 encode failed: {one_line(e)}") from None
+    return webm, count_webm_frames(webm, options.size, expected=len(decoded.frames)), face, face_box
 
 
 def _transcoded(webm: bytes, flac: bytes, frames: int, fps: float, face: str, face_box, source: dict,
@@ -430,7 +316,7 @@ def _transcoded(webm: bytes, flac: bytes, frames: int, fps: float, face: str, fa
         flac=flac,
         frames=frames,
         fps=fps,
-        audio_samples=_count_flac_samples(flac),
+        audio_samples=count_flac_samples(flac),
         duration_s=round(frames / fps, 3),
         face=face,
         face_box=face_box,
@@ -448,7 +334,7 @@ def _decode_audio_only(path: Path, options: PackOptions, video_reason: str) -> _
             decoded = _decode_source(container, None, container.streams.audio[0], _stored_rate(None, options.fps),
                                      options, facemod.FaceFinder(None))
     except av.FFmpegError as e:
-        raise ClipError(f"corrupt audio: {_one_line(e)}") from None
+        raise ClipError(f"corrupt audio: {one_line(e)}") from None
     except ClipError as e:  # the audio is broken too
         audio_reason = "no decodable audio" if str(e).startswith("neither") else str(e)
         raise ClipError(f"neither stream is usable ({video_reason}, {audio_reason})") from None
@@ -465,16 +351,16 @@ def _partial_clip(decoded: _Decoded, rate: Fraction, options: PackOptions, sourc
         # enough frames to cover the audio (a reader's window never runs past the picture), at least one
         count = min(max_frames, max(1, math.ceil(len(decoded.audio) * fps / AUDIO_RATE - EPS)))
         try:
-            webm = _black_webm(count, rate, options.size, threads, options.keyint)
+            webm = black_webm(count, rate, options.size, threads, options.keyint)
         except av.FFmpegError as e:
-            raise ClipError(f"VP9 encode failed: {_one_line(e)}") from None
-        frames = _count_webm_frames(webm, options.size, expected=count)
-        flac, face, face_box = _encode_flac(decoded.audio), "none", None
+            raise ClipError(f"VP9 encode failed: {one_line(e)}") from None
+        frames = count_webm_frames(webm, options.size, expected=count)
+        flac, face, face_box = encode_flac(decoded.audio), "none", None
         streams = STREAM_AUDIO
     else:
         webm, frames, face, face_box = _face_webm(decoded, rate, options, threads)
         fps = float(rate)
         # silence as long as the stored picture
-        flac = _encode_flac(np.zeros(max(1, round(frames * AUDIO_RATE / fps)), np.int16))
+        flac = encode_flac(np.zeros(max(1, round(frames * AUDIO_RATE / fps)), np.int16))
         streams = STREAM_VIDEO
     return _transcoded(webm, flac, frames, fps, face, face_box, source, decoded, streams)

@@ -2,7 +2,7 @@
 
 What the members, the index and the manifest hold is ``avdali.shardformat``; this module only writes them.
 
-Determinism comes from three places (MEDIA.md): the webm muxer in bit-exact mode (transcode.py),
+Determinism comes from three places (MEDIA.md): the webm muxer in bit-exact mode (encode.py),
 FLAC from soundfile, and tar members with fixed metadata, which webdataset's ``TarWriter`` gives
 with ``mtime=0``, empty user/group names and the USTAR format (uid/gid default to 0).
 

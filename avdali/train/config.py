@@ -1,31 +1,24 @@
-"""RunConfig: the whole description of a training run, as nested dataclasses.
+"""RunConfig: the whole description of a training run, as nested dataclasses (the schema; ``config_toml`` reads
+and writes it).
 
-Precedence, written down here and nowhere else (``load_config``):
-
-    dataclass defaults  <  TOML file  <  ``--set section.key=value`` overrides (CLI flags become overrides)
-
-Sections are ``[data]`` (DataConfig + which splits), ``[model]`` (ModelConfig), ``[optim]`` and ``[train]``.
-Every value is type-checked against its field's annotation before the section's own ``__post_init__``
-checks ranges and choices, so every bad key or value is one ConfigError that names the key (and the
-file or ``--set`` it came from) and the valid choices. The resolved config is written into the run folder
-(``config.toml``, loadable again with ``--config``) and into every checkpoint (``RunConfig.to_dict``).
+Sections are ``[data]`` (DataSection: which shards and splits, and the loader's DataConfig), ``[model]``
+(ModelConfig), ``[optim]`` and ``[train]``. Each section checks its ranges and choices in ``__post_init__`` with the
+shared checks (``avdali.config_checks``), one ConfigError naming the key and the valid choices. The resolved config
+is written into the run folder (``config.toml``) and into every checkpoint (``RunConfig.to_dict``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import tomllib
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any
 
+from avdali.config_checks import at_least, choice, in_unit, positive
 from avdali.data.config import DataConfig
 from avdali.errors import AvdaliError, ConfigError
-from avdali.files import atomic_write_text
-from avdali.labels import LABEL_SPACES
 from avdali.models.config import ModelConfig
 
 AMP_CHOICES = ("auto", "bf16", "fp16", "none")
@@ -38,18 +31,21 @@ JOINT_METRIC_CHOICES = ("mean", "ravdess", "meld")
 
 
 @dataclass
-class DataSection(DataConfig):
-    """``[data]``: the loader's DataConfig plus which splits of the shards to train, validate and test on."""
+class DataSection:
+    """``[data]``: which shard folders and splits a run reads, and the loader settings it reads them with.
+
+    A config file writes the section flat: the keys below beside every key of ``DataConfig`` (``flat_keys``), and
+    ``to_dict`` gives it back the same way."""
 
     shards: str | list[str] = "shards/ravdess"
     """Folder with ``manifest.json`` and the shards' ``.tar`` + ``.idx`` files; or a list of such folders, one per
-    dataset (``["shards/ravdess", "shards/meld"]``): a joint run (``avdali.train.joint``) in the unified space."""
+    dataset (``["shards/ravdess", "shards/meld"]``): a joint run (``avdali.train.plan``) in the unified space."""
     mix: list[float] = field(default_factory=list)
     """Joint runs: sampling weight of each ``shards`` folder, in its order (positive numbers, normalised to sum 1);
     empty = proportional to each folder's training clips (a plain union of the training splits)."""
     dataset: str = ""
     """Dataset the shards must hold: "ravdess" or "meld"; empty = whatever their manifest says. Checked against
-    the manifest before a run writes anything (``protocol.check_shards_fit``). Joint runs: the folders' datasets
+    the manifest before a run writes anything (``plan.check_shards_fit``). Joint runs: the folders' datasets
     joined by "+" in ``shards`` order ("ravdess+meld")."""
     fold: int = 1
     """RAVDESS actor fold held out for testing (1-5); validation uses fold ``fold % 5 + 1``, training the other three.
@@ -60,20 +56,21 @@ class DataSection(DataConfig):
     """Shard splits for validation (best checkpoint); empty = the dataset's protocol."""
     test_splits: list[str] = field(default_factory=list)
     """Shard splits evaluated once with the best checkpoint at the end; empty = the dataset's protocol."""
+    pipeline: DataConfig = field(default_factory=DataConfig)
+    """The loader settings: every other ``[data]`` key (loader, batch_size, frames, crop …). Its ``shards`` is the
+    run's one folder (a joint run's first; ``loader_config`` gives each folder's)."""
 
     def __post_init__(self):
-        parent_check = getattr(super(), "__post_init__", None)
-        if parent_check is not None:
-            parent_check()
         if not 1 <= self.fold <= NUM_FOLDS:
             raise ConfigError(f"data.fold must be between 1 and {NUM_FOLDS}, got {self.fold}")
-        from avdali.train.joint import check_joint_data  # the joint rules live with the joint run
-
-        check_joint_data(self, DATASET_CHOICES)
+        _check_shard_list(self)
+        first = self.shard_folders()[0]
+        if self.pipeline.shards != first:
+            self.pipeline = dataclasses.replace(self.pipeline, shards=first)
 
     @property
     def joint(self) -> bool:
-        """Several shard folders: a joint run over their datasets (``avdali.train.joint``)."""
+        """Several shard folders: a joint run over their datasets (``avdali.train.plan``)."""
         return isinstance(self.shards, list)
 
     def shard_folders(self) -> list[str]:
@@ -81,15 +78,86 @@ class DataSection(DataConfig):
         return list(self.shards) if isinstance(self.shards, list) else [self.shards]
 
     def loader_config(self, shards: str | None = None) -> DataConfig:
-        """The plain DataConfig the loaders take (without the split fields), for ``shards`` (one folder; required
-        for a joint run, whose ``data.shards`` is a list)."""
-        names = {f.name for f in dataclasses.fields(DataConfig)}
-        values = {k: v for k, v in dataclasses.asdict(self).items() if k in names}
+        """The DataConfig the loaders take, for ``shards`` (one folder; required for a joint run, whose
+        ``data.shards`` is a list)."""
         if shards is not None:
-            values["shards"] = str(shards)
-        elif self.joint:
+            return dataclasses.replace(self.pipeline, shards=str(shards))
+        if self.joint:
             raise AvdaliError("a joint run's loaders are built per shard folder (loader_config(shards=FOLDER))")
-        return DataConfig(**values)
+        return self.pipeline
+
+    # -- the flat form of a config file ----------------------------------------------------------------------
+
+    @staticmethod
+    def flat_keys() -> list[str]:
+        """The keys of ``[data]`` in file order: ``shards``, DataConfig's, then the split keys."""
+        own = [f.name for f in dataclasses.fields(DataSection) if f.name not in ("shards", "pipeline")]
+        return ["shards", *(f.name for f in dataclasses.fields(DataConfig) if f.name != "shards"), *own]
+
+    @staticmethod
+    def flat_hints() -> dict[str, Any]:
+        """Each flat key's annotation (what ``config_toml`` type-checks a value against)."""
+        return {**typing.get_type_hints(DataConfig), **typing.get_type_hints(DataSection)}
+
+    @classmethod
+    def from_flat(cls, values: dict[str, Any]) -> DataSection:
+        """The section from flat ``{key: value}`` (a config file's ``[data]``); DataConfig's checks run first."""
+        pipeline_keys = {f.name for f in dataclasses.fields(DataConfig)} - {"shards"}
+        pipeline = DataConfig(**{k: v for k, v in values.items() if k in pipeline_keys})
+        return cls(pipeline=pipeline, **{k: v for k, v in values.items() if k not in pipeline_keys})
+
+    def to_dict(self) -> dict:
+        """The flat ``[data]`` of a config file, in ``flat_keys`` order, as plain values."""
+        flat = _plain(dataclasses.asdict(self.pipeline))
+        flat["shards"] = _plain(self.shards)
+        flat.update({f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)
+                     if f.name not in ("shards", "pipeline")})
+        return flat
+
+
+def _check_shard_list(data: DataSection) -> None:
+    """The ``[data]`` rules of shard lists and ``data.mix``, one ConfigError each; a one-folder list becomes that
+    folder (the same run as the string). What only the manifests can tell is the planner's (``plan.plan_run``)."""
+    shards = data.shards
+    if isinstance(shards, str) and shards.strip().startswith("["):
+        raise ConfigError(f'data.shards {shards!r} looks like a list that is not TOML; quote each folder: '
+                          f'data.shards=["shards/ravdess", "shards/meld"]')
+    if isinstance(shards, (list, tuple)):
+        if not shards:
+            raise ConfigError("data.shards must name at least one shard folder, got []")
+        if any(not isinstance(s, str) or not s.strip() for s in shards):
+            raise ConfigError(f"data.shards must be folder names, got {list(shards)!r}")
+        seen: dict[Path, str] = {}
+        for folder in shards:
+            key = Path(folder).expanduser().resolve()
+            if key in seen:
+                raise ConfigError(f"data.shards names the folder {folder!r} twice (as {seen[key]!r} too)")
+            seen[key] = folder
+        data.shards = list(shards) if len(shards) > 1 else shards[0]
+    mix = data.mix
+    if not isinstance(mix, (list, tuple)):
+        raise ConfigError(f"data.mix must be a list of positive sampling weights, got {mix!r}")
+    for w in mix:
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w <= 0:
+            raise ConfigError(f"data.mix must be positive numbers (one sampling weight per data.shards folder), got {list(mix)!r}")
+    folders = data.shard_folders()
+    if mix and len(mix) != len(folders):
+        raise ConfigError(f"data.mix has {len(mix)} weight(s) but data.shards names {len(folders)} folder(s); give one weight per folder")
+    if not data.joint:
+        choice("data.dataset", data.dataset, DATASET_CHOICES)
+        return
+    if data.pipeline.label_space != "unified":
+        raise ConfigError(f"data.label_space {data.pipeline.label_space!r}: a joint run (several data.shards) trains in the "
+                          f"shared 'unified' space")
+    for role in ("train", "val", "test"):
+        if getattr(data, f"{role}_splits"):
+            raise ConfigError(f"data.{role}_splits: a joint run uses each dataset's own splits (RAVDESS data.fold, "
+                              f"MELD train/dev/test); leave it empty")
+    if data.dataset:
+        parts = data.dataset.split("+")
+        if len(parts) != len(folders) or any(p not in DATASET_CHOICES or not p for p in parts):
+            raise ConfigError(f"data.dataset {data.dataset!r}: a joint run names one dataset per data.shards folder, "
+                              f"joined by '+' (e.g. 'ravdess+meld'), or leaves it empty")
 
 
 @dataclass
@@ -117,18 +185,18 @@ class OptimConfig:
 
     def __post_init__(self):
         self.betas = tuple(self.betas)
-        _positive("optim.lr", self.lr)
-        _at_least("optim.weight_decay", self.weight_decay, 0)
+        positive("optim.lr", self.lr)
+        at_least("optim.weight_decay", self.weight_decay, 0)
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ConfigError(f"optim.betas must be two numbers in [0, 1), got {list(self.betas)}")
-        _at_least("optim.warmup_steps", self.warmup_steps, 0)
-        _in_unit("optim.warmup_frac", self.warmup_frac)
-        _at_least("optim.min_lr", self.min_lr, 0)
+        at_least("optim.warmup_steps", self.warmup_steps, 0)
+        in_unit("optim.warmup_frac", self.warmup_frac)
+        at_least("optim.min_lr", self.min_lr, 0)
         if self.min_lr > self.lr:
             raise ConfigError(f"optim.min_lr ({self.min_lr}) must be ≤ optim.lr ({self.lr})")
-        _at_least("optim.grad_clip", self.grad_clip, 0)
-        _in_unit("optim.label_smoothing", self.label_smoothing)
-        _choice("optim.class_weights", self.class_weights, CLASS_WEIGHT_CHOICES)
+        at_least("optim.grad_clip", self.grad_clip, 0)
+        in_unit("optim.label_smoothing", self.label_smoothing)
+        choice("optim.class_weights", self.class_weights, CLASS_WEIGHT_CHOICES)
 
 
 @dataclass
@@ -174,17 +242,17 @@ class TrainConfig:
     """Run name: the prefix of the default run folder (the config file's stem when loaded from a file)."""
 
     def __post_init__(self):
-        _at_least("train.epochs", self.epochs, 1)
-        _choice("train.device", self.device, DEVICE_CHOICES)
-        _choice("train.amp", self.amp, AMP_CHOICES)
+        at_least("train.epochs", self.epochs, 1)
+        choice("train.device", self.device, DEVICE_CHOICES)
+        choice("train.amp", self.amp, AMP_CHOICES)
         if self.compile not in (True, False, "auto"):
             raise ConfigError(f'train.compile must be one of true, false, "auto"; got {self.compile!r}')
-        _choice("train.metric", self.metric, METRIC_CHOICES)
-        _choice("train.joint_metric", self.joint_metric, JOINT_METRIC_CHOICES)
-        _at_least("train.log_every", self.log_every, 1)
-        _at_least("train.max_bad_steps", self.max_bad_steps, 1)
-        _in_unit("train.drop_audio", self.drop_audio)
-        _in_unit("train.drop_video", self.drop_video)
+        choice("train.metric", self.metric, METRIC_CHOICES)
+        choice("train.joint_metric", self.joint_metric, JOINT_METRIC_CHOICES)
+        at_least("train.log_every", self.log_every, 1)
+        at_least("train.max_bad_steps", self.max_bad_steps, 1)
+        in_unit("train.drop_audio", self.drop_audio)
+        in_unit("train.drop_video", self.drop_video)
         if self.drop_audio + self.drop_video > 1:
             raise ConfigError(
                 f"train.drop_audio + train.drop_video must be ≤ 1 (one stream is dropped per sample at most), "
@@ -208,233 +276,14 @@ class RunConfig:
     """``[train]``: run length, precision, logging and output folder."""
 
     def to_dict(self) -> dict:
-        """Plain nested dict of primitives (what checkpoints store; ``config_from_dict`` reads it back)."""
-        return _plain(dataclasses.asdict(self))
+        """Plain nested dict of primitives, ``[data]`` flat as in a file (what checkpoints store;
+        ``config_toml.config_from_dict`` reads it back)."""
+        return {"data": self.data.to_dict(), **{name: _plain(dataclasses.asdict(getattr(self, name)))
+                                                 for name in ("model", "optim", "train")}}
 
 
 SECTIONS: dict[str, type] = {"data": DataSection, "model": ModelConfig, "optim": OptimConfig, "train": TrainConfig}
 """TOML section name → dataclass, in file order."""
-
-
-def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> RunConfig:
-    """The one place of precedence: dataclass defaults < TOML file at ``path`` < ``overrides``.
-
-    ``overrides`` are ``section.key=value`` strings; values are TOML literals (``3``, ``1e-3``, ``true``,
-    ``[1, 2]``, ``"x"``); a value that is not a TOML literal is taken as a bare string (``data.loader=torch``).
-    """
-    values: dict[str, dict[str, Any]] = {}
-    origins: dict[str, str] = {}
-    if path is not None:
-        path = Path(path)
-        values = read_toml(path)
-        for section, keys in values.items():
-            if isinstance(keys, dict):
-                origins.update({f"{section}.{k}": str(path) for k in keys})
-        if isinstance(values.get("train", {}), dict):
-            values.setdefault("train", {}).setdefault("name", path.stem)
-            origins.setdefault("train.name", str(path))
-    for text in overrides:
-        section, key, value = parse_override(text)
-        values.setdefault(section, {})[key] = value
-        origins[f"{section}.{key}"] = f"--set {text}"
-    return config_from_dict(values, origins)
-
-
-def read_toml(path: Path) -> dict:
-    """Parse a TOML config file (ConfigError naming the file for a missing file or bad TOML)."""
-    try:
-        with open(path, "rb") as f:
-            return tomllib.load(f)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: not valid TOML: {e}") from None
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read config file: {e.strerror}") from None
-
-
-def parse_override(text: str) -> tuple[str, str, Any]:
-    """``"optim.lr=1e-3"`` → ``("optim", "lr", 0.001)`` (ConfigError for a malformed override)."""
-    dotted, sep, raw = text.partition("=")
-    section, dot, key = dotted.strip().partition(".")
-    if not sep or not dot or not key or "." in key:
-        raise ConfigError(f"--set {text!r}: expected section.key=value, e.g. optim.lr=1e-3")
-    raw = raw.strip()
-    try:
-        value = tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
-        # Bare words (data.loader=torch) are meant as strings; quoting them in a shell is a nuisance.
-        value = raw
-    return section, key, value
-
-
-def config_from_dict(values: dict, origins: dict[str, str] | None = None) -> RunConfig:
-    """Build a RunConfig from nested ``{section: {key: value}}`` (a TOML file's, or ``RunConfig.to_dict``'s).
-
-    Unknown sections and keys, wrong types and bad values raise ConfigError naming the key and where it came from.
-    """
-    origins = origins or {}
-    for section in values:
-        if section not in SECTIONS:
-            raise ConfigError(f"{_where(origins, section)}unknown section [{section}]; valid sections: {', '.join(SECTIONS)}")
-        if not isinstance(values[section], dict):
-            raise ConfigError(f"{_where(origins, section)}[{section}] must be a table of key = value")
-    built = {}
-    for section, cls in SECTIONS.items():
-        given = dict(values.get(section, {}))
-        if section == "model":
-            given = _derive_model_keys(given, built["data"], origins)
-        built[section] = _build_section(section, cls, given, origins)
-    return RunConfig(**built)
-
-
-def _derive_model_keys(given: dict, data: DataSection, origins: dict[str, str]) -> dict:
-    derived = {"num_classes": len(LABEL_SPACES[data.label_space]), "audio_features": data.feature_bins}
-    for key, value in derived.items():
-        if key in given and given[key] != value:
-            raise ConfigError(
-                f"{_where(origins, f'model.{key}')}model.{key} = {given[key]!r} contradicts [data] "
-                f"(label_space {data.label_space!r}, feature_bins {data.feature_bins}) which gives {value}; leave it out"
-            )
-        given[key] = value
-    return given
-
-
-def _build_section(section: str, cls: type, given: dict, origins: dict[str, str]):
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
-    for key, value in given.items():
-        dotted = f"{section}.{key}"
-        if key not in names:
-            raise ConfigError(f"{_where(origins, dotted)}unknown key {dotted}; valid keys of [{section}]: {', '.join(names)}")
-        try:
-            kwargs[key] = _coerce(dotted, value, hints[key])
-        except ConfigError as e:
-            raise ConfigError(f"{_where(origins, dotted)}{e}") from None
-    try:
-        return cls(**kwargs)
-    except AvdaliError as e:
-        # The section's own checks name the key; add which file or --set it came from.
-        named = [k for k in kwargs if f"{section}.{k}" in str(e)]  # the key the message starts with, if several
-        key = min(named, key=lambda k: str(e).index(f"{section}.{k}")) if named else None
-        where = _where(origins, f"{section}.{key}") if key else ""
-        raise ConfigError(f"{where}{e}") from None
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"[{section}]: {e}") from None
-
-
-def _coerce(key: str, value: Any, hint: Any) -> Any:
-    """Check ``value`` against a field annotation; return it converted (int → float, list → tuple)."""
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if hint is Any:
-        return value
-    if origin in (typing.Union, types.UnionType):
-        for option in args:
-            try:
-                return _coerce(key, value, option)
-            except ConfigError:
-                pass
-        raise ConfigError(f"{key} must be {' or '.join(_type_name(a) for a in args)}, got {value!r}")
-    if origin is Literal:
-        if value not in args:
-            raise ConfigError(f"{key} must be one of {', '.join(map(repr, args))}; got {value!r}")
-        return value
-    if origin in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key} must be a list, got {value!r}")
-        if origin is tuple and args and args[-1] is not Ellipsis:
-            if len(value) != len(args):
-                raise ConfigError(f"{key} must be a list of {len(args)} values, got {list(value)!r}")
-            items = [_coerce(key, v, a) for v, a in zip(value, args)]
-        else:
-            items = [_coerce(key, v, args[0]) for v in value] if args else list(value)
-        return tuple(items) if origin is tuple else items
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key} must be true or false, got {value!r}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key} must be an integer, got {value!r}")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key} must be a number, got {value!r}")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{key} must be a string, got {value!r}")
-        return value
-    return value
-
-
-def _type_name(hint: Any) -> str:
-    return {bool: "true/false", int: "an integer", float: "a number", str: "a string"}.get(hint, str(hint))
-
-
-def _where(origins: dict[str, str], key: str) -> str:
-    source = origins.get(key) or next((v for k, v in origins.items() if k.startswith(f"{key}.")), None)
-    return f"{source}: " if source else ""
-
-
-# --- writing -------------------------------------------------------------------------------------------
-
-
-def config_to_toml(cfg: RunConfig) -> str:
-    """The config as TOML text that ``load_config`` reads back to an equal RunConfig."""
-    lines = [f"# resolved avdali run config (defaults < file < --set)"]
-    for section, keys in cfg.to_dict().items():
-        lines.append(f"\n[{section}]")
-        lines.extend(f"{key} = {toml_literal(value)}" for key, value in keys.items())
-    return "\n".join(lines) + "\n"
-
-
-def dump_config(cfg: RunConfig, path: str | Path) -> Path:
-    """Write ``config_to_toml(cfg)`` to ``path`` (atomically, like checkpoints)."""
-    return atomic_write_text(path, config_to_toml(cfg))
-
-
-def toml_literal(value: Any) -> str:
-    """``value`` written as a TOML literal: what config.toml holds, and the one way to quote a ``--set`` value built
-    in code (``f"train.run_dir={toml_literal(path)}"``): ``parse_override`` reads it back as ``value``."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "nan"
-        if math.isinf(value):
-            return "inf" if value > 0 else "-inf"
-        return repr(value)
-    if isinstance(value, str):
-        return _toml_string(value)
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(toml_literal(v) for v in value) + "]"
-    raise TypeError(f"cannot write {value!r} as a TOML value")
-
-
-_TOML_SHORT_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
-
-
-def _toml_string(text: str) -> str:
-    """A TOML basic string, ASCII only: the bytes JSON would write for the same text (config.toml files written
-    before this stay byte-identical), except where JSON is not TOML: DEL escaped, and characters beyond U+FFFF as
-    one ``\\UXXXXXXXX`` (TOML refuses JSON's surrogate pairs)."""
-    out = []
-    for ch in text:
-        code = ord(ch)
-        if ch in _TOML_SHORT_ESCAPES:
-            out.append(_TOML_SHORT_ESCAPES[ch])
-        elif code < 0x20 or 0x7F <= code <= 0xFFFF:
-            out.append(f"\\u{code:04x}")
-        elif code > 0xFFFF:
-            out.append(f"\\U{code:08x}")
-        else:
-            out.append(ch)
-    return '"' + "".join(out) + '"'
 
 
 def _plain(value: Any) -> Any:
@@ -443,34 +292,3 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     return value
-
-
-# --- checks used by the sections --------------------------------------------------------------------------
-
-
-def _choice(key: str, value: Any, choices: Sequence[str]) -> None:
-    if value not in choices:
-        raise ConfigError(f"{key} must be one of {', '.join(map(repr, choices))}; got {value!r}")
-
-
-def _number(key: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-        raise ConfigError(f"{key} must be a number, got {value!r}")
-
-
-def _positive(key: str, value: Any) -> None:
-    _number(key, value)
-    if value <= 0:
-        raise ConfigError(f"{key} must be > 0, got {value!r}")
-
-
-def _at_least(key: str, value: Any, minimum: float) -> None:
-    _number(key, value)
-    if value < minimum:
-        raise ConfigError(f"{key} must be ≥ {minimum}, got {value!r}")
-
-
-def _in_unit(key: str, value: Any) -> None:
-    _number(key, value)
-    if not 0 <= value < 1:
-        raise ConfigError(f"{key} must be in [0, 1), got {value!r}")

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from avdali.train.distributed import all_gather_objects
-from avdali.train.inputs import autocast, model_video, to_device
+from avdali.train.model_inputs import autocast, model_video, to_device
 from avdali.train.modality import presence
 
 

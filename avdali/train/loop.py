@@ -1,213 +1,53 @@
-"""The training loop: one rank's run from config to best checkpoint.
+"""The training loop: one rank's run from resolved config to best checkpoint (``Trainer``; ``run.py`` starts it).
 
-``run_training`` is what ``avdali train`` calls: it resolves the config once (device, precision, compile,
-metric, run folder), then trains in this process or starts N local ranks through torch.distributed's
-elastic launcher; every rank runs ``train``. The step follows nanoGPT's order: set lr → autocast forward →
-(scaled) backward → clip → step → ``zero_grad(set_to_none=True)``. The device is synchronised only at
-logging steps (``train.log_every``), where the running sums are all-reduced over ranks.
+The step follows nanoGPT's order: set lr → autocast forward → (scaled) backward → clip → step →
+``zero_grad(set_to_none=True)``. The device is synchronised only at logging steps (``train.log_every``), where the
+running sums are all-reduced over ranks.
 
 A step whose loss or gradient norm is not finite changes nothing: the fused AdamW kernel reads a
 ``found_inf`` flag on the device (as GradScaler does for fp16) and skips the update without a host sync.
 Such steps are counted; ``train.max_bad_steps`` of them in a row stop the run, keeping the last checkpoint.
 
-Over 400 lines because it is one job, a rank's run from resolved config to best.pt, read top to bottom; what can
-be read apart lives beside it: the logging window's sums (``window.py``), the checkpoint state (``checkpoint.py``),
-batch → model inputs and autocast (``inputs.py``), the split plan (``protocol.py``).
+One path for every run: the datasets' loaders, and how validation and test are logged, come from the plan
+(``run_data.RunData``); a run of one dataset is a run of one part. What can be read apart lives beside it: the
+logging window's sums (``log_window.py``), the checkpoint state (``checkpoint.py``), batch → model inputs and
+autocast (``model_inputs.py``), the split plan (``plan.py``).
 """
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 import hashlib
 import math
 import sys
 import time
-from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from avdali import native
 from avdali.data.build import build_loader
 from avdali.errors import AvdaliError
-from avdali.folder_lock import hold_folder
 from avdali.labels import LABEL_SPACES
 from avdali.models.avfusion import build_model
 from avdali.train import checkpoint as ckpt
-from avdali.train.config import RunConfig, dump_config
-from avdali.train.distributed import (
-    DistInfo,
-    all_gather_objects,
-    barrier,
-    broadcast_buffers,
-    broadcast_object,
-    cleanup_distributed,
-    init_distributed,
-    launch_local,
-    launcher_rank,
-    resolve_device,
-    under_launcher,
-)
-from avdali.train.evaluate import evaluate, evaluate_modalities
-from avdali.train.inputs import AMP_DTYPES, autocast, model_video, to_device
+from avdali.train.config import RunConfig
+from avdali.train.config_toml import dump_config
+from avdali.train.distributed import DistInfo, all_gather_objects, barrier, broadcast_buffers
+from avdali.train.evaluate import evaluate_modalities
+from avdali.train.log_window import LogWindow
 from avdali.train.metrics_writer import MetricsWriter
-from avdali.train.modality import dropout_masks, hparam_metrics, servable_modalities, test_tag
-from avdali.shardformat.manifest import read_manifest
-from avdali.train.window import LogWindow, WindowSums
-from avdali.train.protocol import SplitPlan, balanced_class_weights, check_shards_fit, default_metric, plan_splits
-from avdali.train.joint import JOINT_METRIC, JointPlan, JointRun, check_joint_metric, plan_joint
+from avdali.train.modality import dropout_masks, hparam_metrics, role_tag, servable_modalities
+from avdali.train.model_inputs import AMP_DTYPES, autocast, model_video, to_device
+from avdali.train.plan import RunPlan, balanced_class_weights
+from avdali.train.reporting import NullReporter, RankReport, Reporter, TrainResult
+from avdali.train.run_data import RunData
 
 
 class TrainingStopped(AvdaliError):
     """Too many non-finite steps in a row: the run stopped; the last good checkpoint is kept."""
-
-
-class Reporter(Protocol):
-    """Where rank 0 tells a person how the run goes (the CLI gives a rich console; tests give nothing)."""
-
-    def start(self, run_dir: Path, summary: str) -> None: ...
-    def epoch_start(self, epoch: int, epochs: int, steps: int) -> None: ...
-    def advance(self, steps: int = 1) -> None: ...
-    def log(self, step: int, values: dict[str, float], sums: WindowSums) -> None:
-        """A logging step: ``values`` as written to TensorBoard (``train/*``), ``sums`` the raw window they came from."""
-    def epoch_end(self, epoch: int, epochs: int, summary: dict[str, float]) -> None: ...
-    def message(self, text: str) -> None: ...
-    def close(self) -> None: ...
-
-
-class NullReporter:
-    """Says nothing (ranks other than 0, tests)."""
-
-    def start(self, run_dir, summary): ...
-    def epoch_start(self, epoch, epochs, steps): ...
-    def advance(self, steps=1): ...
-    def log(self, step, values, sums): ...
-    def epoch_end(self, epoch, epochs, summary): ...
-    def message(self, text): ...
-    def close(self): ...
-
-
-@dataclass
-class RankReport:
-    """One rank's end state, gathered by every rank (the check that DDP kept the replicas identical)."""
-
-    rank: int
-    """Global rank."""
-    weights_sha256: str
-    """SHA-256 of the model's parameters and buffers in state-dict order."""
-    last_epoch_indices: list[int]
-    """Sorted sample indices (valid ones) this rank trained on in its last epoch."""
-
-
-@dataclass
-class TrainResult:
-    """What a finished run reports (rank 0's view; every rank gets the same numbers)."""
-
-    run_dir: Path
-    """The run folder (config.toml, last.pt, best.pt, TensorBoard events)."""
-    step: int
-    """Optimizer steps taken in total (including those before a resume)."""
-    epoch: int
-    """Epochs completed."""
-    metric: str
-    """Name of the validation metric that picked best.pt."""
-    best_metric: float
-    """Its best value."""
-    val: dict[str, float] = field(default_factory=dict)
-    """Last epoch's validation metrics (scalars only)."""
-    test: dict[str, float] = field(default_factory=dict)
-    """best.pt's test metrics (empty when there are no test splits or ``train.test_at_end`` is false)."""
-    robustness: dict[str, dict[str, float]] = field(default_factory=dict)
-    """best.pt's test metrics per modality it can serve ("both" = ``test``, "audio", "video"; ``avdali.train.modality``)."""
-    bad_steps: int = 0
-    """Steps skipped for a non-finite loss or gradient."""
-    ranks: list[RankReport] = field(default_factory=list)
-    """Every rank's end state (one entry per rank)."""
-    rank: int = 0
-    """The rank that returned this result (under torchrun every process gets one; rank 0 reports)."""
-
-
-# --- entry point -----------------------------------------------------------------------------------------
-
-
-def resolve_config(cfg: RunConfig, *, resume: bool = False, now: datetime | None = None) -> tuple[RunConfig, SplitPlan]:
-    """Fill every "auto" (device, amp, compile, metric), the dataset and the run folder: the config that gets written
-    down; and the run's split plan. The shards' manifest is read here once: what only it knows (``check_shards_fit``:
-    packing finished, dataset, label space, stored frame size) is checked before anything is written, for every
-    entry point (``avdali train``, ``cv``, ``demo``, ``bench train``)."""
-    device = resolve_device(cfg.train.device)
-    if cfg.data.joint:  # several shard folders: one plan per dataset (joint.py)
-        plan = plan_joint(cfg.data)
-        check_joint_metric(cfg.train, plan)
-    else:
-        manifest = read_manifest(Path(cfg.data.shards))
-        check_shards_fit(cfg.data, manifest)
-        plan = plan_splits(cfg.data.shards, cfg.data.fold, cfg.data.train_splits, cfg.data.val_splits,
-                           cfg.data.test_splits, manifest=manifest)
-    train = cfg.train
-    run_dir = train.run_dir
-    if not run_dir:
-        if resume:
-            raise AvdaliError("--resume needs the run folder to continue: pass --run-dir DIR")
-        stamp = (now or datetime.now()).strftime("%Y%m%d-%H%M%S")
-        run_dir = str(Path("output") / f"{train.name}-{stamp}")
-    train = dataclasses.replace(
-        train,
-        device=device,
-        amp=train.amp if train.amp != "auto" else ("bf16" if device == "cuda" else "none"),
-        compile=train.compile if train.compile != "auto" else device == "cuda",
-        # a joint run keeps "auto": each dataset's own metric (joint.dataset_metric)
-        metric=train.metric if train.metric != "auto" or cfg.data.joint else default_metric(plan.dataset),
-        run_dir=run_dir,
-    )
-    # Written down so that a checkpoint says which dataset it learned from after its shards move (`avdali cross`).
-    data = dataclasses.replace(cfg.data, dataset=cfg.data.dataset or plan.dataset)
-    return dataclasses.replace(cfg, data=data, train=train), plan
-
-
-def run_training(cfg: RunConfig, *, resume: bool = False, nprocs: int = 1, reporter: Reporter | None = None) -> TrainResult:
-    """Resolve ``cfg`` and train: in this process, on ``nprocs`` local ranks, or as one rank of a torchrun job.
-
-    The run folder's lock (``avdali.folder_lock``) is held once per run: by this process when it trains alone or
-    starts the local ranks, by rank 0 under torchrun. A second run into the same folder stops at once.
-    """
-    native.require(native.loader_parts(cfg.data.loader))  # before ranks and DataLoader workers start
-    cfg, plan = resolve_config(cfg, resume=resume)
-    run_dir = Path(cfg.train.run_dir)
-    if under_launcher() and launcher_rank() != 0:
-        return _run_training_locked(cfg, run_dir, plan, resume, nprocs, reporter)
-    say = reporter.message if reporter is not None else None
-    with hold_folder(run_dir, "avdali train", say):
-        return _run_training_locked(cfg, run_dir, plan, resume, nprocs, reporter)
-
-
-def _run_training_locked(
-    cfg: RunConfig, run_dir: Path, plan: SplitPlan, resume: bool, nprocs: int, reporter: Reporter | None
-) -> TrainResult:
-    # checked under the lock: two runs could otherwise both see no last.pt and both start
-    if not resume and (run_dir / ckpt.LAST).exists():
-        raise AvdaliError(f"{run_dir} already holds a run ({ckpt.LAST}); pass --resume to continue it or choose another --run-dir")
-    if resume and not (run_dir / ckpt.LAST).exists():
-        raise AvdaliError(f"--resume: {run_dir / ckpt.LAST} not found")
-    if nprocs > 1 and not under_launcher():
-        results = launch_local(train, (cfg, plan, resume, reporter), nprocs)
-        return results[0]
-    return train(cfg, plan, resume=resume, reporter=reporter)
-
-
-def train(cfg: RunConfig, plan: SplitPlan | JointPlan, resume: bool = False, reporter: Reporter | None = None) -> TrainResult:
-    """One rank's whole run (``cfg`` and ``plan`` from ``resolve_config``); joins and leaves the process group."""
-    info = init_distributed(resolve_device(cfg.train.device))
-    try:
-        # Every rank must write to the folder rank 0 named (nodes may resolve "now" differently).
-        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, run_dir=broadcast_object(cfg.train.run_dir)))
-        return Trainer(cfg, plan, info, resume=resume, reporter=reporter if info.is_main else None).fit()
-    finally:
-        cleanup_distributed()
 
 
 # --- schedule ----------------------------------------------------------------------------------------------
@@ -229,7 +69,7 @@ def lr_at(step: int, *, lr: float, min_lr: float, warmup_steps: int, total_steps
 class Trainer:
     """Holds one rank's model, optimizer, loaders and counters; ``fit`` runs the epochs."""
 
-    def __init__(self, cfg: RunConfig, plan: SplitPlan | JointPlan, info: DistInfo, *, resume: bool = False,
+    def __init__(self, cfg: RunConfig, plan: RunPlan, info: DistInfo, *, resume: bool = False,
                  reporter: Reporter | None = None):
         self.cfg = cfg
         self.info = info
@@ -237,7 +77,7 @@ class Trainer:
         self.reporter = reporter or NullReporter()
         self.run_dir = Path(cfg.train.run_dir)
         self.amp_dtype = AMP_DTYPES[cfg.train.amp]
-        self.class_names = LABEL_SPACES[cfg.data.label_space]
+        self.class_names = LABEL_SPACES[cfg.data.pipeline.label_space]
         self.plan = plan
 
         # Same seed on every rank for the initial weights (DDP also broadcasts rank 0's), then a rank's own
@@ -251,17 +91,13 @@ class Trainer:
             self.raw_model = self.raw_model.to(memory_format=torch.channels_last)
         torch.manual_seed(cfg.train.seed + 1000 * info.rank)
 
-        common = dict(device=self.device.type, rank=info.rank, world_size=info.world_size, seed=cfg.train.seed,
-                      local_ranks=info.local_world_size)
-        self.joint = JointRun(cfg, plan, build_loader, **common) if isinstance(plan, JointPlan) else None
-        self.metric = JOINT_METRIC if self.joint else cfg.train.metric
+        self.data = RunData(cfg, plan, functools.partial(build_loader, say=self.reporter.message,
+                                                         progress=self._cache_progress),
+                            device=self.device.type, rank=info.rank, world_size=info.world_size, seed=cfg.train.seed,
+                            local_ranks=info.local_world_size)
+        self.metric = self.data.metric
         """The validation value that picks best.pt (``val/<metric>``)."""
-        if self.joint:
-            self.train_loader, self.val_loader = self.joint.train_loader, None
-        else:
-            data_cfg = cfg.data.loader_config()
-            self.train_loader = build_loader(data_cfg, self.plan.train, train=True, **common)
-            self.val_loader = build_loader(data_cfg, self.plan.val, train=False, **common)
+        self.train_loader = self.data.train_loader
         self.steps_per_epoch = len(self.train_loader)
         if self.steps_per_epoch < 1:
             raise AvdaliError(f"{cfg.data.shards}: training splits {', '.join(self.plan.train)} give no batch per rank")
@@ -318,10 +154,10 @@ class Trainer:
     def _class_weights(self) -> torch.Tensor | None:
         if self.cfg.optim.class_weights == "none":
             return None
-        if self.cfg.data.label_space != "unified":
+        if self.cfg.data.pipeline.label_space != "unified":
             raise AvdaliError(
                 f'optim.class_weights = "balanced" counts unified labels from the manifest; '
-                f"data.label_space is {self.cfg.data.label_space!r}"
+                f"data.label_space is {self.cfg.data.pipeline.label_space!r}"
             )
         return torch.tensor(balanced_class_weights(list(self.plan.train_class_counts)), dtype=torch.float32, device=self.device)
 
@@ -338,8 +174,7 @@ class Trainer:
             ranks = self._rank_reports()
             test = self._test() if cfg.test_at_end and self.plan.test else {}
             self.writer.hparams(_flatten(self.cfg.to_dict()), {
-                f"val_best_{self.metric}": self.best_metric, **hparam_metrics(self.test_robustness),
-                **({f"test_{k}": v for k, v in test.items()} if self.joint else {})})
+                f"val_best_{self.metric}": self.best_metric, **hparam_metrics(self.test_robustness)})
         finally:
             failing = sys.exc_info()[1] is not None
             self.reporter.close()
@@ -471,20 +306,16 @@ class Trainer:
 
     # -- evaluation and checkpoints ------------------------------------------------------------------
 
-    def _evaluate(self, loader) -> dict[str, Any]:
-        return evaluate(self.eval_model, loader, device=self.device, num_classes=len(self.class_names),
-                        amp_dtype=self.amp_dtype, channels_last=self.cfg.train.channels_last)
+    def _evaluate(self, loader, modalities: tuple[str, ...] = ("both",)) -> dict[str, dict[str, Any]]:
+        return evaluate_modalities(self.eval_model, loader, modalities, device=self.device,
+                                   num_classes=len(self.class_names), amp_dtype=self.amp_dtype,
+                                   channels_last=self.cfg.train.channels_last)
 
     def _validate_and_save(self) -> None:
         broadcast_buffers(self.raw_model)
-        if self.joint:  # each dataset's val splits apart: val/<dataset>/*, and val/joint by the declared rule
-            scalars = self.joint.evaluate("val", self._evaluate, self.writer, self.step, self.class_names)
-        else:
-            self.val_loader.set_epoch(0)
-            metrics = self._evaluate(self.val_loader)
-            scalars = {k: v for k, v in metrics.items() if k != "confusion"}
-            self.writer.scalars("val", scalars, self.step)
-            self.writer.confusion("val/confusion", metrics["confusion"], self.class_names, self.step)
+        # each dataset's val splits: val/* (val/<dataset>/* and val/joint by the declared rule for several)
+        scalars = self.data.evaluate("val", self.data.val_loaders, self._evaluate, self.writer, self.step,
+                                     self.class_names)["both"]
         value = scalars[self.metric]
         improved = value > self.best_metric
         if improved:
@@ -505,37 +336,15 @@ class Trainer:
         barrier()  # rank 0 wrote best.pt; the others read it
         best = ckpt.load_checkpoint(self.run_dir / ckpt.BEST, map_location=self.device)
         self.raw_model.load_state_dict(best["model"])
-        if self.joint:
-            return self._joint_test(best)
-        loader = build_loader(self.cfg.data.loader_config(), self.plan.test, train=False, device=self.device.type,
-                              rank=self.info.rank, world_size=self.info.world_size, seed=self.cfg.train.seed,
-                              local_ranks=self.info.local_world_size)
-        loader.set_epoch(0)
-        # One pass: both streams, plus each single stream the run trained a missing embedding for (modality.py).
-        per_modality = evaluate_modalities(
-            self.eval_model, loader, servable_modalities(self.cfg.to_dict()), device=self.device,
-            num_classes=len(self.class_names), amp_dtype=self.amp_dtype, channels_last=self.cfg.train.channels_last)
-        for modality, metrics in per_modality.items():
-            scalars = {k: v for k, v in metrics.items() if k != "confusion"}
+        # One pass per dataset: both streams, plus each single stream the run trained a missing embedding for
+        # (modality.py).
+        modalities = servable_modalities(self.cfg.to_dict())
+        per_modality = self.data.evaluate("test", self.data.test_loaders(), lambda loader: self._evaluate(loader, modalities),
+                                          self.writer, self.step, self.class_names)
+        for modality, scalars in per_modality.items():
             self.test_robustness[modality] = scalars
-            self.writer.scalars(test_tag(modality), scalars, self.step)
-            self.writer.confusion(f"{test_tag(modality)}/confusion", metrics["confusion"], self.class_names, self.step)
-            self.reporter.message(
-                f"{test_tag(modality)} ({', '.join(self.plan.test)}, best.pt from epoch {best['epoch']}): "
-                + " ".join(f"{k} {v:.4f}" for k, v in scalars.items() if k != "num_samples")
-                + f" on {scalars['num_samples']} clips"
-            )
+            self.reporter.message(self.data.test_line(role_tag("test", modality), scalars, best["epoch"]))
         return self.test_robustness["both"]
-
-    def _joint_test(self, best: dict) -> dict[str, float]:
-        """Each dataset's test splits apart (``test/<dataset>/*``, ``test/joint``)."""
-        scalars = self.joint.evaluate("test", self._evaluate, self.writer, self.step, self.class_names,
-                                      self.joint.test_loaders())
-        self.reporter.message(
-            f"test (best.pt from epoch {best['epoch']}): "
-            + " ".join(f"{k} {v:.4f}" for k, v in scalars.items() if not k.endswith(("num_samples", "loss")))
-        )
-        return scalars
 
     def _state(self, val: dict[str, float]) -> dict[str, Any]:
         counters = ckpt.Counters(self.step, self.epoch, self.best_metric, self.bad_steps_total, val)
@@ -546,8 +355,7 @@ class Trainer:
             metric=self.metric, world_size=self.info.world_size, config=self.cfg.to_dict(),
             rng=all_gather_objects(ckpt.rng_state()),  # every rank's streams, so a resume continues each exactly
         )  # fmt: skip
-        if self.joint:
-            state["metric_rule"] = self.joint.rule  # e.g. "mean(ravdess/ua, meld/weighted_f1)"
+        state.update(self.data.checkpoint_fields())  # a joint run's rule: "mean(ravdess/ua, meld/weighted_f1)"
         return state
 
     def _load(self, path: Path) -> None:
@@ -557,19 +365,14 @@ class Trainer:
         self.bad_steps_total, self.last_val = counters.bad_steps, counters.val
         self.reporter.message(f"resumed {path} at epoch {self.epoch}, step {self.step}")
 
+    def _cache_progress(self, done: int, total: int) -> None:
+        self.reporter.progress("caching decoded frames", done, total)
+
     def _summary(self) -> str:
         c = self.cfg
-        if self.joint:
-            return (
-                f"{self.joint.summary()} · {c.data.loader} loader · {self.info.world_size} rank(s) on "
-                f"{self.device.type} · amp {c.train.amp} · compile {c.train.compile} · "
-                f"{self.steps_per_epoch} steps/epoch × {c.train.epochs} epochs"
-            )
-        return (
-            f"{self.plan.dataset}: train {'+'.join(self.plan.train)} ({self.train_loader.num_samples} clips), "
-            f"val {'+'.join(self.plan.val)}, test {'+'.join(self.plan.test) or '-'} · {c.data.loader} loader · "
-            f"{self.info.world_size} rank(s) on {self.device.type} · amp {c.train.amp} · compile {c.train.compile} · "
-            f"{self.steps_per_epoch} steps/epoch × {c.train.epochs} epochs · metric {c.train.metric}"
+        return self.data.summary(
+            f"{c.data.pipeline.loader} loader · {self.info.world_size} rank(s) on {self.device.type} · amp {c.train.amp} · "
+            f"compile {c.train.compile} · {self.steps_per_epoch} steps/epoch × {c.train.epochs} epochs"
         )
 
 

@@ -52,10 +52,15 @@ def unservable_reason(modality: str) -> str:
     return f"not trained for it (train.{_NEEDS[modality]} = 0)"
 
 
+def role_tag(role: str, modality: str) -> str:
+    """TensorBoard prefix of a role's metrics (``val``, ``test``) for ``modality``: the role itself for both streams (as
+    before modality dropout existed), ``<role>/audio_only``, ``<role>/video_only``."""
+    return role if modality == "both" else f"{role}/{SINGLE_STREAM_NAMES[modality]}"
+
+
 def test_tag(modality: str) -> str:
-    """TensorBoard prefix of best.pt's test metrics for ``modality``: ``test`` for both streams (as before modality
-    dropout existed), ``test/audio_only``, ``test/video_only``."""
-    return "test" if modality == "both" else f"test/{SINGLE_STREAM_NAMES[modality]}"
+    """TensorBoard prefix of best.pt's test metrics for ``modality``: ``test``, ``test/audio_only``, ``test/video_only``."""
+    return role_tag("test", modality)
 
 
 def hparam_metrics(robustness: dict[str, dict[str, float]]) -> dict[str, float]:

@@ -82,8 +82,8 @@ def run_flops_per_clip(cfg) -> float:
     """``model_flops_per_clip`` for a run config (``RunConfig``): its model at its data's frames, crop and audio window."""
     from avdali.data import clipspec
 
-    audio_frames = clipspec.feature_frames(clipspec.window_samples(cfg.data.audio_seconds))
-    return model_flops_per_clip(cfg.model, cfg.data.frames, cfg.data.crop, audio_frames)
+    audio_frames = clipspec.feature_frames(clipspec.window_samples(cfg.data.pipeline.audio_seconds))
+    return model_flops_per_clip(cfg.model, cfg.data.pipeline.frames, cfg.data.pipeline.crop, audio_frames)
 
 
 def throughput_figures(flops_per_clip: float, clips_per_s: float, peak: float | None) -> dict:

@@ -28,7 +28,7 @@ from avdali.folder_lock import hold_folder
 from avdali.packing.run import PackEvent, PackResult
 from avdali.shardformat.options import PackOptions
 
-DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "demo.toml"
+DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.toml"
 """The demo's run config: the one source of truth (``configs/demo.toml`` is a copy a test keeps equal)."""
 SYNTH_MARKER = "avdali-demo-synth.json"
 """Written into OUT/raw once the synthetic tree is complete: the settings it was made with."""
@@ -74,7 +74,7 @@ QUICK = DemoSize(
     name="quick",
     # Speakers again, not trials: one actor per fold (3 training speakers x 24 trials, 10 epochs) scored 0.42-0.58
     # on its one test speaker, at the mercy of the install's numerics; 3 per fold x 12 trials (9 training speakers,
-    # 36 test clips of 3 speakers) is the same order of work and far steadier (measured spread: README, Demo).
+    # 36 test clips of 3 speakers) is the same order of work and far steadier (measured spread: docs/experiments.md).
     actors=tuple(sorted(THREE_ACTORS_PER_FOLD)),
     trials_per_actor=12,
     train_overrides=("train.epochs=12",),
@@ -146,7 +146,7 @@ class DemoProgress(Protocol):
         """A line to show (e.g. a stale folder lock taken over)."""
 
     def reporter(self):
-        """The training Reporter (``avdali.train.loop.Reporter``), or None for none."""
+        """The training Reporter (``avdali.train.reporting.Reporter``), or None for none."""
 
 
 class NullProgress:
@@ -219,7 +219,7 @@ def new_run_dir(runs: Path, now: datetime | None = None) -> Path:
 
 def demo_config(shards: Path, run_dir: Path, seed: int, size: DemoSize, overrides: tuple[str, ...] = ()):
     """``DEMO_CONFIG`` pointed at the demo's shards and run folder (RunConfig)."""
-    from avdali.train.config import load_config, toml_literal
+    from avdali.train.config_toml import load_config, toml_literal
 
     return load_config(DEMO_CONFIG, [
         f"data.shards={toml_literal(str(shards))}",
@@ -250,7 +250,7 @@ def run_demo(
 
 
 def _run_demo_locked(out: Path, seed: int, size: DemoSize, overrides: tuple[str, ...], progress: DemoProgress) -> DemoResult:
-    from avdali.train.loop import run_training
+    from avdali.train.run import run_training
 
     raw, shards = out / "raw", out / "shards"
     stages: list[StageTime] = []
@@ -272,7 +272,7 @@ def _run_demo_locked(out: Path, seed: int, size: DemoSize, overrides: tuple[str,
     run_dir = new_run_dir(out / "runs")
     cfg = demo_config(shards, run_dir, seed, size, overrides)
     held_out = test_actors(size, cfg.data.fold)
-    progress.stage("train", f"{cfg.train.epochs} epochs on {cfg.data.loader} loader; test fold {cfg.data.fold} = "
+    progress.stage("train", f"{cfg.train.epochs} epochs on {cfg.data.pipeline.loader} loader; test fold {cfg.data.fold} = "
                             f"actors {', '.join(map(str, held_out))} (never seen) → {run_dir}")
     tic = time.perf_counter()
     result = run_training(cfg, reporter=progress.reporter())

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from avdali.demo import SYNTH_MARKER, DemoProgress, DemoResult, DemoSize, NullProgress, StageTime, demo_config, make_once, new_run_dir, run_demo
+from avdali.experiments.demo import SYNTH_MARKER, DemoProgress, DemoResult, DemoSize, NullProgress, StageTime, demo_config, make_once, new_run_dir, run_demo
 from avdali.errors import AvdaliError
 from avdali.shardformat.options import PackOptions
 
@@ -65,7 +65,7 @@ class CrossDemoResult:
     meld_test: dict[str, float]
     """The MELD best.pt's metrics on MELD test, as its training run logged them."""
     table: object
-    """The ``avdali.train.cross.CrossTable``."""
+    """The ``avdali.experiments.cross.CrossTable``."""
     outputs: dict[str, Path]
     """``markdown``, ``json``, ``png`` under OUT/cross."""
     stages: list[StageTime]
@@ -109,8 +109,8 @@ def run_cross_demo(
 ) -> CrossDemoResult:
     """The RAVDESS demo, then synthetic MELD → shards → a MELD run, then both best.pt on both shard folders."""
     from avdali.packing.run import pack
-    from avdali.train.cross import run_cross, write_outputs
-    from avdali.train.loop import run_training
+    from avdali.experiments.cross import run_cross, write_outputs
+    from avdali.train.run import run_training
 
     progress = progress or NullProgress()
     out = Path(out)

@@ -50,7 +50,7 @@ def _torchaudio() -> str:
 
 
 def _dali() -> str:
-    from avdali.data.dali import probe_cpu_pipeline  # DALI is imported in data/dali.py alone
+    from avdali.data.dali import probe_cpu_pipeline  # DALI is imported in data/dali/ alone
 
     probe_cpu_pipeline()
     return "CPU pipeline runs"
@@ -108,7 +108,7 @@ def probe_nvdec(device_id: int = 0) -> str:
         ctypes.CDLL("libnvcuvid.so.1")
     except OSError as e:
         raise NvcuvidMissing(f"libnvcuvid.so.1 does not load ({e})") from None
-    from avdali.data.dali import probe_video_decode  # DALI is imported in data/dali.py alone
+    from avdali.data.dali import probe_video_decode  # DALI is imported in data/dali/ alone
 
     frames = gradient_frames(8, 128)  # NVDEC's minimum VP9 frame is 128x128
     try:

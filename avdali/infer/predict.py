@@ -2,7 +2,7 @@
 
 The clip goes through the packer's ``transcode_clip`` (face crop, stored size and fps, 16 kHz mono audio)
 with the pack options of the shards the checkpoint was trained on (their ``manifest.json``; the defaults
-when those shards are not here), then through the loaders' evaluation transforms (``avdali.data.single``):
+when those shards are not here), then through the loaders' evaluation transforms (``avdali.infer.clip_batch``):
 centre frame sampling, centre crop, centred audio window, log-mel/MFCC with the checkpoint's settings.
 """
 
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from avdali import native
-from avdali.data.single import clip_batch
+from avdali.machine import libraries
+from avdali.infer.clip_batch import clip_batch
 from avdali.data.speakers import Speaker, Sums, add_clip
 from avdali.data.decode import AudioFeatures
 from avdali.errors import AvdaliError
@@ -23,8 +23,8 @@ from avdali.packing.transcode import ClipError, Transcoded, transcode_clip
 from avdali.shardformat.manifest import read_manifest
 from avdali.shardformat.options import PackOptions
 from avdali.train.config import RunConfig
-from avdali.train.inference import LoadedModel
-from avdali.train.inputs import model_video, to_device
+from avdali.infer.load import LoadedModel
+from avdali.train.model_inputs import model_video, to_device
 from avdali.train.evaluate import forward_logits
 from avdali.train.modality import MODALITIES, unservable_reason
 
@@ -117,7 +117,7 @@ def speaker_for(loaded: LoadedModel, path: Path, clip: Transcoded, speaker_clips
     """The statistics of the person in ``clip`` for a ``data.speaker_norm`` checkpoint (None otherwise) and the number
     of clips they come from: ``clip`` and every video in the folder ``speaker_clips`` (other clips of the same person,
     any emotion; a file of the clip's own name is the clip itself, counted once), face-cropped as the clip is."""
-    if not loaded.config.data.speaker_norm:
+    if not loaded.config.data.pipeline.speaker_norm:
         return None, 0
     if speaker_clips is None:
         raise AvdaliError(f"{loaded.path} was trained with data.speaker_norm (each clip against the speaker's mean "
@@ -127,7 +127,7 @@ def speaker_for(loaded: LoadedModel, path: Path, clip: Transcoded, speaker_clips
     others = sorted(p for p in speaker_clips.iterdir() if p.suffix.lower() in SPEAKER_EXTS and p.name != path.name)
     if not others:
         raise AvdaliError(f"{speaker_clips}: no video files ({', '.join(SPEAKER_EXTS)}) for the speaker's statistics")
-    features = AudioFeatures(loaded.config.data)
+    features = AudioFeatures(loaded.config.data.pipeline)
     sums = Sums()
     clips = [(path, clip)] + [(p, transcode_input(p, options, keep_partial=True)) for p in others]
     for where, c in clips:
@@ -149,7 +149,7 @@ def predict_clip(loaded: LoadedModel, path: str | Path, options: PackOptions | N
     otherwise, and for a ``modality`` the clip or the checkpoint cannot serve, one-line AvdaliError.
     ``speaker_clips``: a folder of other clips of the same person, needed by a ``data.speaker_norm`` checkpoint.
     """
-    native.require((*native.PACK_PARTS, *native.loader_parts("torch")))  # transcode + the torch loader's features
+    libraries.require((*libraries.PACK_PARTS, *libraries.loader_parts("torch")))  # transcode + the torch loader's features
     path = Path(path)
     if modality is not None and modality not in MODALITIES:
         raise AvdaliError(f"--modality must be one of {', '.join(MODALITIES)}, got {modality!r}")

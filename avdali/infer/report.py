@@ -77,6 +77,17 @@ def robustness_dict(robustness: dict[str, dict]) -> dict[str, dict]:
     return {modality: {k: _plain(m[k]) for k in SUMMARY_KEYS if k in m} for modality, m in robustness.items()}
 
 
+def eval_report(loaded, result, checkpoint: str | Path) -> dict:
+    """``avdali eval --json``: ``report_dict`` of ``result`` (an ``evaluate.EvalResult`` of ``loaded``, the
+    ``load.LoadedModel`` read from ``checkpoint``) with what was evaluated, and the metrics per modality."""
+    report = report_dict(result.metrics, loaded.class_names, checkpoint=checkpoint, epoch=loaded.epoch,
+                         step=loaded.step, label_space=loaded.label_space, dataset=result.dataset, shards=result.shards,
+                         splits=result.splits, loader=result.loader, device=loaded.device.type,
+                         seconds=round(result.seconds, 3), modality=result.modality)
+    report["robustness"] = robustness_dict(result.robustness)
+    return report
+
+
 def write_json(path: str | Path, report: dict) -> Path:
     """Write ``report`` as indented JSON (atomically: ``*.tmp`` then rename); AvdaliError naming the file on failure."""
     path = Path(path)

@@ -21,7 +21,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from avdali import native
+from avdali.machine import libraries
 from avdali.data import clipspec
 from avdali.data.config import DataConfig
 from avdali.data.shards import ShardSet, resolve
@@ -185,10 +185,10 @@ def bench_cuda_loader(cfg: DataConfig, splits: list[str], count: int, warmup: in
 
 def bench_naive(cfg: DataConfig, dataset: str | None, src: str, splits: list[str] | None, count: int, warmup: int) -> Throughput:
     """The notebook-style loader over the raw tree's clips that the shards hold (``dataset`` None: the shards')."""
-    from avdali.data.naive import naive_loader
+    from avdali.bench.naive_loader import naive_loader
     from avdali.shardformat.manifest import read_manifest
 
-    native.require(("pyav-h264", "torchaudio"))  # the raw clips' decoder and the MFCC, before the workers start
+    libraries.require(("pyav-h264", "torchaudio"))  # the raw clips' decoder and the MFCC, before the workers start
     manifest = read_manifest(cfg.shards)
     loader = naive_loader(dataset or manifest.dataset, src, splits, cfg, manifest)
     return time_batches("naive", _epochs(lambda e: loader), lambda b: len(b["label"]), count, warmup, cfg.frames)

@@ -1,5 +1,4 @@
-"""``avdali bench …``: throughput measurements, printed. ``bench shard`` (here) prints ``avdali.packing.bench``'s
-figures; ``bench loader`` and ``bench train`` have their own modules."""
+"""``avdali bench shard``: print what ``avdali.bench.packing`` measures (packing throughput, bytes per clip)."""
 
 from __future__ import annotations
 
@@ -12,13 +11,10 @@ from rich.table import Table
 
 from avdali.cli.common import console, err_console, parse_size, user_errors
 
-app = typer.Typer(help="Throughput benchmarks (short runs; figures go into the README).", no_args_is_help=True)
-
 BENCH_MIN_SIDE = 64
 """Smallest source frame side the packing bench accepts."""
 
 
-@app.command("shard")
 @user_errors
 def shard(
     size: Annotated[str, typer.Option("--size", help="Source frame size WxH.")] = "1280x720",
@@ -28,7 +24,7 @@ def shard(
 ) -> None:
     """Pack N synthetic RAVDESS-like 30 fps H.264 clips and report clips/s (overall, per core), bytes per
     packed clip, and the per-clip time split (face detection, decode-back verify, decode+crop+encode)."""
-    from avdali.packing.bench import bench_shard
+    from avdali.bench.packing import bench_shard
 
     with err_console.status("bench shard") as status:
         figures = bench_shard(parse_size(size, minimum=BENCH_MIN_SIDE), clips, workers, progress=status.update)
@@ -51,8 +47,3 @@ def shard(
     if json_path is not None:
         json_path.write_text(json.dumps(figures, indent=2) + "\n")
 
-
-from avdali.cli import bench_loader  # noqa: E402  (registration: `avdali bench loader`, owned by data)
-app.command(name="loader")(bench_loader.loader)
-from avdali.cli import bench_train  # noqa: E402  (registration: `avdali bench train`, owned by demo/cv)
-app.command(name="train")(bench_train.train)

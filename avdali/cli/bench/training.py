@@ -1,4 +1,4 @@
-"""``avdali bench train SHARDS``: print what ``avdali.train.bench`` measures (training throughput per loader; on
+"""``avdali bench train SHARDS``: print what ``avdali.bench.training`` measures (training throughput per loader; on
 CUDA also AMP × torch.compile) as a table, and write it as JSON."""
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ def train(
     On CUDA every loader runs with AMP (bf16) and torch.compile on and off. Each variant is a short real
     training run (`avdali train`'s loop) in a temporary folder; warm-up steps are not timed.
     """
-    from avdali.demo import DEMO_CONFIG
-    from avdali.train.bench import bench_training
+    from avdali.experiments.demo import DEMO_CONFIG
+    from avdali.bench.training import bench_training
 
     names = [n.strip() for n in loaders.split(",") if n.strip()]
     unknown = [n for n in names if n not in LOADERS]

@@ -17,7 +17,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Callable
 
-from avdali import native
+from avdali.machine import libraries
 
 TESTED_PYTHONS = ((3, 11), (3, 12))
 """Python versions the test suite ran on (3.11: CPU CI machine; 3.12: the GPU machine)."""
@@ -72,7 +72,7 @@ def _guarded(name: str, required: bool, fn: Callable[[], Check]) -> Check:
     try:
         return fn()
     except Exception as e:  # noqa: BLE001 - a check that crashes is a failed check, never a doctor traceback
-        return Check(name, "fail", native.reason(e), "report this with the output of `avdali doctor --json`", required)
+        return Check(name, "fail", libraries.reason(e), "report this with the output of `avdali doctor --json`", required)
 
 
 # --- Python and packages --------------------------------------------------------------------------------
@@ -112,13 +112,13 @@ def check_packages() -> Check:
             wrong.append(f"{req.name} {have} (tested: {req.specifier})")
     if wrong:
         return Check("packages", "fail", "; ".join(wrong), REINSTALL)
-    return Check("packages", "ok", f"{count} dependencies at tested versions (torch {native.version_of('torch')})")
+    return Check("packages", "ok", f"{count} dependencies at tested versions (torch {libraries.version_of('torch')})")
 
 
 def check_native(name: str) -> Check:
-    part = native.PARTS[name]
-    works, detail = native.check(name)
-    version = native.version_of(part.package)
+    part = libraries.PARTS[name]
+    works, detail = libraries.check(name)
+    version = libraries.version_of(part.package)
     if works:
         return Check(name, "ok", f"{part.package} {version}: {detail}")
     return Check(name, "fail", f"{part.package} {version}: {detail}",
@@ -211,7 +211,7 @@ def check_dali_gpu() -> Check:
     try:
         probe_pipeline(0)
     except Exception as e:  # noqa: BLE001 - the failure is the finding
-        return Check("dali-gpu", "fail", native.reason(e),
+        return Check("dali-gpu", "fail", libraries.reason(e),
                      "DALI's CUDA build must match the driver: pip install -e . (nvidia-dali-cuda130 needs a CUDA 13 driver)",
                      required=False)
     return Check("dali-gpu", "ok", "gpu pipeline runs on device 0", required=False)
@@ -221,11 +221,11 @@ def check_nvdec() -> Check:
     if not cuda_devices():
         return Check("nvdec", "skip", "no CUDA device", required=False)
     try:
-        detail = native.probe_nvdec(0)
+        detail = libraries.probe_nvdec(0)
     except Exception as e:  # noqa: BLE001 - the failure is the finding
         # only a library that does not load is the container's doing; a decode that fails needs another fix
-        fix = NVDEC_HIDDEN_FIX if isinstance(e, native.NvcuvidMissing) else NVDEC_DECODE_FIX
-        return Check("nvdec", "fail", str(e) if isinstance(e, RuntimeError) else native.reason(e), fix, required=False)
+        fix = NVDEC_HIDDEN_FIX if isinstance(e, libraries.NvcuvidMissing) else NVDEC_DECODE_FIX
+        return Check("nvdec", "fail", str(e) if isinstance(e, RuntimeError) else libraries.reason(e), fix, required=False)
     return Check("nvdec", "ok", detail, required=False)
 
 
@@ -234,7 +234,7 @@ def run_checks(shards: Path = Path("shards"), output: Path = Path("output")) -> 
     planned: list[tuple[str, bool, Callable[[], Check]]] = [
         ("python", True, check_python),
         ("packages", True, check_packages),
-        *((name, True, lambda name=name: check_native(name)) for name in native.PARTS),
+        *((name, True, lambda name=name: check_native(name)) for name in libraries.PARTS),
         ("cpu", True, check_cores),
         ("disk-shards", True, lambda: check_disk("disk-shards", shards)),
         ("disk-output", True, lambda: check_disk("disk-output", output)),

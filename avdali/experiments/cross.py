@@ -3,7 +3,7 @@
 Every cell is one ``evaluate_checkpoint`` call (the function behind ``avdali eval``), so a cell's numbers are
 exactly what ``avdali eval --checkpoint C --shards S --split …`` prints for the same splits.
 
-Which splits a cell reads (the rule, also in README):
+Which splits a cell reads (the rule, also in docs/evaluation.md):
 
 - in-domain (the checkpoint was trained on the folder's dataset): ``avdali eval``'s default, the checkpoint's
   held-out test split (``data.test_splits`` when the shards hold them, else RAVDESS ``fold{data.fold}``, MELD ``test``);
@@ -28,9 +28,10 @@ import numpy as np
 
 from avdali.errors import AvdaliError
 from avdali.shardformat.manifest import Manifest, read_manifest
-from avdali.train.inference import LoadedModel, check_label_space, default_eval_splits, evaluate_checkpoint, load_model
-from avdali.train.protocol import ravdess_fold_splits
-from avdali.train.report import write_file, write_json
+from avdali.infer.evaluate import check_label_space, default_eval_splits, evaluate_checkpoint
+from avdali.infer.load import LoadedModel, load_model
+from avdali.train.plan import ravdess_fold_splits
+from avdali.infer.report import write_file, write_json
 
 TABLE_METRICS = (("acc", "accuracy"), ("ua", "UA"), ("weighted_f1", "weighted F1"), ("macro_f1", "macro F1"))
 """The table's metrics in order: key in ``evaluate``'s dict, title (UA = unweighted accuracy = mean per-class recall)."""
@@ -157,7 +158,7 @@ def training_dataset(loaded: LoadedModel) -> str:
         return "+".join(read_manifest(Path(folder)).dataset for folder in data.shard_folders())
     except AvdaliError:
         pass
-    if data.label_space == "ravdess8":
+    if data.pipeline.label_space == "ravdess8":
         return "ravdess"
     raise AvdaliError(
         f"{loaded.path}: cannot tell which dataset it was trained on (its data.dataset is empty and its "

@@ -1,6 +1,6 @@
 """RAVDESS k-fold cross-validation: one training run per actor fold under one parent folder, then mean ± std.
 
-Fold k tests on actor fold k, validates on fold k % 5 + 1 and trains on the other three (``protocol.py``), so
+Fold k tests on actor fold k, validates on fold k % 5 + 1 and trains on the other three (``avdali.train.plan``), so
 the five test folds together hold every actor exactly once. Each fold is an ordinary run (``run_training``)
 in ``PARENT/fold{k}``; ``PARENT/cv.json`` is rewritten after every fold, so a stopped cross-validation keeps
 what it finished. The spread is the population standard deviation over folds (numpy's default, ddof=0, what
@@ -20,8 +20,9 @@ from typing import Callable, Sequence
 from avdali.errors import AvdaliError, ConfigError
 from avdali.files import atomic_write_text
 from avdali.folder_lock import hold_folder
-from avdali.train.config import RunConfig, config_to_toml
-from avdali.train.protocol import RAVDESS_FOLDS, plan_splits
+from avdali.train.config import RunConfig
+from avdali.train.config_toml import config_to_toml
+from avdali.train.plan import RAVDESS_FOLDS, plan_splits
 
 CV_JSON = "cv.json"
 """The summary file in the parent folder."""
@@ -151,7 +152,7 @@ def _run_cv_locked(
     reporter_for: Callable[[int], object] | None,
     on_fold: Callable[[FoldResult], None] | None,
 ) -> CVSummary:
-    from avdali.train.loop import run_training
+    from avdali.train.run import run_training
 
     if (parent / CV_JSON).exists():
         raise AvdaliError(f"{parent} already holds a cross-validation ({CV_JSON}); choose another --out")

@@ -42,10 +42,10 @@ def loader(
     """Measure loader throughput (training mode: shuffle + augmentation) and the VP9 decode ceiling."""
     import os
 
-    from avdali.data.benchmark import run_benchmark
+    from avdali.bench.loaders import run_benchmark
     from avdali.data.config import DataConfig
 
-    from avdali.data.benchmark import check_loaders
+    from avdali.bench.loaders import check_loaders
 
     if device not in DEFAULT_LOADERS:
         raise AvdaliError(f"--device: expected cpu or cuda, got {device!r}")

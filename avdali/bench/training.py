@@ -17,8 +17,8 @@ import tempfile
 from pathlib import Path
 
 from avdali.errors import AvdaliError
-from avdali.train.config import load_config, toml_literal
-from avdali.train.window import WindowSums
+from avdali.train.config_toml import load_config, toml_literal
+from avdali.train.log_window import WindowSums
 
 UNLIMITED_EPOCHS = 1_000_000
 """Epochs asked of a bench run: it never ends on its own; the reporter stops it after the measured steps."""
@@ -122,7 +122,7 @@ def measure_variant(config: Path, overrides: list[str], variant: Variant, warmup
     """One short training run of ``variant`` (in a temporary run folder); its per-step figures summed."""
     import torch
 
-    from avdali.train.loop import run_training
+    from avdali.train.run import run_training
 
     torch._dynamo.reset()  # each variant compiles afresh, as its own training run would (no shared recompile budget)
     recorder = StepRecorder(warmup, steps)
@@ -155,7 +155,7 @@ def bench_training(
     import torch
 
     from avdali.train.distributed import resolve_device
-    from avdali.train.flops import PEAK_SOURCE, peak_tflops, run_flops_per_clip, throughput_figures
+    from avdali.bench.flops import PEAK_SOURCE, peak_tflops, run_flops_per_clip, throughput_figures
 
     if not (shards / "manifest.json").is_file():
         raise AvdaliError(f"{shards}: no manifest.json (SHARDS must be a folder written by `avdali shard`)")
@@ -166,7 +166,7 @@ def bench_training(
     if peak is None and device == "cuda":
         peak = peak_tflops(torch.cuda.get_device_name())
     results = []
-    for batch in batch_sizes or [base.data.batch_size]:
+    for batch in batch_sizes or [base.data.pipeline.batch_size]:
         for variant in variants_for(device, loaders, base.train.amp, base.train.compile, grid):
             if progress:
                 progress(variant, batch)
@@ -182,9 +182,9 @@ def bench_training(
         "shards": str(shards),
         "config": str(config),
         "overrides": overrides,
-        "batch_size": base.data.batch_size,
-        "frames": base.data.frames,
-        "crop": base.data.crop,
+        "batch_size": base.data.pipeline.batch_size,
+        "frames": base.data.pipeline.frames,
+        "crop": base.data.pipeline.crop,
         "warmup_steps": warmup,
         "peak_tflops": peak,
         "peak_source": PEAK_SOURCE if peak is not None else None,

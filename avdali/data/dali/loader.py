@@ -1,0 +1,205 @@
+"""``DaliLoader``: a rank's batches of the streaming DALI pipeline, one pipeline per training epoch (its file list is
+the epoch's order), with read failures named by shard and sample."""
+
+from __future__ import annotations
+
+import torch
+
+from avdali import shardformat as fmt
+from avdali.data import order
+from avdali.data.batch import Batch
+from avdali.data.config import DataConfig, resolve_decode
+from avdali.data.dali.graph import OUTPUTS, av_pipeline, eval_crop
+from avdali.data.dali.runs import PipelineRuns, info_length, pipeline_seed
+from avdali.data.integrity import changed_shards, frame_count_mismatch, read_failure
+from avdali.data.shards import ShardSet
+from avdali.errors import AvdaliError
+
+
+_OUT_OF_RANGE = "out-of-bounds frame index"
+"""What DALI's decoder says when a frame index is past the stored video (``pad_mode="none"``)."""
+
+
+class DaliLoader:
+    """Batches from the DALI pipeline: ``len()`` batches per epoch on every rank; ``set_epoch`` picks the epoch's
+    order (training)."""
+
+    def __init__(
+        self,
+        cfg: DataConfig,
+        shardset: ShardSet,
+        *,
+        train: bool,
+        device: str,
+        rank: int,
+        world_size: int,
+        seed: int,
+        frame_size: tuple[int, int],
+    ):
+        self.cfg, self.shardset, self.train = cfg, shardset, train
+        self.device, self.rank, self.world_size, self.seed = device, rank, world_size, seed
+        self.frame_size = frame_size
+        self.decode = "cpu" if device != "cuda" else resolve_decode(cfg.decode)
+        """Where video is decoded: ``cpu`` (CPU pipeline, or the hybrid on CUDA) or ``gpu`` (NVDEC)."""
+        self.num_samples = shardset.num_samples
+        lo, hi = order.rank_range(self.num_samples, rank, world_size)
+        self.rank_samples = hi - lo
+        self.epoch = 0
+        self._runs_now: PipelineRuns | None = None
+        self._next: tuple[int, PipelineRuns] | None = None  # the next training epoch's pipeline, built ahead
+        self._info_len = info_length(shardset)
+        self._lookup = {(f.tar, off): f.first + j for f in shardset.files for j, off in enumerate(f.video_offsets)}
+        self._keys = {f.first + j: (f.tar, key) for f in shardset.files for j, key in enumerate(f.keys)}
+        jitter = train and cfg.augment
+        self._names = OUTPUTS if jitter else OUTPUTS[:-2]
+        self._eval_crop = None if jitter else torch.tensor([eval_crop(frame_size, cfg.crop)], dtype=torch.int32)
+
+    def __len__(self) -> int:
+        return order.batches_per_epoch(self.num_samples, self.cfg.batch_size, self.world_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Training: the next iteration reads ``epoch``'s order with ``epoch``'s seed; evaluation is the same every
+        epoch."""
+        self.epoch = epoch
+
+    def files(self, epoch: int | None = None) -> tuple:
+        """The tars in the order ``epoch`` (default: the current one) reads them (``order.reading_order``)."""
+        epoch = self.epoch if epoch is None else epoch
+        return order.reading_order(self.shardset, train=self.train, seed=self.seed, epoch=epoch)
+
+    def rank_tars(self) -> list[str]:
+        """The tars this rank reads in the current epoch."""
+        return [p.span.tar for p in order.rank_parts(self.files(), self.rank, self.world_size)]
+
+    def make_pipeline(self, device_id: int | None, epoch: int | None = None):
+        """The pipeline object for this rank and ``epoch`` (default: the current one; defined, not built)."""
+        epoch = self.epoch if epoch is None else epoch
+        files = self.files(epoch)
+        return av_pipeline(
+            paths=[f.tar for f in files],
+            index_paths=[f.idx for f in files],
+            cfg=self.cfg,
+            device="gpu" if self.device == "cuda" else "cpu",
+            train=self.train,
+            shard_id=self.rank,
+            num_shards=self.world_size,
+            frame_size=self.frame_size,
+            info_len=self._info_len,
+            decode=self.decode,
+            batch_size=self.cfg.batch_size,
+            num_threads=self.cfg.num_threads,
+            device_id=device_id,
+            seed=pipeline_seed(self.seed, self.rank, epoch if self.train else 0),
+            prefetch_queue_depth=min(self.cfg.prefetch, len(self)),
+        )
+
+    def _runs(self, epoch: int, start: bool = False) -> PipelineRuns:
+        """A built pipeline for ``epoch`` (with ``start``: already decoding its first batches)."""
+        device_id = torch.cuda.current_device() if self.device == "cuda" else None
+        runs = PipelineRuns(self.make_pipeline(device_id, epoch), min(self.cfg.prefetch, len(self)))
+        if start:
+            runs._schedule(None)
+        return runs
+
+    def _ensure_runs(self) -> PipelineRuns:
+        # Evaluation keeps one pipeline for every epoch. Training reads each epoch from its own pipeline (its file
+        # list is the epoch's order): the next epoch's is built while this epoch's last batches are read, so its
+        # first batches are decoded by then; any other jump (the first epoch, a resume) builds it now.
+        if self._runs_now is not None and not self.train:
+            return self._runs_now
+        self._runs_now = None  # release the old pipeline's threads before starting new ones
+        prepared, self._next = self._next, None
+        if prepared is not None and prepared[0] == self.epoch:
+            self._runs_now = prepared[1]
+        else:
+            del prepared
+            self._runs_now = self._runs(self.epoch)
+        return self._runs_now
+
+    def _index_of(self, info: torch.Tensor) -> torch.Tensor:
+        out = []
+        for row in info.cpu().numpy():
+            text = row.tobytes().rstrip(b"\0").decode()
+            tar, offset, _name = text.rsplit(":", 2)
+            out.append(self._lookup[(tar, int(offset))])
+        return torch.tensor(out, dtype=torch.int64)
+
+    def __iter__(self):
+        target = torch.device(f"cuda:{torch.cuda.current_device()}") if self.device == "cuda" else torch.device("cpu")
+        position = 0
+        finished = False
+        ahead = max(len(self) - self.cfg.prefetch, 0)  # from this batch on, the next epoch's pipeline decodes too
+        try:
+            for step, outputs in enumerate(self._outputs()):
+                if self.train and step == ahead and self._next is None:
+                    self._next = (self.epoch + 1, self._runs(self.epoch + 1, start=True))
+                yield self._batch(outputs, position, target)
+                position += self.cfg.batch_size
+            finished = True
+        finally:
+            if not finished or self.train:  # an abandoned epoch cannot be reset in DALI: start afresh next time
+                self._runs_now = None
+
+    def _outputs(self):
+        """DALI's batches; a failed read ("Critical error in pipeline", which often names no file) becomes one line
+        naming the shard: the sample whose frame count its video does not hold, the shard whose SHA-256 changed
+        when a check finds one, else this rank's shards."""
+        try:
+            for outputs, _ in self._ensure_runs().epoch(len(self), self._names, run_ahead=not self.train):
+                yield outputs
+        except RuntimeError as e:
+            tars = self.rank_tars()
+            if _OUT_OF_RANGE in str(e) and not changed_shards(self.shardset, tars):  # a changed tar says more
+                mismatch = frame_count_mismatch(self.shardset, tars)
+                if mismatch is not None:
+                    raise mismatch from None
+            raise read_failure(self.shardset, tars, "DALI", _dali_reason(str(e))) from e
+
+    def _batch(self, out: dict, position: int, target: torch.device) -> Batch:
+        n = out["label"].shape[0]
+        valid = torch.arange(position, position + n) < self.rank_samples
+        index = self._index_of(out["info"])
+        self._check_labels(out["label"], index)
+        streams = out["streams"]  # CPU (from meta.i32, like the label)
+        return Batch(
+            video=out["video"].permute(0, 1, 4, 2, 3),  # N,T,H,W,C memory → N,T,C,H,W view (channels-last)
+            audio=out["audio"],
+            audio_len=out["audio_len"].to(target, non_blocking=True),
+            label=out["label"].to(target, non_blocking=True),
+            index=index.to(target, non_blocking=True),
+            valid=valid.to(target, non_blocking=True),
+            audio_present=((streams & fmt.STREAM_AUDIO) != 0).to(target, non_blocking=True),
+            video_present=((streams & fmt.STREAM_VIDEO) != 0).to(target, non_blocking=True),
+            **self._crops(out, n, target),
+        )
+
+    def _crops(self, out: dict, n: int, target: torch.device) -> dict:
+        """crop_box and flipped of a batch: the graph's draws in training, evaluation's constant window otherwise."""
+        if self._eval_crop is None:
+            return dict(crop_box=out["crop_box"].to(target, non_blocking=True),
+                        flipped=out["flipped"].to(target, non_blocking=True))
+        return dict(crop_box=self._eval_crop.expand(n, 4).to(target), flipped=torch.zeros(n, dtype=torch.bool, device=target))
+
+    def _check_labels(self, label: torch.Tensor, index: torch.Tensor) -> None:
+        """Labels come from ``meta.i32`` on the CPU: a corrupt one is named here (on the GPU the loss would hit a
+        device-side assert that names nothing)."""
+        if label.device.type != "cpu":
+            return  # reading a GPU tensor would sync the device every batch
+        num_classes = self.cfg.num_classes
+        bad = ((label < 0) | (label >= num_classes)).nonzero().flatten().tolist()
+        if bad:
+            tar, key = self._keys[int(index[bad[0]])]
+            raise AvdaliError(
+                f"{tar}: sample {key} has label {int(label[bad[0]])}, outside the {num_classes} classes of "
+                f"{self.cfg.label_space} (corrupt shard?); check the folder with `avdali inspect {self.shardset.root}`"
+            )
+
+
+def _dali_reason(message: str) -> str:
+    """The line of a DALI pipeline error that says what failed (after "encountered:"), without the C++ context."""
+    lines = [ln.strip() for ln in message.splitlines() if ln.strip()]
+    if "encountered:" in lines:
+        after = lines[lines.index("encountered:") + 1 :]
+        lines = after or lines
+    lines = [ln for ln in lines if not ln.startswith(("C++ context", "Current pipeline object", "Critical error"))]
+    return lines[0] if lines else message.strip()[:200]
