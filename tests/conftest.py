@@ -169,3 +169,15 @@ def ravdess_shards_v2(tmp_path_factory, ravdess_shards) -> Path:
         return sorted(samples, key=lambda sample: sample["__key__"])
 
     return _as_older_format(ravdess_shards, tmp_path_factory.mktemp("ravdess_shards_v2"), 2, in_name_order)
+
+
+def graph_ops(*outputs) -> list[tuple[str, str]]:
+    """(schema name, device) of every operator upstream of traced ``outputs`` (DALI's private graph objects)."""
+    seen, stack = {}, list(outputs)
+    while stack:
+        op = stack.pop().source
+        if op is None or op.id in seen:
+            continue
+        seen[op.id] = (getattr(op._op, "schema_name", None) or type(op._op).__name__, op._op.device)
+        stack += list(op.inputs)
+    return list(seen.values())

@@ -14,6 +14,7 @@ from avdali.data.build import build_loader
 from avdali.data.config import DataConfig
 from avdali.data.shards import list_splits, resolve
 from avdali.errors import AvdaliError, ConfigError
+from conftest import graph_ops, tiny_run_toml
 
 FOLDS = ["fold1", "fold2", "fold3", "fold4", "fold5"]
 FRAME_MEAN_TOL = 1.5
@@ -143,6 +144,7 @@ def test_cache_options_are_checked():
         DataConfig(cache="gpu")
     with pytest.raises(ConfigError, match=r'data\.cache = \'host\' needs data\.loader = "dali"'):
         DataConfig(cache="host", loader="torch")
+    assert DataConfig(cache="auto", loader="torch").cache == "auto"  # streams: the shipped configs work on either loader
     with pytest.raises(ConfigError, match=r"data\.cache_max_gb must be > 0"):
         DataConfig(cache="auto", cache_max_gb=0)
 
@@ -182,17 +184,11 @@ def test_cached_gpu_pipeline_is_defined(train, inputs_on_gpu):
     pipe = dali.cached_clip_pipeline(cfg=cfg, gpu=True, inputs_on_gpu=inputs_on_gpu, jitter=train,
                                      frame_size=(128, 128), batch_size=2, num_threads=1, device_id=0)
     assert [node.device for node in pipe._graph_out] == ["gpu", "gpu"]
-    ops, stack = {}, list(pipe._graph_out)
-    while stack:
-        op = stack.pop().source
-        if op is None or op.id in ops:
-            continue
-        ops[op.id] = (getattr(op._op, "schema_name", None) or type(op._op).__name__, op._op.device)
-        stack += list(op.inputs)
-    sources = [device for name, device in ops.values() if name == "ExternalSource"]
+    ops = graph_ops(*pipe._graph_out)
+    sources = [device for name, device in ops if name == "ExternalSource"]
     assert len(sources) == 2 + 2 * train  # frames, audio (+ the crop window's corners, always on the host)
     assert sources.count("gpu") == (2 if inputs_on_gpu else 0)
-    later = {device for name, device in ops.values() if name in ("Resize", "CropMirrorNormalize", "Spectrogram",
+    later = {device for name, device in ops if name in ("Resize", "CropMirrorNormalize", "Spectrogram",
                                                                   "MelFilterBank", "ToDecibels", "Normalize")}
     assert later == {"gpu"}
 
@@ -200,8 +196,6 @@ def test_cached_gpu_pipeline_is_defined(train, inputs_on_gpu):
 def test_a_cached_training_run_says_what_it_caches_and_shows_the_first_pass(tmp_path, ravdess_shards):
     """`avdali train` with ``data.cache = "host"``: rank 0's reporter gets the cache's one line and a progress bar
     that reaches every clip of each cached loader, and the run trains."""
-    from conftest import tiny_run_toml
-
     from avdali.train.config_toml import load_config
     from avdali.train.reporting import NullReporter
     from avdali.train.run import run_training

@@ -16,6 +16,7 @@ from avdali.data.build import build_loader
 from avdali.data.config import DataConfig
 from avdali.data.shards import list_splits
 from avdali.errors import AvdaliError
+from conftest import graph_ops
 
 SPLITS = ["fold1", "fold2"]
 
@@ -160,18 +161,6 @@ def test_cuda_without_cuda_is_a_clear_error(ravdess_shards):
         build_loader(small(ravdess_shards), SPLITS, train=True, device="cuda")
 
 
-def _graph_ops(*outputs) -> list[tuple[str, str]]:
-    """(schema name, device) of every operator upstream of traced ``outputs`` (DALI's private graph objects)."""
-    seen, stack = {}, list(outputs)
-    while stack:
-        op = stack.pop().source
-        if op is None or op.id in seen:
-            continue
-        seen[op.id] = (getattr(op._op, "schema_name", None) or type(op._op).__name__, op._op.device)
-        stack += list(op.inputs)
-    return list(seen.values())
-
-
 @pytest.mark.parametrize("train, features, video_dtype, crop_interp, decode, speaker_norm",
                          [(True, "logmel", "uint8", "nearest", "gpu", False), (True, "logmel", "uint8", "linear", "cpu", True),
                           (False, "mfcc", "float16", "nearest", "gpu", False), (False, "logmel", "uint8", "linear", "cpu", True),
@@ -192,7 +181,7 @@ def test_gpu_pipeline_is_defined(ravdess_shards, train, features, video_dtype, c
     # the traced outputs: video and audio features must come out of GPU ops (a CPU op there would
     # silently move work back to the CPU); DALI keeps them in the private _graph_out
     assert [node.device for node in pipe._graph_out[:2]] == ["gpu", "gpu"]
-    ops = _graph_ops(*pipe._graph_out[:2])
+    ops = graph_ops(*pipe._graph_out[:2])
     assert [device for name, device in ops if name == "decoders__Video"] == ["mixed" if decode == "gpu" else "cpu"]
     # hybrid: the decode (and the reader, audio decode, slicing) on the CPU, but every crop/resize/feature op on the GPU
     later = [device for name, device in ops if name in ("SequenceRearrange", "CropMirrorNormalize", "Resize", "Spectrogram",

@@ -75,7 +75,7 @@ def build_loader(
         verify_shards(shardset, [f.tar for f in shardset.files] if train else [p.span.tar for p in parts])
     cfg = resolve_threads(cfg, local_ranks)
     loader = None
-    if cfg.cache != "off":
+    if cfg.cache != "off" and cfg.loader == "dali":  # "auto" with the torch loader streams
         from avdali.data.cache import build_cached
 
         loader = build_cached(cfg, shardset, train=train, device=device, rank=rank, world_size=world_size, seed=seed,

@@ -77,8 +77,9 @@ class DataConfig:
     memory, and every later epoch reads the clip specification's frames and windows from there through the same
     DALI crop and feature operators; ``auto``: ``device`` on CUDA, ``host`` on the CPU, when the estimate (from the
     manifest, printed) fits ``cache_max_gb`` and the free memory with a margin, else streaming (one line says
-    why). A forced mode that its budget cannot hold stops before decoding anything. Training caches the whole
-    training split on every rank (ranks trade tars each epoch); evaluation only the rank's range."""
+    why); with ``loader = "torch"`` it streams. A forced mode that its budget cannot hold stops before decoding
+    anything. Training caches the whole training split on every rank (ranks trade tars each epoch); evaluation only
+    the rank's range."""
     cache_max_gb: float = 32.0
     """The most memory a loader's cache may take, in GB (on top of the free-memory margin)."""
     speaker_norm: bool = False
@@ -104,7 +105,7 @@ class DataConfig:
         _choice("crop_interp", self.crop_interp, CROP_INTERPS)
         _choice("decode", self.decode, DECODES)
         _choice("cache", self.cache, CACHES)
-        if self.cache != "off" and self.loader != "dali":
+        if self.cache in ("host", "device") and self.loader != "dali":
             raise ConfigError(f'data.cache = {self.cache!r} needs data.loader = "dali" (its epochs run the DALI '
                               'pipeline\'s own crop and feature operators); got data.loader = "torch"')
         if not self.cache_max_gb > 0:
