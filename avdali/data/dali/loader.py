@@ -10,7 +10,7 @@ from avdali.data import order
 from avdali.data.batch import Batch
 from avdali.data.config import DataConfig, resolve_decode
 from avdali.data.dali.graph import OUTPUTS, av_pipeline, eval_crop
-from avdali.data.dali.runs import PipelineRuns, info_length, pipeline_seed
+from avdali.data.dali.runs import PipelineRuns, info_length, offset_lookup, pipeline_seed, source_index
 from avdali.data.integrity import changed_shards, frame_count_mismatch, read_failure
 from avdali.data.shards import ShardSet
 from avdali.errors import AvdaliError
@@ -48,7 +48,7 @@ class DaliLoader:
         self._runs_now: PipelineRuns | None = None
         self._next: tuple[int, PipelineRuns] | None = None  # the next training epoch's pipeline, built ahead
         self._info_len = info_length(shardset)
-        self._lookup = {(f.tar, off): f.first + j for f in shardset.files for j, off in enumerate(f.video_offsets)}
+        self._lookup = offset_lookup(shardset.files)
         self._keys = {f.first + j: (f.tar, key) for f in shardset.files for j, key in enumerate(f.keys)}
         jitter = train and cfg.augment
         self._names = OUTPUTS if jitter else OUTPUTS[:-2]
@@ -117,12 +117,7 @@ class DaliLoader:
         return self._runs_now
 
     def _index_of(self, info: torch.Tensor) -> torch.Tensor:
-        out = []
-        for row in info.cpu().numpy():
-            text = row.tobytes().rstrip(b"\0").decode()
-            tar, offset, _name = text.rsplit(":", 2)
-            out.append(self._lookup[(tar, int(offset))])
-        return torch.tensor(out, dtype=torch.int64)
+        return torch.tensor([source_index(row, self._lookup) for row in info.cpu().numpy()], dtype=torch.int64)
 
     def __iter__(self):
         target = torch.device(f"cuda:{torch.cuda.current_device()}") if self.device == "cuda" else torch.device("cpu")

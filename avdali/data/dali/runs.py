@@ -14,11 +14,22 @@ from avdali.data.dali.graph import cached_clip_pipeline, decode_all_pipeline
 from avdali.data.shards import ShardSet
 
 
+def offset_lookup(files) -> dict[tuple[str, int], int]:
+    """(tar, video member offset) → sample index (``Batch.index``) for ``files``' samples."""
+    return {(f.tar, off): f.first + j for f in files for j, off in enumerate(f.video_offsets)}
+
+
+def source_index(info, lookup: dict[tuple[str, int], int]) -> int:
+    """The sample index of one padded ``source_info`` ("tar:offset:name", NUL-padded bytes) via ``offset_lookup``."""
+    tar, offset, _name = np.asarray(info).tobytes().rstrip(b"\0").decode().rsplit(":", 2)
+    return lookup[(tar, int(offset))]
+
+
 def decode_all(shardset: ShardSet, wanted: set[int], threads: int, batch_size: int = 8):
     """(index, frames, audio, meta.i32 bytes) of every sample in ``wanted``, each once, decoded on ``threads`` CPU
     threads from the tars that hold them."""
     files = [f for f in shardset.files if any(f.first + j in wanted for j in range(f.count))]
-    lookup = {(f.tar, off): f.first + j for f in files for j, off in enumerate(f.video_offsets)}
+    lookup = offset_lookup(files)
     total = sum(f.count for f in files)
     pipe = decode_all_pipeline(paths=[f.tar for f in files], index_paths=[f.idx for f in files],
                                info_len=info_length(shardset), batch_size=batch_size, num_threads=threads,
@@ -28,9 +39,7 @@ def decode_all(shardset: ShardSet, wanted: set[int], threads: int, batch_size: i
     for _ in range(-(-total // batch_size)):
         frames, audio, meta, info = pipe.run()
         for i in range(len(frames)):
-            text = np.asarray(info[i]).tobytes().rstrip(b"\0").decode()
-            tar, offset, _name = text.rsplit(":", 2)
-            index = lookup[(tar, int(offset))]
+            index = source_index(info[i], lookup)
             if index in wanted and index not in seen:  # the last batch repeats a sample (pad_last_batch)
                 seen.add(index)
                 yield index, np.asarray(frames[i]), np.asarray(audio[i]), np.asarray(meta[i]).tobytes()
