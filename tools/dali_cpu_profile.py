@@ -1,0 +1,168 @@
+"""Where the streaming DALI pipeline's CPU time goes: CPU milliseconds per clip of each part of the training graph.
+
+Each row is a pipeline built from the streaming graph's own sub-graphs (``avdali.data.dali.graph``) on the same
+shards, batch and threads as ``avdali bench loader``, run alone:
+
+- ``read``: the webdataset reader (shuffled, as in training);
+- ``decode``: + the video decoder on ``decode_plan``'s frames (the decode ceiling's work);
+- ``frames``: + ``sequence_rearrange`` (the T frames in order);
+- ``crop-nearest`` / ``crop-linear``: + the training window and ``crop_frames`` with that ``crop_interp``;
+- ``audio``: the reader, the audio window and its features, no video;
+- ``whole``: ``av_pipeline`` itself (the loader's graph, training with augmentation).
+
+``torch-bilinear`` is not DALI: torch's uint8 bilinear resize of the same windows (``clipspec.draw_crop_box``) on
+one thread, what the crop would cost as a torch stage after the loader. ``bound`` is ``decode / whole``: the share
+of the decode ceiling the loader reaches when the cores are busy with its work alone.
+
+    python tools/dali_cpu_profile.py SHARDS --batch 8 --frames 16 --crop 112 --threads 2 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import time
+
+import numpy as np
+
+STAGES = ("read", "decode", "frames", "crop-nearest", "crop-linear", "audio", "whole")
+
+
+def cpu_seconds() -> float:
+    """This process's user + system CPU seconds, every thread (DALI's threads run in it)."""
+    return time.process_time()
+
+
+def stage_pipeline(stage: str, cfg, shardset, frame_size: tuple[int, int]):
+    """The pipeline of one row (defined, not built)."""
+    from nvidia.dali import fn, pipeline_def
+
+    from avdali.data import clipspec
+    from avdali.data.dali import graph
+    from avdali.data.dali.runs import info_length
+
+    paths, index_paths = [f.tar for f in shardset.files], [f.idx for f in shardset.files]
+    batch = dict(batch_size=cfg.batch_size, num_threads=cfg.num_threads, device_id=None, seed=1,
+                 prefetch_queue_depth=cfg.prefetch)
+    if stage == "whole":
+        return graph.av_pipeline(paths=paths, index_paths=index_paths, cfg=cfg, device="cpu", train=True, shard_id=0,
+                                 num_shards=1, frame_size=frame_size, info_len=info_length(shardset), **batch)
+
+    @pipeline_def(enable_conditionals=False)
+    def part():
+        webm, flac, meta = graph.read_samples(paths=paths, index_paths=index_paths, train=True, shard_id=0,
+                                              num_shards=1, shuffle_buffer=cfg.shuffle_buffer)
+        if stage == "read":
+            return meta
+        if stage == "audio":
+            audio, _valid = graph.audio_window(flac, clipspec.window_samples(cfg.audio_seconds),
+                                               fn.random.uniform(range=[0.0, 1.0]))
+            return graph.audio_features(audio, cfg, gpu=False)
+        u = fn.random.uniform(range=[0.0, 1.0], shape=[cfg.frames])
+        if stage == "decode":
+            picks, _positions = graph.decode_plan(clipspec.frame_indices(meta[0], cfg.frames, u, graph.GRAPH_OPS),
+                                                  meta[0], cfg.frames)
+            return fn.decoders.video(webm, frames=picks, pad_mode="none")
+        video = graph.video_frames(webm, meta[0], cfg.frames, u, gpu=False, decode="cpu")
+        if stage == "frames":
+            return video
+        interp = stage.split("-")[1]
+        roi, box, flip = graph.training_window(frame_size)
+        return graph.crop_frames(video, dataclasses.replace(cfg, crop_interp=interp), frame_size, roi), box, flip
+
+    return part(**batch)
+
+
+def time_stage(pipe, batches: int, warmup: int) -> tuple[float, float, tuple]:
+    """(CPU ms per batch, wall ms per batch, shape of the first output's first sample) over ``batches`` runs."""
+    pipe.build()
+    for _ in range(warmup):
+        out = pipe.run()
+    c0, t0 = cpu_seconds(), time.perf_counter()
+    for _ in range(batches):
+        out = pipe.run()
+    cpu, wall = cpu_seconds() - c0, time.perf_counter() - t0
+    return 1000 * cpu / batches, 1000 * wall / batches, tuple(np.asarray(out[0][0]).shape)
+
+
+def torch_bilinear_ms(cfg, frame_size: tuple[int, int], clips: int, seed: int = 0) -> float:
+    """CPU ms per clip of torch's uint8 bilinear resize of ``clips`` training windows to the crop, one thread."""
+    import torch
+    import torch.nn.functional as F
+
+    from avdali.data import clipspec
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        rng = np.random.default_rng(seed)
+        height, width = frame_size
+        frames = torch.randint(0, 256, (cfg.frames, height, width, 3), dtype=torch.uint8).permute(0, 3, 1, 2)
+        boxes = [clipspec.draw_crop_box(height, width, rng) for _ in range(clips)]
+        c0 = cpu_seconds()
+        for top, left, h, w in boxes:  # T,C,h,w channels-last views, as the loaders hand frames over
+            F.interpolate(frames[:, :, top:top + h, left:left + w], size=(cfg.crop, cfg.crop), mode="bilinear",
+                          align_corners=False, antialias=False)
+        return 1000 * (cpu_seconds() - c0) / clips
+    finally:
+        torch.set_num_threads(threads)
+
+
+def profile(cfg, splits: list[str], batches: int = 40, warmup: int = 4, stages=STAGES) -> dict:
+    """Every row's CPU and wall ms per clip, on ``splits`` of ``cfg.shards``."""
+    from avdali.data.shards import probe_frame_size, resolve
+
+    shardset = resolve(cfg.shards, splits)
+    frame_size = probe_frame_size(shardset)
+    rows = {}
+    for stage in stages:
+        cpu, wall, shape = time_stage(stage_pipeline(stage, cfg, shardset, frame_size), batches, warmup)
+        rows[stage] = {"cpu_ms_per_clip": round(cpu / cfg.batch_size, 3),
+                       "wall_ms_per_clip": round(wall / cfg.batch_size, 3), "sample_shape": list(shape)}
+    rows["torch-bilinear"] = {"cpu_ms_per_clip": round(torch_bilinear_ms(cfg, frame_size, batches * cfg.batch_size), 3)}
+    out = {"rows": rows, "frame_size": list(frame_size), "cores": os.cpu_count(),
+           "config": {k: getattr(cfg, k) for k in ("batch_size", "frames", "crop", "num_threads", "n_mels",
+                                                   "audio_seconds", "shuffle_buffer")}}
+    if "decode" in rows and "whole" in rows:
+        out["bound"] = round(rows["decode"]["cpu_ms_per_clip"] / rows["whole"]["cpu_ms_per_clip"], 3)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("shards")
+    parser.add_argument("--splits", default="", help="comma-separated (default: every split)")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--frames", type=int, default=16)
+    parser.add_argument("--crop", type=int, default=112)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--n-mels", type=int, default=64)
+    parser.add_argument("--batches", type=int, default=40)
+    parser.add_argument("--repeats", type=int, default=3, help="runs of every row; the lowest CPU figure is kept")
+    parser.add_argument("--json", default="")
+    args = parser.parse_args()
+
+    from avdali.data.config import DataConfig
+    from avdali.data.shards import list_splits
+
+    cfg = DataConfig(shards=args.shards, batch_size=args.batch, frames=args.frames, crop=args.crop,
+                     num_threads=args.threads, n_mels=args.n_mels, verify=False)
+    splits = args.splits.split(",") if args.splits else sorted(list_splits(args.shards))
+    runs = [profile(cfg, splits, batches=args.batches) for _ in range(args.repeats)]
+    result = runs[0]
+    for name in result["rows"]:  # the quietest of the repeats, per row
+        result["rows"][name] = min((r["rows"][name] for r in runs), key=lambda row: row["cpu_ms_per_clip"])
+    result["bound"] = round(result["rows"]["decode"]["cpu_ms_per_clip"] / result["rows"]["whole"]["cpu_ms_per_clip"], 3)
+    result["repeats"] = args.repeats
+    for name, row in result["rows"].items():
+        print(f"{name:15s} {row['cpu_ms_per_clip']:7.2f} CPU ms/clip")
+    print(f"decode / whole = {result['bound']:.2f}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
