@@ -284,7 +284,7 @@ def test_dali_crop_interp_is_used(ravdess_shards, interp):
 def test_torch_nearest_crop_matches_torchvision():
     from torchvision.transforms.v2 import functional as F
 
-    from avdali.data.decode import nearest_resized_crop
+    from avdali.data.crop import nearest_resized_crop
 
     g = torch.Generator().manual_seed(0)
     for _ in range(300):

@@ -11,8 +11,9 @@ training, the stored range in evaluation), draws each clip's frame indices, crop
 clip specification (``clipspec.py``, numpy, seeded by (seed, rank, epoch)), gathers the T frames and the audio window
 from memory on the cache's device, and hands them to a DALI pipeline of the streaming graph's own crop and feature
 sub-graphs (``dali.cached_clip_pipeline``), on the GPU on CUDA: no transform of its own, no host round trip for a
-device cache. With augmentation off a batch is the streaming DALI loader's batch: the same samples in the same order,
-the same decoded pixels and features.
+device cache. On a CPU training's crop runs in torch (``crop.py``), as the streaming DALI loader's does there. With
+augmentation off a batch is the streaming DALI loader's batch: the same samples in the same order, the same decoded
+pixels and features.
 
 **Which samples a rank caches.** Training: the whole training split, on every rank, because every epoch deals the
 tars to the ranks afresh (RAVDESS: about 4 GB of frames per rank; the cache is not sharded across ranks).
@@ -30,7 +31,7 @@ import numpy as np
 import torch
 
 from avdali import shardformat as fmt
-from avdali.data import clipspec, order
+from avdali.data import clipspec, crop, order
 from avdali.data.batch import Batch
 from avdali.data.config import DataConfig
 from avdali.data.shards import ShardSet
@@ -244,11 +245,13 @@ class CachedLoader:
         self.num_samples = shardset.num_samples
         self.epoch = 0
         self.jitter = train and cfg.augment
+        self.host_crop = self.jitter and crop.crops_on_host(device)
+        """Training's crop runs in torch on the gathered frames (``crop.py``), the graph computing audio only."""
         lo, hi = order.rank_range(self.num_samples, rank, world_size)
         self.rank_samples = hi - lo
         self.window = clipspec.window_samples(cfg.audio_seconds)
         self.runs = dali.cached_runs(cfg, device=device, jitter=self.jitter, frame_size=frame_size,
-                                     inputs_on_gpu=mode == "device", batches=len(self))
+                                     inputs_on_gpu=mode == "device", batches=len(self), host_crop=self.host_crop)
         self.eval_crop = torch.tensor([dali.eval_crop(frame_size, cfg.crop)], dtype=torch.int32)
 
     def __len__(self) -> int:
@@ -278,7 +281,8 @@ class CachedLoader:
             k = next(batches)
             return self._feed(samples[k * size : (k + 1) * size], k * size, rng, target)
 
-        for outputs, fed in self.runs.epoch(len(self), ("video", "audio"), feed=feed):
+        names = ("audio",) if self.host_crop else ("video", "audio")
+        for outputs, fed in self.runs.epoch(len(self), names, feed=feed):
             yield self._batch(outputs, fed, target)
 
     def _feed(self, rows_of: list[int], position: int, rng: np.random.Generator, target: torch.device) -> dict:
@@ -300,15 +304,18 @@ class CachedLoader:
         frames = frames.reshape(len(rows), t, *s.frames.shape[1:])
         windows = [audio[int(s.audio_start[r]) + a : int(s.audio_start[r]) + a + v] for r, a, v in zip(rows, starts, valid)]
         n = len(rows)
-        if self.jitter:  # the window and flip by the clip specification, as the streaming graph draws them
-            boxes = np.array([clipspec.draw_crop_box(*self.frame_size, rng) for _ in range(n)], dtype=np.int32)
-            flips = rng.random(n, dtype=np.float32) < clipspec.FLIP_PROBABILITY
-            start, end = clipspec.crop_roi(*boxes.T, flips.astype(np.int32))
-            roi = (np.stack(start, 1).astype(np.float32), np.stack(end, 1).astype(np.float32))
+        roi = video = None
+        if self.jitter:  # the window and flip by the clip specification, as the streaming loader draws them
+            boxes, flips = crop.draw_windows(n, self.frame_size, rng)
             crop_box, flipped = torch.from_numpy(boxes), torch.from_numpy(flips)
+            if self.host_crop:
+                video = crop.crop_batch(torch.from_numpy(frames).permute(0, 1, 4, 2, 3), boxes, flips, self.cfg)
+            else:
+                start, end = clipspec.crop_roi(*boxes.T, flips.astype(np.int32))
+                roi = (np.stack(start, 1).astype(np.float32), np.stack(end, 1).astype(np.float32))
         else:
-            roi, crop_box, flipped = None, self.eval_crop.expand(n, 4), torch.zeros(n, dtype=torch.bool)
-        dali.feed_cached(self.runs.pipe, frames, windows, roi)
+            crop_box, flipped = self.eval_crop.expand(n, 4), torch.zeros(n, dtype=torch.bool)
+        dali.feed_cached(self.runs.pipe, None if self.host_crop else frames, windows, roi)
         label = s.label if self.cfg.label_space == "unified" else s.native_label
         streams = torch.from_numpy(s.streams[rows].astype(np.int32))
         host = dict(
@@ -321,11 +328,13 @@ class CachedLoader:
             crop_box=crop_box,
             flipped=flipped,
         )
-        return dict(fields=host, keep=(frames, windows, roi))  # the fed buffers live until the batch is taken
+        # the fed buffers live until the batch is taken
+        return dict(fields=host, keep=(frames, windows, roi), video=video)
 
     def _batch(self, out: dict, fed: dict, target: torch.device) -> Batch:
         fields = {k: v.to(target, non_blocking=True) for k, v in fed["fields"].items()}
-        return Batch(video=out["video"].permute(0, 1, 4, 2, 3), audio=out["audio"], **fields)
+        video = fed["video"] if self.host_crop else out["video"].permute(0, 1, 4, 2, 3)
+        return Batch(video=video, audio=out["audio"], **fields)
 
 
 def build_cached(cfg: DataConfig, shardset: ShardSet, *, train: bool, device: str, rank: int, world_size: int,

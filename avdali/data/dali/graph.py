@@ -184,6 +184,7 @@ def av_pipeline(
     frame_size: tuple[int, int],
     info_len: int,
     decode: str = "cpu",
+    host_crop: bool = False,
 ):
     """Reader → video frames (N,T,H,W,C) + audio features (N,F,A) + audio_len + label + source_info + streams
     (the real-streams bitmask of ``meta.i32``; a format-1 sample's shorter vector reads as both real), and in
@@ -191,6 +192,8 @@ def av_pipeline(
 
     ``device``: ``"cpu"`` or ``"gpu"``; ``decode`` (``device="gpu"`` only): ``"cpu"`` decodes on the CPU threads with
     the frames moved to the GPU at once, ``"gpu"`` on NVDEC; ``frame_size``: (height, width) of the stored frames.
+    ``host_crop``: training's crop is left to the loader (``crop.py``): in training with augmentation the video comes
+    out uncropped (T,H,W,C of the stored size) and there is no crop_box or flipped.
     """
     gpu = device == "gpu"
     jitter = train and cfg.augment
@@ -198,8 +201,11 @@ def av_pipeline(
                                     num_shards=num_shards, shuffle_buffer=cfg.shuffle_buffer)
     info = fn.pad(fn.get_property(webm, key="source_info"), axes=[0], shape=[info_len], fill_value=0)
     u_frames = fn.random.uniform(range=[0.0, 1.0], shape=[cfg.frames]) if jitter else None
-    roi, window = (None, ()) if not jitter else (lambda r, *w: (r, w))(*training_window(frame_size))
-    video = crop_frames(video_frames(webm, meta[0], cfg.frames, u_frames, gpu=gpu, decode=decode), cfg, frame_size, roi)
+    video = video_frames(webm, meta[0], cfg.frames, u_frames, gpu=gpu, decode=decode)
+    window = ()
+    if not (jitter and host_crop):
+        roi, window = (None, ()) if not jitter else (lambda r, *w: (r, w))(*training_window(frame_size))
+        video = crop_frames(video, cfg, frame_size, roi)
     audio, valid = audio_window(flac, clipspec.window_samples(cfg.audio_seconds),
                                 fn.random.uniform(range=[0.0, 1.0]) if jitter else None)
     audio_len = fn.cast(1 + valid // clipspec.HOP, dtype=types.INT64)
@@ -220,14 +226,17 @@ def decode_all_pipeline(*, paths: list[str], index_paths: list[str], info_len: i
 
 @pipeline_def(enable_conditionals=False)
 def cached_clip_pipeline(*, cfg: DataConfig, gpu: bool, inputs_on_gpu: bool, jitter: bool,
-                         frame_size: tuple[int, int]):
+                         frame_size: tuple[int, int], host_crop: bool = False):
     """The decoded-frame cache's transforms: the streaming graph's ``crop_frames`` and ``audio_features`` on inputs
     the cache feeds (``feed_cached``): each clip's T frames, its audio window and, in training, its crop window's
-    corners. Outputs video and audio features; on the GPU when ``gpu``."""
+    corners. Outputs video and audio features; on the GPU when ``gpu``. With ``host_crop`` (training's crop left to
+    the loader, ``crop.py``) it takes and outputs audio only."""
     place = "gpu" if inputs_on_gpu else "cpu"
     # no_copy: DALI reads the cache's buffers in place; the loader keeps each batch's alive until it is taken
-    frames = fn.external_source(name="frames", device=place, layout="FHWC", dtype=types.UINT8, no_copy=True)
     audio = fn.external_source(name="audio", device=place, dtype=types.FLOAT, no_copy=True)
+    if host_crop:
+        return audio_features(audio, cfg, gpu=gpu and not inputs_on_gpu)
+    frames = fn.external_source(name="frames", device=place, layout="FHWC", dtype=types.UINT8, no_copy=True)
     if gpu and not inputs_on_gpu:
         frames = frames.gpu()
     roi = None

@@ -3,10 +3,11 @@ the epoch's order), with read failures named by shard and sample."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from avdali import shardformat as fmt
-from avdali.data import order
+from avdali.data import crop, order
 from avdali.data.batch import Batch
 from avdali.data.config import DataConfig, resolve_decode
 from avdali.data.dali.graph import OUTPUTS, av_pipeline, eval_crop
@@ -51,7 +52,9 @@ class DaliLoader:
         self._lookup = offset_lookup(shardset.files)
         self._keys = {f.first + j: (f.tar, key) for f in shardset.files for j, key in enumerate(f.keys)}
         jitter = train and cfg.augment
-        self._names = OUTPUTS if jitter else OUTPUTS[:-2]
+        self.host_crop = jitter and crop.crops_on_host(device)
+        """Training's crop runs after the graph, in torch (``crop.py``): on every device but CUDA."""
+        self._names = OUTPUTS if jitter and not self.host_crop else OUTPUTS[:-2]
         self._eval_crop = None if jitter else torch.tensor([eval_crop(frame_size, cfg.crop)], dtype=torch.int32)
 
     def __len__(self) -> int:
@@ -86,6 +89,7 @@ class DaliLoader:
             frame_size=self.frame_size,
             info_len=self._info_len,
             decode=self.decode,
+            host_crop=self.host_crop,
             batch_size=self.cfg.batch_size,
             num_threads=self.cfg.num_threads,
             device_id=device_id,
@@ -123,12 +127,14 @@ class DaliLoader:
         target = torch.device(f"cuda:{torch.cuda.current_device()}") if self.device == "cuda" else torch.device("cpu")
         position = 0
         finished = False
+        # the host crop's windows and flips: one stream per (seed, rank, epoch), drawn in batch order
+        windows = np.random.default_rng([self.seed, self.rank, self.epoch, 0x637270]) if self.host_crop else None  # "crp"
         ahead = max(len(self) - self.cfg.prefetch, 0)  # from this batch on, the next epoch's pipeline decodes too
         try:
             for step, outputs in enumerate(self._outputs()):
                 if self.train and step == ahead and self._next is None:
                     self._next = (self.epoch + 1, self._runs(self.epoch + 1, start=True))
-                yield self._batch(outputs, position, target)
+                yield self._batch(outputs, position, target, windows)
                 position += self.cfg.batch_size
             finished = True
         finally:
@@ -150,14 +156,19 @@ class DaliLoader:
                     raise mismatch from None
             raise read_failure(self.shardset, tars, "DALI", _dali_reason(str(e))) from e
 
-    def _batch(self, out: dict, position: int, target: torch.device) -> Batch:
+    def _batch(self, out: dict, position: int, target: torch.device, windows: np.random.Generator | None) -> Batch:
         n = out["label"].shape[0]
+        video = out["video"].permute(0, 1, 4, 2, 3)  # N,T,H,W,C memory → N,T,C,H,W view (channels-last)
+        if windows is not None:  # the host crop: windows and flips drawn here, the graph's frames uncropped
+            boxes, flips = crop.draw_windows(n, self.frame_size, windows)
+            video = crop.crop_batch(video, boxes, flips, self.cfg)
+            out = {**out, "crop_box": torch.from_numpy(boxes), "flipped": torch.from_numpy(flips)}
         valid = torch.arange(position, position + n) < self.rank_samples
         index = self._index_of(out["info"])
         self._check_labels(out["label"], index)
         streams = out["streams"]  # CPU (from meta.i32, like the label)
         return Batch(
-            video=out["video"].permute(0, 1, 4, 2, 3),  # N,T,H,W,C memory → N,T,C,H,W view (channels-last)
+            video=video,
             audio=out["audio"],
             audio_len=out["audio_len"].to(target, non_blocking=True),
             label=out["label"].to(target, non_blocking=True),
@@ -169,7 +180,8 @@ class DaliLoader:
         )
 
     def _crops(self, out: dict, n: int, target: torch.device) -> dict:
-        """crop_box and flipped of a batch: the graph's draws in training, evaluation's constant window otherwise."""
+        """crop_box and flipped of a batch: training's draws (the graph's or the host crop's), evaluation's constant
+        window otherwise."""
         if self._eval_crop is None:
             return dict(crop_box=out["crop_box"].to(target, non_blocking=True),
                         flipped=out["flipped"].to(target, non_blocking=True))

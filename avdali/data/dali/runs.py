@@ -46,22 +46,23 @@ def decode_all(shardset: ShardSet, wanted: set[int], threads: int, batch_size: i
 
 
 def cached_runs(cfg: DataConfig, *, device: str, jitter: bool, frame_size: tuple[int, int], inputs_on_gpu: bool,
-                batches: int) -> PipelineRuns:
+                batches: int, host_crop: bool = False) -> PipelineRuns:
     """The built ``cached_clip_pipeline`` for one cached loader, fed batch by batch (``feed_cached``)."""
     device_id = torch.cuda.current_device() if device == "cuda" else None
     pipe = cached_clip_pipeline(cfg=cfg, gpu=device == "cuda", inputs_on_gpu=inputs_on_gpu, jitter=jitter,
-                                frame_size=frame_size, batch_size=cfg.batch_size, num_threads=cfg.num_threads,
+                                frame_size=frame_size, host_crop=host_crop, batch_size=cfg.batch_size, num_threads=cfg.num_threads,
                                 device_id=device_id, prefetch_queue_depth=min(cfg.prefetch, batches), seed=0)
     return PipelineRuns(pipe, min(cfg.prefetch, batches))
 
 
 def feed_cached(pipe, frames, windows: list, roi: tuple[np.ndarray, np.ndarray] | None) -> None:
-    """One batch of the cache's inputs into ``cached_clip_pipeline``: frames N,T,H,W,C, audio windows (one 1-D array
-    per clip), the crop windows' (start, end) corners N,2 each (training). Host inputs are numpy arrays; CUDA tensors
-    are read on torch's current stream."""
+    """One batch of the cache's inputs into ``cached_clip_pipeline``: frames N,T,H,W,C (None for a host-crop
+    pipeline), audio windows (one 1-D array per clip), the crop windows' (start, end) corners N,2 each (training).
+    Host inputs are numpy arrays; CUDA tensors are read on torch's current stream."""
     on_gpu = isinstance(frames, torch.Tensor) and frames.is_cuda
     stream = torch.cuda.current_stream().cuda_stream if on_gpu else None
-    pipe.feed_input("frames", frames, layout="FHWC", cuda_stream=stream)
+    if frames is not None:
+        pipe.feed_input("frames", frames, layout="FHWC", cuda_stream=stream)
     pipe.feed_input("audio", windows, cuda_stream=stream)
     if roi is not None:
         pipe.feed_input("roi_start", roi[0])

@@ -1,0 +1,70 @@
+"""Training's random resized crop (``clipspec``'s window, resampled to ``crop``, then the flip) as a torch stage.
+
+The torch loader's kernel crops every clip here. On a CPU the DALI loader and the decoded-frame cache crop here too,
+after their graphs (``crops_on_host``): torch's vectorised uint8 channels-last bilinear kernel costs about a quarter
+of DALI's CPU resize (``tools/dali_cpu_profile.py``). On CUDA the graph's GPU resize does it. Evaluation's centre
+crop stays in each loader's graph or kernel.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from avdali.data import clipspec
+from avdali.data.config import DataConfig
+from avdali.data.normalize import prepare_video
+
+
+def crops_on_host(device: str) -> bool:
+    """Whether a DALI loader on ``device`` leaves training's crop to this module (every device but CUDA)."""
+    return device != "cuda"
+
+
+def draw_windows(n: int, frame_size: tuple[int, int], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` clips' crop windows (top, left, h, w; int32 N,4; ``clipspec.draw_crop_box``), then their flips (bool N)."""
+    boxes = np.array([clipspec.draw_crop_box(*frame_size, rng) for _ in range(n)], dtype=np.int32).reshape(n, 4)
+    flips = rng.random(n, dtype=np.float32) < clipspec.FLIP_PROBABILITY
+    return boxes, flips
+
+
+def resized_crop(video: torch.Tensor, box, flipped: bool, cfg: DataConfig) -> torch.Tensor:
+    """T,C,H,W uint8 frames → the ``box`` window (top, left, h, w) resampled to ``cfg.crop`` with
+    ``cfg.crop_interp`` (no antialiasing), mirrored when ``flipped``."""
+    from torchvision.transforms.v2 import functional as F
+
+    top, left, h, w = (int(v) for v in box)
+    if cfg.crop_interp == "nearest":
+        video = nearest_resized_crop(video, top, left, h, w, cfg.crop)
+    else:  # uint8 channels-last bilinear has a vectorised kernel in torch
+        video = F.resized_crop(video, top, left, h, w, [cfg.crop, cfg.crop], antialias=clipspec.CROP_ANTIALIAS)
+    return video.flip(-1) if flipped else video
+
+
+def crop_batch(video: torch.Tensor, boxes: np.ndarray, flips: np.ndarray, cfg: DataConfig) -> torch.Tensor:
+    """N,T,C,H,W uint8 frames → N,T,C,crop,crop in ``cfg.video_dtype`` (ImageNet-normalised floats unless uint8),
+    its memory channels-last, as the DALI graph hands its crops over."""
+    n, t = video.shape[:2]
+    out = torch.empty((n, t, cfg.crop, cfg.crop, 3), dtype=torch.uint8).permute(0, 1, 4, 2, 3)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the loader's threads fill the cores: two intra-op threads cost ~2× the CPU per crop
+    try:
+        for i in range(n):
+            out[i] = resized_crop(video[i], boxes[i], bool(flips[i]), cfg)
+    finally:
+        torch.set_num_threads(threads)
+    if cfg.video_dtype != "uint8":
+        out = prepare_video(out).to(getattr(torch, cfg.video_dtype))
+    return out
+
+
+def nearest_resized_crop(video: torch.Tensor, top: int, left: int, height: int, width: int, size: int) -> torch.Tensor:
+    """torchvision's ``resized_crop(..., NEAREST)`` of a T,C,H,W tensor as a row and a column gather of its T,H,W,C
+    view (the same pixels; on channels-last frames about 2× faster than torch's nearest interpolation, which has no
+    vectorised uint8 channels-last kernel, unlike bilinear)."""
+    def source(start: int, extent: int) -> torch.Tensor:  # ATen's nearest: floor(i * float32(in / out)), clamped
+        scale = torch.tensor(extent / size, dtype=torch.float32)
+        return start + (torch.arange(size, dtype=torch.float32) * scale).floor().long().clamp_(max=extent - 1)
+
+    pixels = video.permute(0, 2, 3, 1)  # T,H,W,C: whole pixels move in each gather
+    return pixels.index_select(1, source(top, height)).index_select(2, source(left, width)).permute(0, 3, 1, 2)

@@ -1,0 +1,121 @@
+"""Training's crop as a torch stage (``data/crop.py``): against torchvision, and where each loader runs it (after the
+graph on a CPU, in the graph on CUDA)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from torchvision.transforms.v2 import functional as F
+
+from avdali.data import cache, clipspec, crop
+from avdali.data.build import build_loader
+from avdali.data.config import DataConfig
+from avdali.data.normalize import prepare_video
+from avdali.data.shards import resolve
+from conftest import graph_ops
+
+FOLDS = ["fold1", "fold2", "fold3"]
+
+
+def small(shards, **kw) -> DataConfig:
+    base = dict(shards=str(shards), batch_size=3, frames=4, crop=48, audio_seconds=1.0, n_mels=32, num_threads=1,
+                shuffle_buffer=8)
+    return DataConfig(**{**base, **kw})
+
+
+def reference(video: torch.Tensor, boxes, flips, cfg: DataConfig) -> torch.Tensor:
+    """torchvision's resized crop of each clip (no antialiasing), mirrored when flipped."""
+    mode = F.InterpolationMode.NEAREST if cfg.crop_interp == "nearest" else F.InterpolationMode.BILINEAR
+    clips = []
+    for clip, (top, left, h, w), flipped in zip(video, boxes.tolist(), flips.tolist()):
+        out = F.resized_crop(clip, top, left, h, w, [cfg.crop, cfg.crop], interpolation=mode, antialias=False)
+        clips.append(out.flip(-1) if flipped else out)
+    return torch.stack(clips)
+
+
+@pytest.mark.parametrize("interp", ["linear", "nearest"])
+def test_crop_batch_is_torchvisions_resized_crop_and_flip(interp):
+    rng = np.random.default_rng(0)
+    frames = torch.randint(0, 256, (6, 3, 40, 52, 3), dtype=torch.uint8)  # N,T,H,W,C memory, as DALI hands it over
+    video = frames.permute(0, 1, 4, 2, 3)
+    cfg = DataConfig(crop=24, crop_interp=interp)
+    boxes, flips = crop.draw_windows(6, (40, 52), rng)
+    assert boxes.dtype == np.int32 and boxes.shape == (6, 4) and flips.dtype == bool
+    out = crop.crop_batch(video, boxes, flips, cfg)
+    assert out.shape == (6, 3, 3, 24, 24) and out.dtype == torch.uint8 and out.stride(2) == 1  # channels-last
+    assert torch.equal(out, reference(video, boxes, flips, cfg))
+    halves = crop.crop_batch(video, boxes, ~flips, cfg)  # the flip is a mirror of the same crop
+    assert torch.equal(halves, out.flip(-1))
+    as_float = crop.crop_batch(video, boxes, flips, dataclasses.replace(cfg, video_dtype="float16"))
+    assert as_float.dtype == torch.float16
+    torch.testing.assert_close(as_float, prepare_video(out).half())
+
+
+def test_draw_windows_is_the_clip_specifications_draw():
+    """The same generator state gives ``clipspec.draw_crop_box`` for each clip, then the flips."""
+    boxes, flips = crop.draw_windows(5, (128, 160), np.random.default_rng(3))
+    rng = np.random.default_rng(3)
+    assert [tuple(b) for b in boxes.tolist()] == [clipspec.draw_crop_box(128, 160, rng) for _ in range(5)]
+    assert flips.tolist() == (rng.random(5, dtype=np.float32) < clipspec.FLIP_PROBABILITY).tolist()
+
+
+def capture(monkeypatch) -> list:
+    """Every crop_batch call's (frames in, boxes, flips, cfg, result), crop_batch still running."""
+    calls, real = [], crop.crop_batch
+
+    def spy(video, boxes, flips, cfg):
+        out = real(video, boxes, flips, cfg)
+        calls.append((video.clone(), boxes.copy(), flips.copy(), cfg, out))
+        return out
+
+    monkeypatch.setattr(crop, "crop_batch", spy)
+    return calls
+
+
+@pytest.mark.parametrize("cached", [False, True])
+def test_on_a_cpu_the_dali_loaders_crop_the_uncropped_frames_after_the_graph(ravdess_shards, monkeypatch, cached):
+    """Streaming DALI and the host cache in training: the graph hands over whole stored frames, the batch is their
+    crop with the windows and flips the batch reports; the draws depend on (seed, rank, epoch) only."""
+    calls = capture(monkeypatch)
+    cfg = small(ravdess_shards, cache="host" if cached else "off")
+    loader = build_loader(cfg, FOLDS, train=True, seed=5)
+    assert isinstance(loader, cache.CachedLoader) == cached
+    batches = list(loader)
+    assert len(calls) == len(batches) == len(loader)
+    windows = set()
+    for batch, (frames, boxes, flips, _cfg, out) in zip(batches, calls):
+        assert frames.shape[-2:] == (128, 128) and frames.shape[1:3] == (cfg.frames, 3)  # the stored frame size
+        assert torch.equal(batch.video, out) and batch.video.shape[-2:] == (cfg.crop, cfg.crop)
+        assert batch.crop_box.tolist() == boxes.tolist() and batch.flipped.tolist() == flips.tolist()
+        assert torch.equal(batch.video, reference(frames, boxes, flips, cfg))
+        windows |= {tuple(b) for b in boxes.tolist()}
+    assert len(windows) > 5
+    again = build_loader(cfg, FOLDS, train=True, seed=5)
+    assert [b.crop_box.tolist() for b in again] == [b.crop_box.tolist() for b in batches]
+    loader.set_epoch(1)
+    assert [b.crop_box.tolist() for b in loader] != [b.crop_box.tolist() for b in batches]
+
+
+def test_where_the_crop_runs(ravdess_shards):
+    """CPU training: no resize in the streaming graph, no frames into the cache's; evaluation and CUDA crop in the
+    graph (the GPU's resize)."""
+    from avdali.data import dali
+
+    shardset = resolve(ravdess_shards, FOLDS)
+    cfg = small(ravdess_shards)
+
+    def ops(train: bool, device: str) -> set[str]:
+        loader = dali.DaliLoader(cfg, shardset, train=train, device=device, rank=0, world_size=1, seed=0,
+                                 frame_size=(128, 128))
+        pipe = loader.make_pipeline(device_id=0 if device == "cuda" else None)
+        return {name for name, _device in graph_ops(*pipe._graph_out)}
+
+    assert "Resize" not in ops(True, "cpu") and "decoders__Video" in ops(True, "cpu")
+    assert "Resize" in ops(True, "cuda") and "CropMirrorNormalize" in ops(False, "cpu")
+    cached = dali.cached_clip_pipeline(cfg=cfg, gpu=False, inputs_on_gpu=False, jitter=True, frame_size=(128, 128),
+                                       host_crop=True, batch_size=2, num_threads=1, device_id=None)
+    names = [name for name, _device in graph_ops(*cached._graph_out)]
+    assert names.count("ExternalSource") == 1 and "Resize" not in names and "MelFilterBank" in names
