@@ -2,8 +2,8 @@
 
 The DALI pipeline (``dali/graph.py``), the torch loader's per-clip kernel (``decode.py``), ``avdali predict`` and the
 decoded-frame cache read a clip by these rules and constants; none keeps a copy of its own. **The rule:** a transform
-lives here, or in a device stage after the loader (``normalize.prepare_video``, ``speakers.SpeakerNorm``), never in
-one loader only.
+lives here, or in a stage after the loader (``normalize.prepare_video``, ``speakers.SpeakerNorm``; ``crop.py``, the
+torch crop every loader uses on a CPU), never in one loader only.
 
 The formulas take an ``ops`` namespace, so the same lines compute in numpy (``NUMPY``, the torch loader) and inside a
 DALI graph (``dali.GRAPH_OPS``, where every value is a DataNode); all arithmetic is integer or float32, so both give

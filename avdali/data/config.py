@@ -51,8 +51,8 @@ class DataConfig:
     (``tools/gpu_check.py`` measures both)."""
     crop_interp: str = "linear"
     """Resampling of training's random resized crop: ``linear`` (bilinear, what torchvision uses) or ``nearest``
-    (cheaper on a CPU: the DALI CPU pipeline runs ~1.3× faster, but crops scaled down by much alias, and the
-    quick demo learned less). Evaluation's centre crop never resamples frames at least ``crop`` pixels large."""
+    (no cheaper on a CPU, where the crop runs in torch's vectorised bilinear kernel; crops scaled down by much alias,
+    and the quick demo learned less). Evaluation's centre crop never resamples frames at least ``crop`` pixels large."""
     audio_seconds: float = 3.0
     """Fixed audio window; longer clips are cut (random offset in training, centred in evaluation), shorter ones padded."""
     features: str = "logmel"
