@@ -21,8 +21,31 @@ def test_bench_loader_writes_figures(ravdess_shards, tmp_path):
     assert figures["config"]["crop_interp"] == "nearest"
     assert figures["results"][figures["ceiling"]]["share_of_ceiling"] == 1.0
     assert figures["device"] == "cpu" and figures["results"]["dali"]["cpu_cores"] > 0
+    assert figures["results"]["dali"]["main_thread_busy"] > 0  # DALI's outputs are taken on this thread
+    assert figures["results"]["ceiling-pyav"]["main_thread_busy"] is None  # its batches come from worker processes
     assert "gpu_peak_allocated_mb" not in figures["results"]["dali"]
     assert "dali" in result.output
+
+
+def test_main_thread_busy_counts_the_batch_taking_threads_cpu_not_its_waits():
+    import time
+
+    from avdali.bench.loaders import time_batches
+
+    def batches(work):
+        while True:
+            work()
+            yield [0]
+
+    def spin():  # 20 ms of this thread's CPU time
+        until = time.thread_time() + 0.02
+        while time.thread_time() < until:
+            pass
+
+    busy = time_batches("busy", batches(spin), len, count=5, warmup=1, frames=1)
+    idle = time_batches("idle", batches(lambda: time.sleep(0.02)), len, count=5, warmup=1, frames=1)
+    assert busy.main_thread_seconds >= 0.1 and busy.main_thread_busy > idle.main_thread_busy
+    assert idle.main_thread_seconds < 0.05 and idle.seconds >= 0.1
 
 
 def test_bench_loader_measures_the_cache_apart_from_its_first_pass(ravdess_shards, tmp_path):

@@ -41,6 +41,9 @@ class Throughput:
     """Frames each clip contributes (T)."""
     cpu_seconds: float | None = None
     """CPU time of this process and its descendants during the timed part (None: not measured)."""
+    main_thread_seconds: float | None = None
+    """CPU time of the thread that takes the batches during the timed part (None: the batches come from elsewhere):
+    near the wall time when that thread's own work per batch is the limit, not the loader's threads or workers."""
     gpu_peak_allocated_mb: float | None = None
     """torch.cuda.max_memory_allocated over the run (loader built, warm-up and timed part), MiB; CUDA only."""
     gpu_device_used_mb: float | None = None
@@ -64,6 +67,11 @@ class Throughput:
     def cpu_cores(self) -> float | None:
         """CPU use during the timed part, in cores busy on average."""
         return None if self.cpu_seconds is None else self.cpu_seconds / self.seconds
+
+    @property
+    def main_thread_busy(self) -> float | None:
+        """Share of the timed part the batch-taking thread was on a CPU."""
+        return None if self.main_thread_seconds is None else self.main_thread_seconds / self.seconds
 
 
 CUDA_LOADERS = {
@@ -121,12 +129,14 @@ def time_batches(name: str, batches: Iterable, size_of: Callable, count: int, wa
     finish()
     clips = 0
     cpu_start = process_tree_cpu_seconds()
+    thread_start = time.thread_time()
     start = time.perf_counter()
     for _ in range(count):
         clips += size_of(next(it))
     finish()
     seconds = time.perf_counter() - start
-    return Throughput(name, clips, seconds, frames, cpu_seconds=process_tree_cpu_seconds() - cpu_start)
+    return Throughput(name, clips, seconds, frames, cpu_seconds=process_tree_cpu_seconds() - cpu_start,
+                      main_thread_seconds=time.thread_time() - thread_start)
 
 
 def bench_loader(cfg: DataConfig, splits: list[str], count: int, warmup: int, device: str = "cpu",
@@ -312,7 +322,8 @@ def _figures(r: Throughput, ceiling: Throughput | None) -> dict:
     figures = dict(clips=r.clips, seconds=round(r.seconds, 3), clips_per_s=round(r.clips_per_s, 2),
                    frames_per_s=round(r.frames_per_s, 1),
                    share_of_ceiling=round(r.clips_per_s / ceiling.clips_per_s, 3) if ceiling else None,
-                   cpu_cores=None if r.cpu_cores is None else round(r.cpu_cores, 2))
+                   cpu_cores=None if r.cpu_cores is None else round(r.cpu_cores, 2),
+                   main_thread_busy=None if r.main_thread_busy is None else round(r.main_thread_busy, 2))
     if r.gpu_peak_allocated_mb is not None:
         figures.update(gpu_peak_allocated_mb=r.gpu_peak_allocated_mb, gpu_device_used_mb=r.gpu_device_used_mb)
     if r.first_pass_s is not None:

@@ -63,7 +63,7 @@ def loader(
     on_gpu = f" → {figures['gpu']}" if device == "cuda" else ""
     table = Table(title=f"loader throughput{on_gpu}: batch {batch_size}, T={frames}, {crop_interp} crops, {figures['cores']} cores, "
                         f"{cfg.num_threads} threads/workers")
-    columns = ["loader", "clips/s", "frames/s", "CPU cores busy", "share of decode ceiling"]
+    columns = ["loader", "clips/s", "frames/s", "CPU cores busy", "main thread busy", "share of decode ceiling"]
     if device == "cuda":
         columns += ["GPU MiB (torch peak)", "GPU MiB (device)"]
     for column in columns:
@@ -71,6 +71,7 @@ def loader(
     for name, r in figures["results"].items():
         mark = " (ceiling)" if name == figures["ceiling"] else ""
         row = [name + mark, f"{r['clips_per_s']:.1f}", f"{r['frames_per_s']:.0f}", "-" if r["cpu_cores"] is None else f"{r['cpu_cores']:.1f}",
+               "-" if r["main_thread_busy"] is None else f"{r['main_thread_busy']:.0%}",
                "-" if r["share_of_ceiling"] is None else f"{r['share_of_ceiling']:.0%}"]
         if device == "cuda":
             row += [f"{r.get('gpu_peak_allocated_mb', 0) or 0:.0f}", f"{r.get('gpu_device_used_mb', 0) or 0:.0f}"]
