@@ -1,7 +1,7 @@
 """Training's random resized crop (``clipspec``'s window, resampled to ``crop``, then the flip) as a torch stage.
 
 The torch loader's kernel crops every clip here. On a CPU the DALI loader and the decoded-frame cache crop here too,
-after their graphs (``crops_on_host``): torch's vectorised uint8 channels-last bilinear kernel costs about a quarter
+after their graphs (``crops_on_host``): torch's vectorised uint8 channels-last bilinear kernel costs about a seventh
 of DALI's CPU resize (``tools/dali_cpu_profile.py``). On CUDA the graph's GPU resize does it. Evaluation's centre
 crop stays in each loader's graph or kernel.
 """
