@@ -119,3 +119,14 @@ def test_where_the_crop_runs(ravdess_shards):
                                        host_crop=True, batch_size=2, num_threads=1, device_id=None)
     names = [name for name, _device in graph_ops(*cached._graph_out)]
     assert names.count("ExternalSource") == 1 and "Resize" not in names and "MelFilterBank" in names
+
+
+def test_the_host_cropping_caches_pipeline_leaves_the_cropping_thread_a_core(ravdess_shards):
+    from avdali.data import dali
+
+    cfg = small(ravdess_shards, num_threads=3)
+    runs = dict(frame_size=(128, 128), inputs_on_gpu=False, batches=2)
+    assert dali.cached_runs(cfg, device="cpu", jitter=True, host_crop=True, **runs).pipe.num_threads == 2
+    assert dali.cached_runs(cfg, device="cpu", jitter=False, **runs).pipe.num_threads == 3  # it crops: all threads
+    one = dataclasses.replace(cfg, num_threads=1)
+    assert dali.cached_runs(one, device="cpu", jitter=True, host_crop=True, **runs).pipe.num_threads == 1

@@ -28,17 +28,22 @@ def draw_windows(n: int, frame_size: tuple[int, int], rng: np.random.Generator) 
     return boxes, flips
 
 
-def resized_crop(video: torch.Tensor, box, flipped: bool, cfg: DataConfig) -> torch.Tensor:
+def resized_crop(video: torch.Tensor, box, flipped: bool, cfg: DataConfig, out: torch.Tensor | None = None) -> torch.Tensor:
     """T,C,H,W uint8 frames → the ``box`` window (top, left, h, w) resampled to ``cfg.crop`` with
-    ``cfg.crop_interp`` (no antialiasing), mirrored when ``flipped``."""
-    from torchvision.transforms.v2 import functional as F
-
+    ``cfg.crop_interp`` (torchvision's ``resized_crop``, no antialiasing), mirrored when ``flipped``; written into
+    ``out`` (T,C,crop,crop) when given."""
     top, left, h, w = (int(v) for v in box)
     if cfg.crop_interp == "nearest":
         video = nearest_resized_crop(video, top, left, h, w, cfg.crop)
-    else:  # uint8 channels-last bilinear has a vectorised kernel in torch
-        video = F.resized_crop(video, top, left, h, w, [cfg.crop, cfg.crop], antialias=clipspec.CROP_ANTIALIAS)
-    return video.flip(-1) if flipped else video
+    else:  # the aten op under torchvision's bilinear resize (a vectorised uint8 channels-last kernel), without the
+        # wrappers' cost per call, and straight into ``out`` when nothing follows it
+        resize = torch.ops.aten._upsample_bilinear2d_aa if clipspec.CROP_ANTIALIAS else torch.ops.aten.upsample_bilinear2d
+        window, size = video[..., top : top + h, left : left + w], [cfg.crop, cfg.crop]
+        if out is not None and not flipped:
+            return resize.out(window, size, False, None, None, out=out)
+        video = resize(window, size, False, None, None)
+    video = video.flip(-1) if flipped else video
+    return video if out is None else out.copy_(video)
 
 
 def crop_batch(video: torch.Tensor, boxes: np.ndarray, flips: np.ndarray, cfg: DataConfig) -> torch.Tensor:
@@ -50,7 +55,7 @@ def crop_batch(video: torch.Tensor, boxes: np.ndarray, flips: np.ndarray, cfg: D
     torch.set_num_threads(1)  # the loader's threads fill the cores: two intra-op threads cost ~2× the CPU per crop
     try:
         for i in range(n):
-            out[i] = resized_crop(video[i], boxes[i], bool(flips[i]), cfg)
+            resized_crop(video[i], boxes[i], bool(flips[i]), cfg, out=out[i])
     finally:
         torch.set_num_threads(threads)
     if cfg.video_dtype != "uint8":

@@ -47,10 +47,13 @@ def decode_all(shardset: ShardSet, wanted: set[int], threads: int, batch_size: i
 
 def cached_runs(cfg: DataConfig, *, device: str, jitter: bool, frame_size: tuple[int, int], inputs_on_gpu: bool,
                 batches: int, host_crop: bool = False) -> PipelineRuns:
-    """The built ``cached_clip_pipeline`` for one cached loader, fed batch by batch (``feed_cached``)."""
+    """The built ``cached_clip_pipeline`` for one cached loader, fed batch by batch (``feed_cached``). With
+    ``host_crop`` the calling thread crops every clip while the pipeline computes only the audio features, so the
+    pipeline gets one thread fewer than ``data.num_threads`` (at least one), leaving that thread a core."""
     device_id = torch.cuda.current_device() if device == "cuda" else None
+    threads = max(1, cfg.num_threads - 1) if host_crop else cfg.num_threads
     pipe = cached_clip_pipeline(cfg=cfg, gpu=device == "cuda", inputs_on_gpu=inputs_on_gpu, jitter=jitter,
-                                frame_size=frame_size, host_crop=host_crop, batch_size=cfg.batch_size, num_threads=cfg.num_threads,
+                                frame_size=frame_size, host_crop=host_crop, batch_size=cfg.batch_size, num_threads=threads,
                                 device_id=device_id, prefetch_queue_depth=min(cfg.prefetch, batches), seed=0)
     return PipelineRuns(pipe, min(cfg.prefetch, batches))
 
