@@ -66,7 +66,8 @@ class DataConfig:
     ``float16`` / ``float32``: ImageNet-normalised in the pipeline."""
     num_threads: int = 0
     """DALI CPU threads, or torch DataLoader worker processes, per rank; 0: the usable cores divided by the ranks on
-    this machine (``resolve_threads``)."""
+    this machine (``resolve_threads``). A CPU cache's training pipeline takes one fewer: its crop runs on the thread
+    that takes the batches."""
     prefetch: int = 2
     """Batches prepared ahead (DALI prefetch queue depth / DataLoader prefetch factor per worker)."""
     shuffle_buffer: int = 256
