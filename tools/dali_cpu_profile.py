@@ -7,6 +7,7 @@ shards, batch and threads as ``avdali bench loader``, run alone:
 - ``decode``: + the video decoder on ``decode_plan``'s frames (the decode ceiling's work);
 - ``frames``: + ``sequence_rearrange`` (the T frames in order);
 - ``crop-nearest`` / ``crop-linear``: + the training window and ``crop_frames`` with that ``crop_interp``;
+- ``audio-decode``: the reader and the FLAC decode alone (what the audio costs before its window and features);
 - ``audio``: the reader, the audio window and its features, no video;
 - ``whole``: ``av_pipeline`` with training's crop in the graph (what the GPU pipeline runs, here on the CPU);
 - ``loader``: ``DaliLoader`` on the CPU, training: its graph (no crop) and the crop in torch after it (``crop.py``).
@@ -14,6 +15,8 @@ shards, batch and threads as ``avdali bench loader``, run alone:
 ``torch-bilinear`` is not DALI: torch's uint8 bilinear resize of the same windows (``clipspec.draw_crop_box``) on
 one thread, what the host crop costs. ``bound`` is ``decode / loader``: the share of the decode ceiling the CPU loader
 reaches when the cores are busy with its work alone (``decode / whole`` would be that of the in-graph crop).
+``limit`` is ``decode / (decode + audio + torch-bilinear)``: the share it could reach if nothing but the clip
+specification's own work cost anything (no batch glue, no pipeline per epoch, threads never idle).
 
     python tools/dali_cpu_profile.py SHARDS --batch 8 --frames 16 --crop 112 --threads 2 --json out.json
 """
@@ -28,7 +31,7 @@ import time
 
 import numpy as np
 
-STAGES = ("read", "decode", "frames", "crop-nearest", "crop-linear", "audio", "whole", "loader")
+STAGES = ("read", "decode", "frames", "crop-nearest", "crop-linear", "audio-decode", "audio", "whole", "loader")
 
 
 def cpu_seconds() -> float:
@@ -57,6 +60,8 @@ def stage_pipeline(stage: str, cfg, shardset, frame_size: tuple[int, int]):
                                               num_shards=1, shuffle_buffer=cfg.shuffle_buffer)
         if stage == "read":
             return meta
+        if stage == "audio-decode":
+            return graph.decode_audio(flac)
         if stage == "audio":
             audio, _valid = graph.audio_window(flac, clipspec.window_samples(cfg.audio_seconds),
                                                fn.random.uniform(range=[0.0, 1.0]))
@@ -152,12 +157,21 @@ def profile(cfg, splits: list[str], batches: int = 40, warmup: int = 4, stages=S
                                                    "audio_seconds", "shuffle_buffer")}}
     if "decode" in rows and "loader" in rows:
         out["bound"] = bound(rows)
+    if "decode" in rows and "audio" in rows:
+        out["limit"] = limit(rows)
     return out
 
 
 def bound(rows: dict) -> float:
     """decode / loader CPU ms per clip."""
     return round(rows["decode"]["cpu_ms_per_clip"] / rows["loader"]["cpu_ms_per_clip"], 3)
+
+
+def limit(rows: dict) -> float:
+    """decode / (decode + audio + torch-bilinear) CPU ms per clip."""
+    decode = rows["decode"]["cpu_ms_per_clip"]
+    work = decode + rows["audio"]["cpu_ms_per_clip"] + rows["torch-bilinear"]["cpu_ms_per_clip"]
+    return round(decode / work, 3)
 
 
 def main() -> None:
@@ -184,11 +198,12 @@ def main() -> None:
     result = runs[0]
     for name in result["rows"]:  # the quietest of the repeats, per row
         result["rows"][name] = min((r["rows"][name] for r in runs), key=lambda row: row["cpu_ms_per_clip"])
-    result["bound"] = bound(result["rows"])
+    result["bound"], result["limit"] = bound(result["rows"]), limit(result["rows"])
     result["repeats"] = args.repeats
     for name, row in result["rows"].items():
         print(f"{name:15s} {row['cpu_ms_per_clip']:7.2f} CPU ms/clip")
     print(f"decode / loader = {result['bound']:.2f}")
+    print(f"decode / (decode + audio + torch-bilinear) = {result['limit']:.2f}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)

@@ -141,10 +141,16 @@ def eval_crop(frame_size: tuple[int, int], crop: int) -> tuple[int, int, int, in
     return top, left, side, side
 
 
+def decode_audio(flac):
+    """Each ``flac`` decoded whole: 16 kHz mono float32 samples."""
+    audio, _rate = fn.decoders.audio(flac, sample_rate=clipspec.SAMPLE_RATE, downmix=True, dtype=types.FLOAT)
+    return audio
+
+
 def audio_window(flac, window: int, u=None):
     """Each ``flac`` decoded (16 kHz mono float) and cut to the clip specification's window (``u``: a uniform draw
     for training's offset, None for evaluation's centred one): the samples (CPU) and their count (int32)."""
-    audio, _rate = fn.decoders.audio(flac, sample_rate=clipspec.SAMPLE_RATE, downmix=True, dtype=types.FLOAT)
+    audio = decode_audio(flac)
     length = audio.shape(dtype=types.INT32)[0]
     start = clipspec.audio_start(length, window, u, GRAPH_OPS)
     valid = dmath.min(length - start, window)
@@ -219,7 +225,7 @@ def decode_all_pipeline(*, paths: list[str], index_paths: list[str], info_len: i
     frames (F,H,W,C uint8), audio (16 kHz mono float32), meta.i32, source_info."""
     webm, flac, meta = read_samples(paths=paths, index_paths=index_paths, train=False, shard_id=0, num_shards=1,
                                     shuffle_buffer=1)
-    audio, _rate = fn.decoders.audio(flac, sample_rate=clipspec.SAMPLE_RATE, downmix=True, dtype=types.FLOAT)
+    audio = decode_audio(flac)
     info = fn.pad(fn.get_property(webm, key="source_info"), axes=[0], shape=[info_len], fill_value=0)
     return fn.decoders.video(webm), audio, meta, info
 
