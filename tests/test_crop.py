@@ -63,40 +63,71 @@ def test_draw_windows_is_the_clip_specifications_draw():
 
 
 def capture(monkeypatch) -> list:
-    """Every crop_batch call's (frames in, boxes, flips, cfg, result), crop_batch still running."""
-    calls, real = [], crop.crop_batch
+    """Every resize_windows call (what crop_batch and the cache's gathered windows go through) as (windows, flips,
+    cfg, result), resize_windows still running."""
+    calls, real = [], crop.resize_windows
 
-    def spy(video, boxes, flips, cfg):
-        out = real(video, boxes, flips, cfg)
-        calls.append((video.clone(), boxes.copy(), flips.copy(), cfg, out))
+    def spy(windows, flips, cfg):
+        out = real(windows, flips, cfg)
+        calls.append(([w.clone() for w in windows], flips.copy(), cfg, out))
         return out
 
-    monkeypatch.setattr(crop, "crop_batch", spy)
+    monkeypatch.setattr(crop, "resize_windows", spy)
     return calls
+
+
+def whole_window(windows) -> np.ndarray:
+    return np.array([(0, 0, *w.shape[-2:]) for w in windows], dtype=np.int32)
 
 
 @pytest.mark.parametrize("cached", [False, True])
 def test_on_a_cpu_the_dali_loaders_crop_the_uncropped_frames_after_the_graph(ravdess_shards, monkeypatch, cached):
-    """Streaming DALI and the host cache in training: the graph hands over whole stored frames, the batch is their
-    crop with the windows and flips the batch reports; the draws depend on (seed, rank, epoch) only."""
+    """Streaming DALI and the host cache in training: the crop windows are cut from whole stored frames (the cache
+    gathers only the windows), the batch is their resize, with the windows and flips the batch reports; the draws
+    depend on (seed, rank, epoch) only."""
     calls = capture(monkeypatch)
     cfg = small(ravdess_shards, cache="host" if cached else "off")
     loader = build_loader(cfg, FOLDS, train=True, seed=5)
     assert isinstance(loader, cache.CachedLoader) == cached
+    if cached:
+        stored = loader.store.frames.permute(0, 3, 1, 2)  # every stored frame, C,H,W
+        assert stored.shape[-2:] == (128, 128)
     batches = list(loader)
     assert len(calls) == len(batches) == len(loader)
     windows = set()
-    for batch, (frames, boxes, flips, _cfg, out) in zip(batches, calls):
-        assert frames.shape[-2:] == (128, 128) and frames.shape[1:3] == (cfg.frames, 3)  # the stored frame size
+    for batch, (cut, flips, _cfg, out) in zip(batches, calls):
+        boxes = batch.crop_box.numpy()
         assert torch.equal(batch.video, out) and batch.video.shape[-2:] == (cfg.crop, cfg.crop)
-        assert batch.crop_box.tolist() == boxes.tolist() and batch.flipped.tolist() == flips.tolist()
-        assert torch.equal(batch.video, reference(frames, boxes, flips, cfg))
+        assert batch.flipped.tolist() == flips.tolist()
+        assert [tuple(w.shape) for w in cut] == [(cfg.frames, 3, h, w) for _t, _l, h, w in boxes.tolist()]
+        assert torch.equal(batch.video, reference(cut, whole_window(cut), flips, cfg))
+        for window, (top, left, h, w) in zip(cut, boxes.tolist() if cached else []):
+            source = stored[..., top : top + h, left : left + w]  # each frame: a stored frame's window at the box
+            assert all((source == frame).flatten(1).all(1).any() for frame in window)
         windows |= {tuple(b) for b in boxes.tolist()}
     assert len(windows) > 5
     again = build_loader(cfg, FOLDS, train=True, seed=5)
     assert [b.crop_box.tolist() for b in again] == [b.crop_box.tolist() for b in batches]
     loader.set_epoch(1)
     assert [b.crop_box.tolist() for b in loader] != [b.crop_box.tolist() for b in batches]
+
+
+def test_the_streaming_loaders_windows_are_cut_from_the_graphs_whole_frames(ravdess_shards, monkeypatch):
+    calls, real = [], crop.crop_batch
+
+    def spy(video, boxes, flips, cfg):
+        out = real(video, boxes, flips, cfg)
+        calls.append((video.clone(), boxes.copy(), flips.copy(), out))
+        return out
+
+    monkeypatch.setattr(crop, "crop_batch", spy)
+    cfg = small(ravdess_shards)
+    batches = list(build_loader(cfg, FOLDS, train=True, seed=5))
+    assert len(calls) == len(batches)
+    for batch, (frames, boxes, flips, out) in zip(batches, calls):
+        assert frames.shape[-2:] == (128, 128) and frames.shape[1:3] == (cfg.frames, 3)  # the stored frame size
+        assert torch.equal(batch.video, out) and batch.crop_box.tolist() == boxes.tolist()
+        assert torch.equal(batch.video, reference(frames, boxes, flips, cfg))
 
 
 def test_where_the_crop_runs(ravdess_shards):

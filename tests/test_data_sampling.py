@@ -150,3 +150,30 @@ def test_prepare_video_normalises_uint8_and_passes_floats():
         torch.testing.assert_close(out[:, :, c], expected)
     already = torch.randn(1, 2, 3, 4, 4, dtype=torch.float16)
     assert prepare_video(already) is already
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_batch_draws_are_the_per_clip_draws(train):
+    """The cache draws a batch at once: the same generator state gives what the per-clip draws give, clip by clip
+    (frame indices of short and long clips, audio starts with and without slack, crop boxes)."""
+    frames = np.array([1, 3, 15, 16, 17, 55, 160, 7])
+    samples = np.array([100, 48_000, 48_001, 55_637, 20_000, 96_000, 1, 60_000])
+    seed = 11
+    rng = np.random.default_rng(seed) if train else None
+    got_frames = clipspec.draw_batch_frame_indices(frames, 16, rng)
+    got_starts = clipspec.draw_audio_starts(samples, 48_000, rng)
+    ref = np.random.default_rng(seed) if train else None
+    want_frames = np.stack([clipspec.draw_frame_indices(int(n), 16, ref) for n in frames])
+    want_starts = [clipspec.draw_audio_start(int(n), 48_000, ref) for n in samples]
+    assert got_frames.dtype == np.int64 and got_frames.shape == (8, 16)
+    assert got_frames.tolist() == want_frames.tolist() and got_starts.tolist() == want_starts
+    with pytest.raises(ValueError, match="at least one frame"):
+        clipspec.draw_batch_frame_indices(np.array([4, 0]), 16, rng)
+
+
+def test_batch_crop_boxes_are_the_per_clip_boxes():
+    for height, width in [(128, 128), (144, 256), (37, 91)]:
+        boxes = clipspec.draw_crop_boxes(2000, height, width, np.random.default_rng(height))
+        rng = np.random.default_rng(height)
+        assert boxes.dtype == np.int32
+        assert [tuple(b) for b in boxes.tolist()] == [clipspec.draw_crop_box(height, width, rng) for _ in range(2000)]

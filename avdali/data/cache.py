@@ -293,33 +293,39 @@ class CachedLoader:
         s, t = self.store, self.cfg.frames
         rows = np.array([s.row[i] for i in rows_of])
         gen = rng if self.jitter else None
-        picks = np.stack([s.frame_start[r] + clipspec.draw_frame_indices(int(s.frame_count[r]), t, gen) for r in rows])
-        starts = [clipspec.draw_audio_start(int(s.audio_count[r]), self.window, gen) for r in rows]
-        valid = [min(int(s.audio_count[r]) - a, self.window) for r, a in zip(rows, starts)]
-        if s.frames.is_cuda:
-            frames = s.frames.index_select(0, torch.from_numpy(picks.ravel()).to(s.frames.device))
-            audio = s.audio
-        else:  # numpy's gather is ~3× torch's index_select on these uint8 rows
-            frames, audio = np.take(s.frames.numpy(), picks.ravel(), axis=0), s.audio.numpy()
-        frames = frames.reshape(len(rows), t, *s.frames.shape[1:])
-        windows = [audio[int(s.audio_start[r]) + a : int(s.audio_start[r]) + a + v] for r, a, v in zip(rows, starts, valid)]
+        picks = s.frame_start[rows, None] + clipspec.draw_batch_frame_indices(s.frame_count[rows], t, gen)
+        counts = s.audio_count[rows].astype(np.int64)
+        starts = clipspec.draw_audio_starts(counts, self.window, gen)
+        valid = np.minimum(counts - starts, self.window)
         n = len(rows)
-        roi = video = None
+        roi = video = frames = None
         if self.jitter:  # the window and flip by the clip specification, as the streaming loader draws them
             boxes, flips = crop.draw_windows(n, self.frame_size, rng)
             crop_box, flipped = torch.from_numpy(boxes), torch.from_numpy(flips)
-            if self.host_crop:
-                video = crop.crop_batch(torch.from_numpy(frames).permute(0, 1, 4, 2, 3), boxes, flips, self.cfg)
-            else:
+            if not self.host_crop:
                 start, end = clipspec.crop_roi(*boxes.T, flips.astype(np.int32))
                 roi = (np.stack(start, 1).astype(np.float32), np.stack(end, 1).astype(np.float32))
         else:
             crop_box, flipped = self.eval_crop.expand(n, 4), torch.zeros(n, dtype=torch.bool)
-        dali.feed_cached(self.runs.pipe, None if self.host_crop else frames, windows, roi)
+        if self.host_crop:  # only each clip's window is gathered (numpy), then resampled in torch
+            stored = s.frames.numpy()
+            clips = [torch.from_numpy(stored[p, top : top + h, left : left + w]).permute(0, 3, 1, 2)
+                     for p, (top, left, h, w) in zip(picks, boxes.tolist())]
+            video = crop.resize_windows(clips, flips, self.cfg)
+        elif s.frames.is_cuda:
+            frames = s.frames.index_select(0, torch.from_numpy(picks.ravel()).to(s.frames.device))
+        else:  # numpy's gather is ~3× torch's index_select on these uint8 rows
+            frames = np.take(s.frames.numpy(), picks.ravel(), axis=0)
+        if frames is not None:
+            frames = frames.reshape(n, t, *s.frames.shape[1:])
+        audio = s.audio if s.audio.is_cuda else s.audio.numpy()
+        firsts = s.audio_start[rows].astype(np.int64) + starts
+        windows = [audio[a : a + v] for a, v in zip(firsts.tolist(), valid.tolist())]
+        dali.feed_cached(self.runs.pipe, frames, windows, roi)
         label = s.label if self.cfg.label_space == "unified" else s.native_label
         streams = torch.from_numpy(s.streams[rows].astype(np.int32))
         host = dict(
-            audio_len=torch.tensor([clipspec.feature_frames(v) for v in valid], dtype=torch.int64),
+            audio_len=torch.from_numpy(clipspec.feature_frames(valid)),
             label=torch.from_numpy(label[rows].astype(np.int64)),
             index=torch.tensor(rows_of, dtype=torch.int64),
             valid=torch.arange(position, position + n) < self.rank_samples,

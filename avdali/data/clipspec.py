@@ -98,6 +98,16 @@ def draw_frame_indices(num_frames: int, t: int, rng: np.random.Generator | None 
     return np.asarray(frame_indices(np.int64(num_frames), t, u), dtype=np.int64)
 
 
+def draw_batch_frame_indices(num_frames: np.ndarray, t: int, rng: np.random.Generator | None = None) -> np.ndarray:
+    """N,T ``draw_frame_indices`` of N clips of ``num_frames`` frames at once: the same draws, clip after clip, from
+    ``rng`` (None: evaluation), so the same indices as N calls of it."""
+    n = np.asarray(num_frames, dtype=np.int64).reshape(-1, 1)
+    if n.size and n.min() < 1:
+        raise ValueError(f"a clip needs at least one frame, got {int(n.min())}")
+    u = None if rng is None else rng.random((len(n), t), dtype=np.float32)
+    return np.asarray(frame_indices(n, t, u), dtype=np.int64).reshape(len(n), t)
+
+
 def center_crop_box(height: int, width: int, crop: int) -> tuple[int, int, int]:
     """Evaluation crop (top, left, side): a ``crop`` square in the centre, or the largest centred square
     (then resized to ``crop``) when the frame is smaller than ``crop``."""
@@ -130,6 +140,12 @@ def draw_crop_box(height: int, width: int, rng: np.random.Generator) -> tuple[in
     return tuple(int(v) for v in random_crop_box(rng.random(4, dtype=np.float32), height, width))
 
 
+def draw_crop_boxes(n: int, height: int, width: int, rng: np.random.Generator) -> np.ndarray:
+    """N,4 int32 ``draw_crop_box`` of ``n`` clips at once (the same draws, clip after clip, so the same boxes)."""
+    u = rng.random((n, 4), dtype=np.float32)
+    return np.stack(random_crop_box(u.T, height, width), axis=1).astype(np.int32).reshape(n, 4)
+
+
 def window_samples(audio_seconds: float) -> int:
     """W: samples in the fixed audio window."""
     return int(round(audio_seconds * SAMPLE_RATE))
@@ -153,3 +169,10 @@ def draw_audio_start(num_samples: int, window: int, rng: np.random.Generator | N
     """``audio_start`` in numpy, its draw from ``rng`` (None: evaluation)."""
     u = None if rng is None else rng.random(dtype=np.float32)
     return int(audio_start(np.int64(num_samples), window, u))
+
+
+def draw_audio_starts(num_samples: np.ndarray, window: int, rng: np.random.Generator | None = None) -> np.ndarray:
+    """int64 ``draw_audio_start`` of N clips of ``num_samples`` samples at once (the same draws, clip after clip)."""
+    counts = np.asarray(num_samples, dtype=np.int64).reshape(-1)
+    u = None if rng is None else rng.random(len(counts), dtype=np.float32)
+    return np.asarray(audio_start(counts, window, u), dtype=np.int64).reshape(-1)

@@ -22,8 +22,8 @@ def crops_on_host(device: str) -> bool:
 
 
 def draw_windows(n: int, frame_size: tuple[int, int], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """``n`` clips' crop windows (top, left, h, w; int32 N,4; ``clipspec.draw_crop_box``), then their flips (bool N)."""
-    boxes = np.array([clipspec.draw_crop_box(*frame_size, rng) for _ in range(n)], dtype=np.int32).reshape(n, 4)
+    """``n`` clips' crop windows (top, left, h, w; int32 N,4; ``clipspec.draw_crop_boxes``), then their flips (bool N)."""
+    boxes = clipspec.draw_crop_boxes(n, *frame_size, rng)
     flips = rng.random(n, dtype=np.float32) < clipspec.FLIP_PROBABILITY
     return boxes, flips
 
@@ -49,13 +49,20 @@ def resized_crop(video: torch.Tensor, box, flipped: bool, cfg: DataConfig, out: 
 def crop_batch(video: torch.Tensor, boxes: np.ndarray, flips: np.ndarray, cfg: DataConfig) -> torch.Tensor:
     """N,T,C,H,W uint8 frames → N,T,C,crop,crop in ``cfg.video_dtype`` (ImageNet-normalised floats unless uint8),
     its memory channels-last, as the DALI graph hands its crops over."""
-    n, t = video.shape[:2]
+    windows = [video[i, ..., top : top + h, left : left + w] for i, (top, left, h, w) in enumerate(boxes.tolist())]
+    return resize_windows(windows, flips, cfg)
+
+
+def resize_windows(windows: list[torch.Tensor], flips: np.ndarray, cfg: DataConfig) -> torch.Tensor:
+    """``crop_batch`` of clips already cut to their windows (T,C,h,w uint8 each, views or copies): each resampled to
+    ``cfg.crop``, mirrored when flipped."""
+    n, t = len(windows), windows[0].shape[0]
     out = torch.empty((n, t, cfg.crop, cfg.crop, 3), dtype=torch.uint8).permute(0, 1, 4, 2, 3)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the loader's threads fill the cores: two intra-op threads cost ~2× the CPU per crop
     try:
-        for i in range(n):
-            resized_crop(video[i], boxes[i], bool(flips[i]), cfg, out=out[i])
+        for i, window in enumerate(windows):
+            resized_crop(window, (0, 0, *window.shape[-2:]), bool(flips[i]), cfg, out=out[i])
     finally:
         torch.set_num_threads(threads)
     if cfg.video_dtype != "uint8":
