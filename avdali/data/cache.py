@@ -11,10 +11,9 @@ training, the stored range in evaluation), draws each clip's frame indices, crop
 clip specification (``clipspec.py``, numpy, seeded by (seed, rank, epoch)), gathers the T frames and the audio window
 from memory on the cache's device, and hands them to a DALI pipeline of the streaming graph's own crop and feature
 sub-graphs (``dali.cached_clip_pipeline``), on the GPU on CUDA: no transform of its own, no host round trip for a
-device cache. On a CPU training's crop runs in torch (``crop.py``), as the streaming DALI loader's does there, on
-only each clip's crop window gathered from memory. With
-augmentation off a batch is the streaming DALI loader's batch: the same samples in the same order, the same decoded
-pixels and features.
+device cache. On a CPU training's crop runs in torch (``crop.py``), as the streaming DALI loader's does there, and
+only each clip's crop window is gathered from memory. With augmentation off a batch is the streaming DALI loader's
+batch: the same samples in the same order, the same decoded pixels and features.
 
 **Which samples a rank caches.** Training: the whole training split, on every rank, because every epoch deals the
 tars to the ranks afresh (RAVDESS: about 4 GB of frames per rank; the cache is not sharded across ranks).
