@@ -115,23 +115,23 @@ def time_loader(cfg, shardset, frame_size: tuple[int, int], batches: int, warmup
 
 
 def torch_bilinear_ms(cfg, frame_size: tuple[int, int], clips: int, seed: int = 0) -> float:
-    """CPU ms per clip of torch's uint8 bilinear resize of ``clips`` training windows to the crop, one thread."""
+    """CPU ms per clip of the loaders' torch crop (``crop.resized_crop``, bilinear, unflipped: torch's uint8 kernel)
+    of ``clips`` training windows, one thread."""
     import torch
-    import torch.nn.functional as F
 
-    from avdali.data import clipspec
+    from avdali.data import clipspec, crop
 
+    linear = dataclasses.replace(cfg, crop_interp="linear")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         rng = np.random.default_rng(seed)
         height, width = frame_size
         frames = torch.randint(0, 256, (cfg.frames, height, width, 3), dtype=torch.uint8).permute(0, 3, 1, 2)
-        boxes = [clipspec.draw_crop_box(height, width, rng) for _ in range(clips)]
+        boxes = clipspec.draw_crop_boxes(clips, height, width, rng)
         c0 = cpu_seconds()
-        for top, left, h, w in boxes:  # T,C,h,w channels-last views, as the loaders hand frames over
-            F.interpolate(frames[:, :, top:top + h, left:left + w], size=(cfg.crop, cfg.crop), mode="bilinear",
-                          align_corners=False, antialias=False)
+        for box in boxes:  # T,C,H,W channels-last frames, as the loaders hand them over; the loaders' own crop
+            crop.resized_crop(frames, box, False, linear)
         return 1000 * (cpu_seconds() - c0) / clips
     finally:
         torch.set_num_threads(threads)
