@@ -138,6 +138,50 @@ def test_training_ranks_read_the_epochs_deal(ravdess_shards, loader_name):
     assert any(shares[r, 0] != shares[r, 1] for r in range(world))
 
 
+def test_dali_runs_of_several_batches_give_the_same_batches(ravdess_shards):
+    """A pipeline run holding several batches (``order.batches_per_run``) is cut into the batches one batch a run gives:
+    evaluation's batches are equal tensor for tensor, over two epochs of the one pipeline evaluation keeps."""
+    from avdali.data.dali import DaliLoader
+    from avdali.data.shards import resolve
+
+    shardset = resolve(ravdess_shards, SPLITS)
+    cfg = small(ravdess_shards, batch_size=2)
+
+    def epochs(run_clips: int):
+        loader = DaliLoader(cfg, shardset, train=False, device="cpu", rank=0, world_size=1, seed=0,
+                            frame_size=(128, 128), run_clips=run_clips)
+        return loader.batches_per_run, [list(loader) for _ in range(2)]
+
+    (one, single), (four, runs) = epochs(2), epochs(8)
+    assert (one, four) == (1, 4)
+    for a, b in zip(single, runs):
+        assert len(a) == len(b) == 4
+        for x, y in zip(a, b):
+            for name in ("video", "audio", "audio_len", "label", "index", "valid", "crop_box", "flipped"):
+                assert torch.equal(getattr(x, name), getattr(y, name)), name
+
+
+def test_dali_training_runs_of_several_batches_read_each_epoch_once(ravdess_shards):
+    """Runs of 2 batches, 4 runs an epoch, prefetch 2: the next epoch's pipeline starts while this one's last runs
+    are read, and every epoch still reads every sample once, in an order of its own."""
+    from avdali.data.dali import DaliLoader
+    from avdali.data.shards import resolve
+
+    splits = ["fold1", "fold2", "fold3", "fold4"]
+    shardset = resolve(ravdess_shards, splits)
+    cfg = small(ravdess_shards, batch_size=2, augment=False, prefetch=2)
+    loader = DaliLoader(cfg, shardset, train=True, device="cpu", rank=0, world_size=1, seed=4, frame_size=(128, 128),
+                        run_clips=4)
+    assert (len(loader), loader.batches_per_run, loader.runs_per_epoch) == (8, 2, 4)
+    orders = []
+    for epoch in range(3):
+        loader.set_epoch(epoch)
+        pairs, count = collect(loader)
+        assert count == 8 and sorted(i for i, _ in pairs) == list(range(16))
+        orders.append(tuple(i for i, _ in pairs))
+    assert len(set(orders)) == 3
+
+
 def test_dali_index_matches_the_sample(ravdess_shards):
     """index → the same clip in the torch-free order of the shard indexes: labels agree with meta.i32."""
     from avdali.data.shards import resolve

@@ -118,3 +118,19 @@ def test_evaluation_reads_the_stored_order_in_contiguous_ranges():
         assert got == list(range(lo, hi))
         seen += got
     assert seen == list(range(shardset.num_samples))
+
+
+@pytest.mark.parametrize("batches, batch_size, run_clips, want", [
+    (18, 8, 32, 3),  # 4 would leave 2 batches of 20 decoded for nothing: the largest divisor within 32 clips
+    (20, 8, 32, 4),
+    (7, 8, 32, 1),  # a prime count: one batch a run
+    (36, 32, 32, 1),  # the batch alone fills a run
+    (5, 64, 32, 1),
+    (1, 2, 32, 1),
+    (12, 3, 32, 6),  # 12 and 4 divide, 6 × 3 = 18 ≤ 32 is the largest
+])
+def test_a_dali_run_holds_whole_batches_of_the_epoch(batches, batch_size, run_clips, want):
+    k = order.batches_per_run(batches, batch_size, run_clips)
+    assert k == want
+    assert batches % k == 0 and (k == 1 or k * batch_size <= run_clips)
+    assert all(batches % j or j * batch_size > run_clips for j in range(k + 1, batches + 1))  # none larger fits

@@ -69,7 +69,8 @@ class DataConfig:
     this machine (``resolve_threads``). A CPU cache's training pipeline takes one fewer: its crop runs on the thread
     that takes the batches."""
     prefetch: int = 2
-    """Batches prepared ahead (DALI prefetch queue depth / DataLoader prefetch factor per worker)."""
+    """Prepared ahead: DALI pipeline runs (its prefetch queue depth; a run holds one or more batches,
+    ``order.batches_per_run``) / batches per DataLoader worker (its prefetch factor)."""
     shuffle_buffer: int = 256
     """Samples in the shuffle buffer in training (DALI ``initial_fill`` / webdataset shuffle size)."""
     cache: str = "off"

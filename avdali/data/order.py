@@ -40,6 +40,20 @@ def batches_per_epoch(num_samples: int, batch_size: int, world_size: int) -> int
     return -(-largest // batch_size)
 
 
+RUN_CLIPS = 32
+"""Clips a DALI run aims to hold: a CPU operator works on a whole run, one operator at a time, and each costs a
+fixed overhead per run and leaves threads idle at its end, so runs of several small batches cost less CPU per clip
+(``batches_per_run``)."""
+
+
+def batches_per_run(batches: int, batch_size: int, run_clips: int = RUN_CLIPS) -> int:
+    """k: the training batches one DALI run holds (its batch is k × ``batch_size`` clips): the largest divisor of an
+    epoch's ``batches`` with k × ``batch_size`` ≤ ``run_clips`` (at least 1), so the epoch's runs hold exactly its
+    batches and nothing is decoded to be thrown away."""
+    most = max(1, run_clips // batch_size)
+    return max(k for k in range(1, min(most, max(batches, 1)) + 1) if batches % k == 0)
+
+
 def reading_order(shardset: ShardSet, *, train: bool, seed: int = 0, epoch: int = 0) -> tuple[ShardSpan, ...]:
     """The tars in the order an epoch reads them: stored order in evaluation; in training a permutation drawn from
     (seed, epoch), the same on every rank."""

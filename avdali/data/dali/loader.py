@@ -1,5 +1,6 @@
 """``DaliLoader``: a rank's batches of the streaming DALI pipeline, one pipeline per training epoch (its file list is
-the epoch's order), with read failures named by shard and sample."""
+the epoch's order), each run of the pipeline holding one or more batches (``order.batches_per_run``), with read
+failures named by shard and sample."""
 
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ class DaliLoader:
         world_size: int,
         seed: int,
         frame_size: tuple[int, int],
+        run_clips: int = order.RUN_CLIPS,
     ):
         self.cfg, self.shardset, self.train = cfg, shardset, train
         self.device, self.rank, self.world_size, self.seed = device, rank, world_size, seed
@@ -45,6 +47,8 @@ class DaliLoader:
         self.num_samples = shardset.num_samples
         lo, hi = order.rank_range(self.num_samples, rank, world_size)
         self.rank_samples = hi - lo
+        self.batches_per_run = order.batches_per_run(len(self), cfg.batch_size, run_clips)
+        """Batches each pipeline run holds: its batch is ``batches_per_run × batch_size`` clips."""
         self.epoch = 0
         self._runs_now: PipelineRuns | None = None
         self._next: tuple[int, PipelineRuns] | None = None  # the next training epoch's pipeline, built ahead
@@ -59,6 +63,16 @@ class DaliLoader:
 
     def __len__(self) -> int:
         return order.batches_per_epoch(self.num_samples, self.cfg.batch_size, self.world_size)
+
+    @property
+    def runs_per_epoch(self) -> int:
+        """Pipeline runs per epoch (``len()`` batches, ``batches_per_run`` at a time)."""
+        return len(self) // self.batches_per_run
+
+    @property
+    def depth(self) -> int:
+        """Runs prepared ahead: ``data.prefetch``, at most an epoch's."""
+        return min(self.cfg.prefetch, self.runs_per_epoch)
 
     def set_epoch(self, epoch: int) -> None:
         """Training: the next iteration reads ``epoch``'s order with ``epoch``'s seed; evaluation is the same every
@@ -90,17 +104,17 @@ class DaliLoader:
             info_len=self._info_len,
             decode=self.decode,
             host_crop=self.host_crop,
-            batch_size=self.cfg.batch_size,
+            batch_size=self.cfg.batch_size * self.batches_per_run,
             num_threads=self.cfg.num_threads,
             device_id=device_id,
             seed=pipeline_seed(self.seed, self.rank, epoch if self.train else 0),
-            prefetch_queue_depth=min(self.cfg.prefetch, len(self)),
+            prefetch_queue_depth=self.depth,
         )
 
     def _runs(self, epoch: int, start: bool = False) -> PipelineRuns:
         """A built pipeline for ``epoch`` (with ``start``: already decoding its first batches)."""
         device_id = torch.cuda.current_device() if self.device == "cuda" else None
-        runs = PipelineRuns(self.make_pipeline(device_id, epoch), min(self.cfg.prefetch, len(self)))
+        runs = PipelineRuns(self.make_pipeline(device_id, epoch), self.depth)
         if start:
             runs._schedule(None)
         return runs
@@ -129,7 +143,8 @@ class DaliLoader:
         finished = False
         # the host crop's windows and flips: one stream per (seed, rank, epoch), drawn in batch order
         windows = np.random.default_rng([self.seed, self.rank, self.epoch, 0x637270]) if self.host_crop else None  # "crp"
-        ahead = max(len(self) - self.cfg.prefetch, 0)  # from this batch on, the next epoch's pipeline decodes too
+        # from this batch on (the current pipeline has scheduled its last run), the next epoch's pipeline decodes too
+        ahead = max(self.runs_per_epoch - self.depth, 0) * self.batches_per_run
         try:
             for step, outputs in enumerate(self._outputs()):
                 if self.train and step == ahead and self._next is None:
@@ -142,12 +157,14 @@ class DaliLoader:
                 self._runs_now = None
 
     def _outputs(self):
-        """DALI's batches; a failed read ("Critical error in pipeline", which often names no file) becomes one line
+        """DALI's batches (each run cut into ``batches_per_run`` batches: views of its outputs); a failed read ("Critical error in pipeline", which often names no file) becomes one line
         naming the shard: the sample whose frame count its video does not hold, the shard whose SHA-256 changed
         when a check finds one, else this rank's shards."""
         try:
-            for outputs, _ in self._ensure_runs().epoch(len(self), self._names, run_ahead=not self.train):
-                yield outputs
+            size = self.cfg.batch_size
+            for outputs, _ in self._ensure_runs().epoch(self.runs_per_epoch, self._names, run_ahead=not self.train):
+                for k in range(self.batches_per_run):
+                    yield {name: value[k * size : (k + 1) * size] for name, value in outputs.items()}
         except RuntimeError as e:
             tars = self.rank_tars()
             if _OUT_OF_RANGE in str(e) and not changed_shards(self.shardset, tars):  # a changed tar says more
