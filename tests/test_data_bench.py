@@ -25,6 +25,38 @@ def test_bench_loader_writes_figures(ravdess_shards, tmp_path):
     assert figures["results"]["ceiling-pyav"]["main_thread_busy"] is None  # its batches come from worker processes
     assert "gpu_peak_allocated_mb" not in figures["results"]["dali"]
     assert "dali" in result.output
+    ceiling = figures["results"][figures["ceiling"]]
+    assert ceiling["cpu_share_of_ceiling"] == 1.0 and figures["results"]["dali"]["cpu_ms_per_clip"] > 0
+    assert all(r["steal_cores"] is not None and r["steal_cores"] >= 0 for r in figures["results"].values())
+
+
+def test_shares_of_the_ceiling_by_throughput_and_by_cpu_per_clip():
+    """The share by CPU divides the ceiling's CPU per clip by the loader's: a loader that decodes as fast but uses
+    twice the CPU per clip on a machine whose cores were stolen during the ceiling still reads 50 %."""
+    from avdali.bench.loaders import Throughput, _figures
+
+    ceiling = Throughput("ceiling-dali", clips=100, seconds=1.0, frames_per_clip=16, cpu_seconds=1.0, steal_seconds=0.5)
+    loader = Throughput("dali", clips=100, seconds=1.0, frames_per_clip=16, cpu_seconds=2.0, steal_seconds=0.0)
+    figures = _figures(loader, ceiling)
+    assert figures["share_of_ceiling"] == 1.0 and figures["cpu_share_of_ceiling"] == 0.5
+    assert figures["cpu_ms_per_clip"] == 20.0 and figures["steal_cores"] == 0.0
+    assert _figures(ceiling, ceiling)["steal_cores"] == 0.5
+    assert _figures(Throughput("naive", 10, 1.0, 16), ceiling)["cpu_share_of_ceiling"] is None  # CPU not measured
+
+
+def test_host_steal_is_read_from_proc_stat(monkeypatch, tmp_path):
+    import builtins
+    import os
+
+    from avdali.bench import loaders
+
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  100 0 50 900 3 0 2 250 0 0\ncpu0 1 2 3\n")
+    real_open = builtins.open
+    monkeypatch.setattr(builtins, "open", lambda path, *a, **k: real_open(stat if path == "/proc/stat" else path, *a, **k))
+    assert loaders.host_steal_seconds() == 250 / os.sysconf("SC_CLK_TCK")
+    stat.write_text("cpu  100 0 50\n")  # no steal field: unknown, not zero
+    assert loaders.host_steal_seconds() is None
 
 
 def test_main_thread_busy_counts_the_batch_taking_threads_cpu_not_its_waits():

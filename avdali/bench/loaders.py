@@ -7,7 +7,9 @@ and over whole batches, walking epochs as needed. The decode ceiling is the pure
 With ``device="cuda"`` the loaders are the four ways of feeding a GPU (``CUDA_LOADERS``); every batch is moved to
 the GPU inside the timed part (a no-op for DALI's GPU outputs) and the device is synchronised before the clock
 stops. Each figure also carries the CPU it used (CPU seconds of this process and its live descendants — DALI's
-threads, DataLoader workers — over the wall time, in cores) and, on CUDA, GPU memory: torch's peak allocation and
+threads, DataLoader workers — over the wall time, in cores; and per clip, a figure other tenants of a shared host
+move far less than the wall time), the host's CPU time stolen by other virtual machines meanwhile (Linux), and, on
+CUDA, GPU memory: torch's peak allocation and
 the growth of the device's used memory (``cudaMemGetInfo``), which includes DALI's own pools.
 """
 
@@ -41,6 +43,9 @@ class Throughput:
     """Frames each clip contributes (T)."""
     cpu_seconds: float | None = None
     """CPU time of this process and its descendants during the timed part (None: not measured)."""
+    steal_seconds: float | None = None
+    """CPU time the hypervisor gave other machines during the timed part, all cores together (Linux ``/proc/stat``;
+    None elsewhere): a figure measured while cores were stolen is slower than the machine."""
     main_thread_seconds: float | None = None
     """CPU time of the thread that takes the batches during the timed part (None: the batches come from elsewhere):
     near the wall time when that thread's own work per batch is the limit, not the loader's threads or workers."""
@@ -67,6 +72,16 @@ class Throughput:
     def cpu_cores(self) -> float | None:
         """CPU use during the timed part, in cores busy on average."""
         return None if self.cpu_seconds is None else self.cpu_seconds / self.seconds
+
+    @property
+    def cpu_ms_per_clip(self) -> float | None:
+        """CPU milliseconds per clip (this process and its descendants)."""
+        return None if self.cpu_seconds is None else 1000 * self.cpu_seconds / self.clips
+
+    @property
+    def steal_cores(self) -> float | None:
+        """Cores stolen by other virtual machines during the timed part, on average."""
+        return None if self.steal_seconds is None else self.steal_seconds / self.seconds
 
     @property
     def main_thread_busy(self) -> float | None:
@@ -115,6 +130,20 @@ def process_tree_cpu_seconds() -> float:
     return total / ticks
 
 
+def host_steal_seconds() -> float | None:
+    """CPU seconds stolen from this virtual machine so far, all cores (``/proc/stat``'s steal; None where absent)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+        return int(fields[8]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _elapsed(start: float | None, end: float | None) -> float | None:
+    return None if start is None or end is None else end - start
+
+
 def _epochs(make_epoch: Callable[[int], Iterable]) -> Iterable:
     for epoch in itertools.count():
         yield from make_epoch(epoch)
@@ -128,7 +157,7 @@ def time_batches(name: str, batches: Iterable, size_of: Callable, count: int, wa
         size_of(next(it))
     finish()
     clips = 0
-    cpu_start = process_tree_cpu_seconds()
+    cpu_start, steal_start = process_tree_cpu_seconds(), host_steal_seconds()
     thread_start = time.thread_time()
     start = time.perf_counter()
     for _ in range(count):
@@ -136,7 +165,8 @@ def time_batches(name: str, batches: Iterable, size_of: Callable, count: int, wa
     finish()
     seconds = time.perf_counter() - start
     return Throughput(name, clips, seconds, frames, cpu_seconds=process_tree_cpu_seconds() - cpu_start,
-                      main_thread_seconds=time.thread_time() - thread_start)
+                      main_thread_seconds=time.thread_time() - thread_start,
+                      steal_seconds=_elapsed(steal_start, host_steal_seconds()))
 
 
 def bench_loader(cfg: DataConfig, splits: list[str], count: int, warmup: int, device: str = "cpu",
@@ -249,12 +279,13 @@ def bench_pyav_decode(cfg: DataConfig, shardset: ShardSet, count: int, warmup: i
     stream = [(*clips[k % len(clips)], counts[k % len(clips)], cfg.frames, k if cfg.augment else None) for k in range(total)]
     with mp.get_context("forkserver").Pool(processes) as pool:
         list(pool.imap(_pyav_decode, stream[: warmup * cfg.batch_size], chunksize=2))
-        cpu_start = process_tree_cpu_seconds()
+        cpu_start, steal_start = process_tree_cpu_seconds(), host_steal_seconds()
         start = time.perf_counter()
         decoded = list(pool.imap(_pyav_decode, stream[warmup * cfg.batch_size :], chunksize=2))
         seconds = time.perf_counter() - start
         cpu_seconds = process_tree_cpu_seconds() - cpu_start  # before the pool's processes exit
-    return Throughput("ceiling-pyav", len(decoded), seconds, cfg.frames, cpu_seconds=cpu_seconds)
+    return Throughput("ceiling-pyav", len(decoded), seconds, cfg.frames, cpu_seconds=cpu_seconds,
+                      steal_seconds=_elapsed(steal_start, host_steal_seconds()))
 
 
 def run_benchmark(
@@ -322,10 +353,16 @@ def run_benchmark(
 
 
 def _figures(r: Throughput, ceiling: Throughput | None) -> dict:
+    by_cpu = None
+    if ceiling and ceiling.cpu_ms_per_clip is not None and r.cpu_ms_per_clip:
+        by_cpu = round(ceiling.cpu_ms_per_clip / r.cpu_ms_per_clip, 3)
     figures = dict(clips=r.clips, seconds=round(r.seconds, 3), clips_per_s=round(r.clips_per_s, 2),
                    frames_per_s=round(r.frames_per_s, 1),
                    share_of_ceiling=round(r.clips_per_s / ceiling.clips_per_s, 3) if ceiling else None,
+                   cpu_share_of_ceiling=by_cpu,
                    cpu_cores=None if r.cpu_cores is None else round(r.cpu_cores, 2),
+                   cpu_ms_per_clip=None if r.cpu_ms_per_clip is None else round(r.cpu_ms_per_clip, 3),
+                   steal_cores=None if r.steal_cores is None else round(r.steal_cores, 2),
                    main_thread_busy=None if r.main_thread_busy is None else round(r.main_thread_busy, 2))
     if r.gpu_peak_allocated_mb is not None:
         figures.update(gpu_peak_allocated_mb=r.gpu_peak_allocated_mb, gpu_device_used_mb=r.gpu_device_used_mb)

@@ -63,16 +63,17 @@ def loader(
     on_gpu = f" → {figures['gpu']}" if device == "cuda" else ""
     table = Table(title=f"loader throughput{on_gpu}: batch {batch_size}, T={frames}, {crop_interp} crops, {figures['cores']} cores, "
                         f"{cfg.num_threads} threads/workers")
-    columns = ["loader", "clips/s", "frames/s", "CPU cores busy", "main thread busy", "share of decode ceiling"]
+    columns = ["loader", "clips/s", "frames/s", "CPU cores busy", "CPU ms per clip", "cores stolen", "main thread busy",
+               "share of decode ceiling", "share by CPU ms"]
     if device == "cuda":
         columns += ["GPU MiB (torch peak)", "GPU MiB (device)"]
     for column in columns:
         table.add_column(column, justify="left" if column == "loader" else "right")
     for name, r in figures["results"].items():
         mark = " (ceiling)" if name == figures["ceiling"] else ""
-        row = [name + mark, f"{r['clips_per_s']:.1f}", f"{r['frames_per_s']:.0f}", "-" if r["cpu_cores"] is None else f"{r['cpu_cores']:.1f}",
-               "-" if r["main_thread_busy"] is None else f"{r['main_thread_busy']:.0%}",
-               "-" if r["share_of_ceiling"] is None else f"{r['share_of_ceiling']:.0%}"]
+        row = [name + mark, f"{r['clips_per_s']:.1f}", f"{r['frames_per_s']:.0f}", _figure(r["cpu_cores"], ".1f"),
+               _figure(r["cpu_ms_per_clip"], ".2f"), _figure(r["steal_cores"], ".2f"), _figure(r["main_thread_busy"], ".0%"),
+               _figure(r["share_of_ceiling"], ".0%"), _figure(r["cpu_share_of_ceiling"], ".0%")]
         if device == "cuda":
             row += [f"{r.get('gpu_peak_allocated_mb', 0) or 0:.0f}", f"{r.get('gpu_device_used_mb', 0) or 0:.0f}"]
         table.add_row(*row)
@@ -85,3 +86,7 @@ def loader(
     if json_out:
         json_out.write_text(json.dumps(figures, indent=1) + "\n")
         console.print(f"figures written to {json_out}")
+
+
+def _figure(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
