@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.console import Console
 from rich.table import Table
 
 from avdali.cli.common import console, err_console, user_errors
@@ -63,21 +64,25 @@ def loader(
     on_gpu = f" → {figures['gpu']}" if device == "cuda" else ""
     table = Table(title=f"loader throughput{on_gpu}: batch {batch_size}, T={frames}, {crop_interp} crops, {figures['cores']} cores, "
                         f"{cfg.num_threads} threads/workers")
-    columns = ["loader", "clips/s", "frames/s", "CPU cores busy", "CPU ms per clip", "cores stolen", "main thread busy",
-               "share of decode ceiling", "share by CPU ms"]
+    columns = ["loader", "clips/s", "frames/s", "cores busy", "CPU ms/clip", "cores stolen", "main thread",
+               "share of ceiling", "by CPU ms"]
     if device == "cuda":
         columns += ["GPU MiB (torch peak)", "GPU MiB (device)"]
     for column in columns:
-        table.add_column(column, justify="left" if column == "loader" else "right")
+        table.add_column(column, justify="left" if column == "loader" else "right", no_wrap=column == "loader")
     for name, r in figures["results"].items():
-        mark = " (ceiling)" if name == figures["ceiling"] else ""
+        mark = " *" if name == figures["ceiling"] else ""
         row = [name + mark, f"{r['clips_per_s']:.1f}", f"{r['frames_per_s']:.0f}", _figure(r["cpu_cores"], ".1f"),
                _figure(r["cpu_ms_per_clip"], ".2f"), _figure(r["steal_cores"], ".2f"), _figure(r["main_thread_busy"], ".0%"),
                _figure(r["share_of_ceiling"], ".0%"), _figure(r["cpu_share_of_ceiling"], ".0%")]
         if device == "cuda":
             row += [f"{r.get('gpu_peak_allocated_mb', 0) or 0:.0f}", f"{r.get('gpu_device_used_mb', 0) or 0:.0f}"]
         table.add_row(*row)
-    console.print(table)
+    wide = console if console.is_terminal else Console(file=console.file, width=132)  # a log or pipe: whole columns
+    wide.print(table)
+    if ceiling:
+        console.print("* the decode ceiling the shares divide by; 'by CPU ms': its CPU per clip over the row's, which other "
+                      "tenants of a shared host (cores stolen) move far less than clips/s")
     for pair, ratio in figures["ratios"].items():
         console.print(f"{pair}: {ratio:.2f}×")
     for name, r in figures["results"].items():
