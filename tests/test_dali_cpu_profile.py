@@ -26,6 +26,7 @@ def test_each_row_outputs_what_its_part_of_the_graph_makes(ravdess_shards):
     assert len(shape["audio-decode"]) == 1 and shape["audio-decode"][0] > 0  # the whole track, mono
     assert shape["audio"] == (cfg.n_mels, clipspec.feature_frames(clipspec.window_samples(cfg.audio_seconds)))
     assert all(row["cpu_ms_per_clip"] >= 0 for row in rows.values()) and rows["torch-bilinear"]["cpu_ms_per_clip"] > 0
+    assert out["batches_per_run"] == 10  # 20 clips in batches of 2: the pipeline rows run the loader's runs of 20
     assert out["bound"] == round(rows["decode"]["cpu_ms_per_clip"] / rows["loader"]["cpu_ms_per_clip"], 3)
     work = rows["decode"]["cpu_ms_per_clip"] + rows["audio"]["cpu_ms_per_clip"] + rows["torch-bilinear"]["cpu_ms_per_clip"]
     assert out["limit"] == round(rows["decode"]["cpu_ms_per_clip"] / work, 3) and 0 < out["limit"] < 1

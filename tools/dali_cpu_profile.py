@@ -1,7 +1,8 @@
 """Where the streaming DALI pipeline's CPU time goes: CPU milliseconds per clip of each part of the training graph.
 
 Each row is a pipeline built from the streaming graph's own sub-graphs (``avdali.data.dali.graph``) on the same
-shards, batch and threads as ``avdali bench loader``, run alone:
+shards and threads as ``avdali bench loader``, run alone, at the DALI loader's run size (``order.batches_per_run``
+batches a run, as the loader and the decode ceiling run):
 
 - ``read``: the webdataset reader (shuffled, as in training);
 - ``decode``: + the video decoder on ``decode_plan``'s frames (the decode ceiling's work);
@@ -139,20 +140,24 @@ def torch_bilinear_ms(cfg, frame_size: tuple[int, int], clips: int, seed: int = 
 
 def profile(cfg, splits: list[str], batches: int = 40, warmup: int = 4, stages=STAGES) -> dict:
     """Every row's CPU and wall ms per clip, on ``splits`` of ``cfg.shards``."""
+    from avdali.data import order
     from avdali.data.shards import probe_frame_size, resolve
 
     shardset = resolve(cfg.shards, splits)
     frame_size = probe_frame_size(shardset)
+    k = order.batches_per_run(order.batches_per_epoch(shardset.num_samples, cfg.batch_size, 1), cfg.batch_size)
+    run_cfg = dataclasses.replace(cfg, batch_size=k * cfg.batch_size)
     rows = {}
     for stage in stages:
-        if stage == "loader":
-            cpu, wall, shape = time_loader(cfg, shardset, frame_size, batches, warmup)
-        else:
-            cpu, wall, shape = time_stage(stage_pipeline(stage, cfg, shardset, frame_size), batches, warmup)
-        rows[stage] = {"cpu_ms_per_clip": round(cpu / cfg.batch_size, 3),
-                       "wall_ms_per_clip": round(wall / cfg.batch_size, 3), "sample_shape": list(shape)}
+        if stage == "loader":  # per batch the loader hands over
+            (cpu, wall, shape), clips = time_loader(cfg, shardset, frame_size, batches, warmup), cfg.batch_size
+        else:  # per pipeline run, as many clips as ``batches`` batches
+            pipe = stage_pipeline(stage, run_cfg, shardset, frame_size)
+            (cpu, wall, shape), clips = time_stage(pipe, -(-batches // k), -(-warmup // k)), run_cfg.batch_size
+        rows[stage] = {"cpu_ms_per_clip": round(cpu / clips, 3), "wall_ms_per_clip": round(wall / clips, 3),
+                       "sample_shape": list(shape)}
     rows["torch-bilinear"] = {"cpu_ms_per_clip": round(torch_bilinear_ms(cfg, frame_size, batches * cfg.batch_size), 3)}
-    out = {"rows": rows, "frame_size": list(frame_size), "cores": os.cpu_count(),
+    out = {"rows": rows, "frame_size": list(frame_size), "cores": os.cpu_count(), "batches_per_run": k,
            "config": {k: getattr(cfg, k) for k in ("batch_size", "frames", "crop", "num_threads", "n_mels",
                                                    "audio_seconds", "shuffle_buffer")}}
     if "decode" in rows and "loader" in rows:
