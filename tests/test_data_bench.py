@@ -26,7 +26,9 @@ def test_bench_loader_writes_figures(ravdess_shards, tmp_path):
     assert "gpu_peak_allocated_mb" not in figures["results"]["dali"]
     assert "dali" in result.output
     ceiling = figures["results"][figures["ceiling"]]
-    assert ceiling["cpu_share_of_ceiling"] == 1.0 and figures["results"]["dali"]["cpu_ms_per_clip"] > 0
+    # process CPU is counted in clock ticks (10 ms): a timed part this short may count none, then the share is unknown
+    assert ceiling["cpu_share_of_ceiling"] == (1.0 if ceiling["cpu_ms_per_clip"] else None)
+    assert figures["results"]["dali"]["cpu_ms_per_clip"] >= 0
     assert all(r["steal_cores"] is not None and r["steal_cores"] >= 0 for r in figures["results"].values())
 
 
