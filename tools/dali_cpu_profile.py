@@ -145,7 +145,7 @@ def profile(cfg, splits: list[str], batches: int = 40, warmup: int = 4, stages=S
 
     shardset = resolve(cfg.shards, splits)
     frame_size = probe_frame_size(shardset)
-    k = order.batches_per_run(order.batches_per_epoch(shardset.num_samples, cfg.batch_size, 1), cfg.batch_size)
+    k = order.epoch_batches_per_run(shardset.num_samples, cfg.batch_size, 1)
     run_cfg = dataclasses.replace(cfg, batch_size=k * cfg.batch_size)
     rows = {}
     for stage in stages:

@@ -38,14 +38,9 @@ def loader_clips(cfg, shardset, frame_size, run_clips: int):
 
 def ceiling_clips(cfg, shardset, run: int):
     """Clip counts of the decode ceiling's runs of ``run`` clips (``bench loader``'s pipeline)."""
-    from avdali.data.dali import decode_only_pipeline
+    from avdali.bench.loaders import decode_ceiling_runs
 
-    pipe = decode_only_pipeline(paths=[f.tar for f in shardset.files], index_paths=[f.idx for f in shardset.files],
-                                frames=cfg.frames, jitter=True, batch_size=run, num_threads=cfg.num_threads,
-                                device_id=None, prefetch_queue_depth=cfg.prefetch, seed=1)
-    pipe.build()
-    while True:
-        yield len(pipe.run()[0])
+    return (len(out[0]) for out in decode_ceiling_runs(cfg, shardset, run, cfg.num_threads))
 
 
 def measure(streams: dict, rounds: int, clips: int, pause: float = 0.4) -> dict[str, list[tuple[float, float]]]:

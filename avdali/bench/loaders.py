@@ -234,20 +234,27 @@ def bench_naive(cfg: DataConfig, dataset: str | None, src: str, splits: list[str
     return time_batches("naive", _epochs(lambda e: loader), lambda b: len(b["label"]), count, warmup, cfg.frames)
 
 
-def bench_dali_decode(cfg: DataConfig, shardset: ShardSet, count: int, warmup: int, threads: int) -> Throughput:
-    """DALI's CPU video decoder alone on the frames the training loaders pick: reader → decoders.video, in runs of
-    the DALI loader's size (``order.batches_per_run`` batches), over as many clips as ``count`` batches."""
-    from avdali.data import order
+def decode_ceiling_runs(cfg: DataConfig, shardset: ShardSet, run_clips: int, threads: int) -> Iterable:
+    """DALI's CPU video decoder alone on the frames the training loaders pick (reader → decoders.video): the outputs
+    of its runs of ``run_clips`` clips, endlessly."""
     from avdali.data.dali import decode_only_pipeline
 
-    k = order.batches_per_run(order.batches_per_epoch(shardset.num_samples, cfg.batch_size, 1), cfg.batch_size)
     pipe = decode_only_pipeline(
         paths=[f.tar for f in shardset.files], index_paths=[f.idx for f in shardset.files], frames=cfg.frames,
-        jitter=cfg.augment, batch_size=k * cfg.batch_size, num_threads=threads, device_id=None,
+        jitter=cfg.augment, batch_size=run_clips, num_threads=threads, device_id=None,
         prefetch_queue_depth=cfg.prefetch, seed=1,
     )
     pipe.build()
-    runs = (pipe.run() for _ in itertools.count())
+    return (pipe.run() for _ in itertools.count())
+
+
+def bench_dali_decode(cfg: DataConfig, shardset: ShardSet, count: int, warmup: int, threads: int) -> Throughput:
+    """``decode_ceiling_runs`` in runs of the DALI loader's size (``order.batches_per_run`` batches), over as many
+    clips as ``count`` batches."""
+    from avdali.data import order
+
+    k = order.epoch_batches_per_run(shardset.num_samples, cfg.batch_size, 1)
+    runs = decode_ceiling_runs(cfg, shardset, k * cfg.batch_size, threads)
     return time_batches("ceiling-dali", runs, lambda out: len(out[0]), -(-count // k), -(-warmup // k), cfg.frames)
 
 

@@ -54,6 +54,11 @@ def batches_per_run(batches: int, batch_size: int, run_clips: int = RUN_CLIPS) -
     return max(k for k in range(1, min(most, max(batches, 1)) + 1) if batches % k == 0)
 
 
+def epoch_batches_per_run(num_samples: int, batch_size: int, world_size: int, run_clips: int = RUN_CLIPS) -> int:
+    """``batches_per_run`` of an epoch of ``num_samples`` over ``world_size`` ranks: what a ``DaliLoader`` runs."""
+    return batches_per_run(batches_per_epoch(num_samples, batch_size, world_size), batch_size, run_clips)
+
+
 def reading_order(shardset: ShardSet, *, train: bool, seed: int = 0, epoch: int = 0) -> tuple[ShardSpan, ...]:
     """The tars in the order an epoch reads them: stored order in evaluation; in training a permutation drawn from
     (seed, epoch), the same on every rank."""

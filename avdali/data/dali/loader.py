@@ -47,7 +47,7 @@ class DaliLoader:
         self.num_samples = shardset.num_samples
         lo, hi = order.rank_range(self.num_samples, rank, world_size)
         self.rank_samples = hi - lo
-        self.batches_per_run = order.batches_per_run(len(self), cfg.batch_size, run_clips)
+        self.batches_per_run = order.epoch_batches_per_run(self.num_samples, cfg.batch_size, world_size, run_clips)
         """Batches each pipeline run holds: its batch is ``batches_per_run × batch_size`` clips."""
         self.epoch = 0
         self._runs_now: PipelineRuns | None = None
