@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from avdali.data import cache, order
+from avdali.data import cache, clipspec, order
 from avdali.data.build import build_loader
 from avdali.data.config import DataConfig
 from avdali.data.shards import list_splits, resolve
@@ -93,6 +93,61 @@ def test_cached_training_augments_within_the_clip_specification(ravdess_shards):
     assert out[0][8].shape == (4, 3, 48, 48) and out[0][8].dtype == torch.uint8
 
 
+def standardised(frames: np.ndarray) -> np.ndarray:
+    """A,F raw features standardised per bin over their frames (the clip specification's rule, numpy float64)."""
+    return (frames - frames.mean(1, keepdims=True)) / np.sqrt(frames.var(1, keepdims=True) + clipspec.NORM_EPS)
+
+
+@pytest.mark.parametrize("features", ["logmel", "mfcc"])
+def test_cpu_training_cuts_each_audio_window_from_its_tracks_stored_features(ravdess_shards, features):
+    """Training on a CPU keeps each track's raw features and runs no pipeline: every clip's audio is a window of its
+    track's stored frames at a whole-hop offset that streaming's draw allows, standardised, zero past it; the windows
+    move between epochs."""
+    cfg = small(ravdess_shards, cache="host", num_threads=2, features=features, n_mfcc=13)
+    loader = build_loader(cfg, FOLDS, train=True, seed=3)
+    store = loader.store
+    bins = cfg.n_mfcc if features == "mfcc" else cfg.n_mels
+    assert loader.runs is None and store.keeps_features and store.audio.shape[1] == bins
+    window = clipspec.window_samples(cfg.audio_seconds)
+    seen: dict[int, list] = {}
+    for epoch in range(2):
+        for r in rows(loader, epoch):
+            row = store.row[r[0]]
+            a, count, samples = (int(x[row]) for x in (store.audio_start, store.audio_count, store.samples))
+            assert count == clipspec.feature_frames(samples)
+            track = store.audio[a : a + count].numpy().T.astype(np.float64)  # A,F
+            audio, valid = r[9].numpy(), r[3]
+            assert audio.shape == (bins, clipspec.feature_frames(window)) and not audio[:, valid:].any()
+            offsets = [o for o in range(max(0, samples - window) // clipspec.HOP + 1)
+                       if clipspec.feature_frames(min(samples - o * clipspec.HOP, window)) == valid
+                       and np.abs(standardised(track[:, o : o + valid]) - audio[:, :valid]).max() <= FEATURE_TOL]
+            assert offsets, r[0]
+            seen.setdefault(r[0], []).append(audio)
+    assert any(not np.array_equal(*windows[:2]) for windows in seen.values() if len(windows) > 1)
+
+
+def test_the_stored_track_features_are_the_clip_specifications(ravdess_shards):
+    """Against torchaudio: each stored track's raw features are the clip specification's log-mel of the whole track
+    (computed by DALI in the first pass; within the parity tests' 0.05 dB where there is signal)."""
+    import webdataset as wds
+
+    from avdali.data.decode import AudioFeatures, read_wav
+
+    cfg = small(ravdess_shards, cache="host")
+    store = build_loader(cfg, FOLDS[:1], train=True).store
+    reference = AudioFeatures(cfg)
+    f = resolve(ravdess_shards, FOLDS[:1]).files[0]
+    position = {key: f.first + j for j, key in enumerate(f.keys)}
+    for sample in wds.WebDataset(f.tar, shardshuffle=False):
+        row = store.row[position[sample["__key__"]]]
+        want = reference.raw(torch.from_numpy(read_wav(sample["flac"], f.tar)))
+        a, n = int(store.audio_start[row]), int(store.audio_count[row])
+        got = store.audio[a : a + n].T
+        assert got.shape == want.shape
+        loud = want > want.max() - 60
+        assert (got - want)[loud].abs().max() < 0.05
+
+
 def test_the_estimate_is_the_store_and_comes_from_the_manifest(ravdess_shards, ravdess_shards_v2, monkeypatch):
     shardset = resolve(ravdess_shards, FOLDS)
     samples = cache.cached_samples(shardset, train=True, rank=0, world_size=1)
@@ -103,6 +158,10 @@ def test_the_estimate_is_the_store_and_comes_from_the_manifest(ravdess_shards, r
     assert not calls  # format 3: the manifest's per-shard totals, nothing read from the tars
     store = cache.fill(shardset, samples, need, small(ravdess_shards), where="host")
     assert store.bytes == need.bytes and len(store.row) == need.clips == shardset.num_samples
+    features = cache.estimate(shardset, samples, (128, 128), bins=32)  # a CPU training cache keeps the features
+    kept = cache.fill(shardset, samples, features, small(ravdess_shards), where="host")
+    assert kept.keeps_features and kept.bytes == features.bytes and "audio features" in features.describe()
+    assert kept.audio.shape == (features.audio_rows, 32) and sum(kept.audio_count) <= features.audio_rows
     old = resolve(ravdess_shards_v2, FOLDS)  # format 2: no totals, each sample's meta.i32 instead
     assert cache.estimate(old, samples, (128, 128)) == need and calls
     part = cache.cached_samples(shardset, train=False, rank=1, world_size=3)  # a rank's evaluation range
@@ -150,8 +209,9 @@ def test_cache_options_are_checked():
 
 
 def test_speaker_statistics_come_from_the_cache(tmp_path, ravdess_shards, monkeypatch):
-    """No second decoding pass: the cached loader's speaker stage takes its statistics from the cached frames and
-    audio, which match the folder pass's (PyAV frames within 2 levels; the same audio features)."""
+    """No second decoding pass: the cached loaders' speaker stage takes its statistics from the cached frames and
+    audio (samples, or a CPU training store's track features), which match the folder pass's (PyAV frames within 2
+    levels; the same audio features)."""
     import shutil
 
     from avdali.data import speakers
@@ -163,13 +223,18 @@ def test_speaker_statistics_come_from_the_cache(tmp_path, ravdess_shards, monkey
         m.setattr(speakers, "compute_speaker_stats", lambda *a: pytest.fail("a second pass over the shards"))
         loader = build_loader(cfg, FOLDS[:3], train=False)
         cached = rows(loader)
-    stats = speakers.stats_from_cache(loader.loader.store, resolve(shards, FOLDS[:3]), cfg)
-    assert stats.speakers.keys() == {g for g in reference.speakers if g[0] in FOLDS[:3]}
-    for group, got in stats.speakers.items():
-        want = reference.speakers[group]
-        assert np.abs(got.frame - want.frame).mean() < 2.0
-        np.testing.assert_allclose(got.audio_mean, want.audio_mean, atol=1e-3)
-        np.testing.assert_allclose(got.audio_std, want.audio_std, rtol=1e-3)
+        training = build_loader(cfg, FOLDS[:3], train=True)  # on a CPU its store keeps the tracks' features
+    assert training.loader.store.keeps_features and not loader.loader.store.keeps_features
+    batch = next(iter(training))  # raw windows, standardised by the speaker
+    assert batch.audio.shape == (cfg.batch_size, *cached[0][9].shape) and batch.audio.abs().max() > 0
+    for store in (loader.loader.store, training.loader.store):
+        stats = speakers.stats_from_cache(store, resolve(shards, FOLDS[:3]), cfg)
+        assert stats.speakers.keys() == {g for g in reference.speakers if g[0] in FOLDS[:3]}
+        for group, got in stats.speakers.items():
+            want = reference.speakers[group]
+            assert np.abs(got.frame - want.frame).mean() < 2.0
+            np.testing.assert_allclose(got.audio_mean, want.audio_mean, atol=1e-3)
+            np.testing.assert_allclose(got.audio_std, want.audio_std, rtol=1e-3)
     streamed = rows(build_loader(dataclasses.replace(cfg, cache="off"), FOLDS[:3], train=False))  # the folder's pass
     assert [r[0] for r in cached] == [r[0] for r in streamed]
     assert max((a[8].float() - b[8].float()).abs().mean().item() for a, b in zip(cached, streamed)) <= FRAME_MEAN_TOL

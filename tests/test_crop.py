@@ -131,8 +131,8 @@ def test_the_streaming_loaders_windows_are_cut_from_the_graphs_whole_frames(ravd
 
 
 def test_where_the_crop_runs(ravdess_shards):
-    """CPU training: no resize in the streaming graph, no frames into the cache's; evaluation and CUDA crop in the
-    graph (the GPU's resize)."""
+    """CPU training: no resize in the streaming graph and no pipeline at all in the cache's; evaluation and CUDA crop
+    in the graph (the GPU's resize)."""
     from avdali.data import dali
 
     shardset = resolve(ravdess_shards, FOLDS)
@@ -146,18 +146,5 @@ def test_where_the_crop_runs(ravdess_shards):
 
     assert "Resize" not in ops(True, "cpu") and "decoders__Video" in ops(True, "cpu")
     assert "Resize" in ops(True, "cuda") and "CropMirrorNormalize" in ops(False, "cpu")
-    cached = dali.cached_clip_pipeline(cfg=cfg, gpu=False, inputs_on_gpu=False, jitter=True, frame_size=(128, 128),
-                                       host_crop=True, batch_size=2, num_threads=1, device_id=None)
-    names = [name for name, _device in graph_ops(*cached._graph_out)]
-    assert names.count("ExternalSource") == 1 and "Resize" not in names and "MelFilterBank" in names
-
-
-def test_the_host_cropping_caches_pipeline_leaves_the_cropping_thread_a_core(ravdess_shards):
-    from avdali.data import dali
-
-    cfg = small(ravdess_shards, num_threads=3)
-    runs = dict(frame_size=(128, 128), inputs_on_gpu=False, batches=2)
-    assert dali.cached_runs(cfg, device="cpu", jitter=True, host_crop=True, **runs).pipe.num_threads == 2
-    assert dali.cached_runs(cfg, device="cpu", jitter=False, **runs).pipe.num_threads == 3  # it crops: all threads
-    one = dataclasses.replace(cfg, num_threads=1)
-    assert dali.cached_runs(one, device="cpu", jitter=True, host_crop=True, **runs).pipe.num_threads == 1
+    cached = build_loader(dataclasses.replace(cfg, cache="host"), FOLDS, train=True)
+    assert cached.runs is None and cached.croppers is not None  # a CPU training cache: no pipeline, torch crops

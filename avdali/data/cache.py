@@ -11,9 +11,16 @@ training, the stored range in evaluation), draws each clip's frame indices, crop
 clip specification (``clipspec.py``, numpy, seeded by (seed, rank, epoch)), gathers the T frames and the audio window
 from memory on the cache's device, and hands them to a DALI pipeline of the streaming graph's own crop and feature
 sub-graphs (``dali.cached_clip_pipeline``), on the GPU on CUDA: no transform of its own, no host round trip for a
-device cache. On a CPU training's crop runs in torch (``crop.py``), as the streaming DALI loader's does there, and
-only each clip's crop window is gathered from memory. With augmentation off a batch is the streaming DALI loader's
-batch: the same samples in the same order, the same decoded pixels and features.
+device cache. With augmentation off a batch is the streaming DALI loader's batch: the same samples in the same
+order, the same decoded pixels and features.
+
+**Training on a CPU** needs no pipeline (``keeps_features``). The first pass keeps each audio track's raw features
+(log-mel in dB, or MFCC) instead of its samples; each batch's crops run in torch (``crop.py``, the streaming loader's
+own crop there) on ``data.num_threads`` threads, gathering only each clip's crop window, while the batch-taking
+thread cuts each clip's window of stored feature frames and standardises it (``features.py``). The audio offset is
+streaming's draw rounded down to a whole hop (10 ms), and the window's edge frames see the track's real samples
+around it, where streaming pads the cut window by reflection: on a CPU the features were most of what the
+pipeline computed.
 
 **Which samples a rank caches.** Training: the whole training split, on every rank, because every epoch deals the
 tars to the ranks afresh (RAVDESS: about 4 GB of frames per rank; the cache is not sharded across ranks).
@@ -23,6 +30,8 @@ Evaluation: only the rank's own range, which never changes.
 from __future__ import annotations
 
 import os
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -34,6 +43,7 @@ from avdali import shardformat as fmt
 from avdali.data import clipspec, crop, order
 from avdali.data.batch import Batch
 from avdali.data.config import DataConfig
+from avdali.data.features import FeatureFinish
 from avdali.data.shards import ShardSet
 from avdali.errors import AvdaliError
 from avdali.shardformat.members import decode_meta_i32, read_members
@@ -57,18 +67,44 @@ class CacheEstimate:
     """16 kHz audio samples of those clips."""
     frame_size: tuple[int, int]
     """(height, width) of the stored frames."""
+    feature_bins: int = 0
+    """0: each track is kept as its 16 kHz samples; else as the raw features of all its frames, this many bins a frame
+    (``keeps_features``)."""
+
+    @property
+    def audio_rows(self) -> int:
+        """Rows of the audio store: samples, or feature frames (a track of n samples has ``clipspec.feature_frames(n)``
+        frames, so the clips' tracks have at most clips + samples // HOP)."""
+        return self.clips + self.audio_samples // clipspec.HOP if self.feature_bins else self.audio_samples
 
     @property
     def bytes(self) -> int:
         """Frames as uint8 RGB and audio as float32."""
-        return self.frames * self.frame_size[0] * self.frame_size[1] * 3 + self.audio_samples * 4
+        pixels = self.frames * self.frame_size[0] * self.frame_size[1] * 3
+        return pixels + self.audio_rows * max(1, self.feature_bins) * 4
 
     @property
     def gb(self) -> float:
         return self.bytes / GB
 
     def describe(self) -> str:
-        return f"{self.clips} clips, {self.frames} frames of {self.frame_size[0]}x{self.frame_size[1]}: {self.gb:.2f} GB"
+        audio = " and their audio features" if self.feature_bins else ""
+        return (f"{self.clips} clips, {self.frames} frames of {self.frame_size[0]}x{self.frame_size[1]}{audio}: "
+                f"{self.gb:.2f} GB")
+
+
+def keeps_features(cfg: DataConfig, *, train: bool, device: str) -> bool:
+    """Whether a cached loader cuts every batch on the host, with no pipeline: training with augmentation on a CPU.
+    Its store keeps each audio track's raw features (``dali.graph.raw_features``, computed once in the first pass)
+    instead of its samples, and each clip's audio window is cut from them on the frame grid (the offset drawn as
+    streaming draws it, rounded down to a whole ``HOP``); on a CPU those features are most of what the training
+    pipeline would compute."""
+    return train and cfg.augment and crop.crops_on_host(device)
+
+
+def feature_bins(cfg: DataConfig) -> int:
+    """Bins of one frame of ``cfg``'s audio features."""
+    return cfg.n_mfcc if cfg.features == "mfcc" else cfg.n_mels
 
 
 def cached_samples(shardset: ShardSet, *, train: bool, rank: int, world_size: int) -> list[int]:
@@ -93,9 +129,10 @@ def sample_counts(shardset: ShardSet, samples: list[int]) -> dict[int, tuple[int
     return counts
 
 
-def estimate(shardset: ShardSet, samples: list[int], frame_size: tuple[int, int]) -> CacheEstimate:
-    """The cache's size for ``samples``: the manifest's per-shard totals where the cache takes whole shards (format 3
-    records them), each sample's ``meta.i32`` otherwise."""
+def estimate(shardset: ShardSet, samples: list[int], frame_size: tuple[int, int], bins: int = 0) -> CacheEstimate:
+    """The cache's size for ``samples`` (audio as features of ``bins`` bins, or samples for 0): the manifest's
+    per-shard totals where the cache takes whole shards (format 3 records them), each sample's ``meta.i32``
+    otherwise."""
     wanted = set(samples)
     frames = audio = 0
     partial = []
@@ -108,7 +145,7 @@ def estimate(shardset: ShardSet, samples: list[int], frame_size: tuple[int, int]
     if partial:
         for n_frames, n_audio in sample_counts(shardset, partial).values():
             frames, audio = frames + n_frames, audio + n_audio
-    return CacheEstimate(len(samples), frames, audio, frame_size)
+    return CacheEstimate(len(samples), frames, audio, frame_size, bins)
 
 
 def host_available_bytes() -> int:
@@ -161,13 +198,17 @@ class CacheStore:
     frames: torch.Tensor
     """F,H,W,3 uint8: every frame of every clip."""
     audio: torch.Tensor
-    """S float32: every 16 kHz sample of every clip."""
+    """S float32: every 16 kHz sample of every clip; or, for a store that keeps features (``keeps_features``), R,A
+    float32: the raw features of every frame of every clip."""
     row: dict[int, int]
     """Batch.index → the clip's row in the arrays below."""
     frame_start: np.ndarray
     frame_count: np.ndarray
     audio_start: np.ndarray
     audio_count: np.ndarray
+    """Where each clip's audio lies in ``audio`` (samples or feature frames)."""
+    samples: np.ndarray
+    """16 kHz samples of each clip's track."""
     label: np.ndarray
     """Unified label per row."""
     native_label: np.ndarray
@@ -179,6 +220,10 @@ class CacheStore:
     @property
     def bytes(self) -> int:
         return self.frames.numel() + self.audio.numel() * 4
+
+    @property
+    def keeps_features(self) -> bool:
+        return self.audio.dim() == 2
 
 
 def fill(shardset: ShardSet, samples: list[int], need: CacheEstimate, cfg: DataConfig, *, where: str,
@@ -194,25 +239,30 @@ def fill(shardset: ShardSet, samples: list[int], need: CacheEstimate, cfg: DataC
     h, w = need.frame_size
     device = torch.device("cuda", torch.cuda.current_device()) if where == "device" else torch.device("cpu")
     frames = torch.empty((need.frames, h, w, 3), dtype=torch.uint8, device=device, pin_memory=pinned)
-    audio = torch.empty(need.audio_samples, dtype=torch.float32, device=device, pin_memory=pinned)
+    shape = (need.audio_rows, need.feature_bins) if need.feature_bins else (need.audio_rows,)
+    audio = torch.empty(shape, dtype=torch.float32, device=device, pin_memory=pinned)
     rows = len(samples)
-    store = CacheStore(frames, audio, {}, *(np.zeros(rows, np.int64) for _ in range(4)),
+    store = CacheStore(frames, audio, {}, *(np.zeros(rows, np.int64) for _ in range(5)),
                        *(np.zeros(rows, np.int32) for _ in range(3)))
     frame_at = audio_at = 0
     wanted = set(samples)
-    for index, clip_frames, clip_audio, meta in dali.decode_all(shardset, wanted, cfg.num_threads):
+    features = cfg if need.feature_bins else None
+    for index, clip_frames, clip_audio, n_samples, meta in dali.decode_all(shardset, wanted, cfg.num_threads,
+                                                                           features=features):
         r = len(store.row)
         said = decode_meta_i32(meta)
+        if features is not None:  # A,F → F,A: a window's frames are rows
+            clip_audio = clip_audio.T
         if len(clip_frames) != said["frames"] or frame_at + len(clip_frames) > need.frames \
-                or audio_at + len(clip_audio) > need.audio_samples:
+                or audio_at + len(clip_audio) > need.audio_rows:
             tar, key = shardset_key(shardset, index)
-            raise AvdaliError(f"{tar}: sample {key}: decoded {len(clip_frames)} frames and {len(clip_audio)} audio "
+            raise AvdaliError(f"{tar}: sample {key}: decoded {len(clip_frames)} frames and {n_samples} audio "
                               f"samples, meta.i32 says {said['frames']} and {said['audio_samples']} (corrupt shard?)")
         frames[frame_at : frame_at + len(clip_frames)].copy_(torch.from_numpy(clip_frames))
         audio[audio_at : audio_at + len(clip_audio)].copy_(torch.from_numpy(clip_audio))
         store.row[index] = r
         store.frame_start[r], store.frame_count[r] = frame_at, len(clip_frames)
-        store.audio_start[r], store.audio_count[r] = audio_at, len(clip_audio)
+        store.audio_start[r], store.audio_count[r], store.samples[r] = audio_at, len(clip_audio), n_samples
         store.label[r], store.native_label[r], store.streams[r] = said["label"], said["native_label"], said["streams"]
         frame_at, audio_at = frame_at + len(clip_frames), audio_at + len(clip_audio)
         if progress:
@@ -245,13 +295,21 @@ class CachedLoader:
         self.num_samples = shardset.num_samples
         self.epoch = 0
         self.jitter = train and cfg.augment
-        self.host_crop = self.jitter and crop.crops_on_host(device)
-        """Training's crop runs in torch on the gathered frames (``crop.py``), the graph computing audio only."""
+        self.on_host = store.keeps_features
+        """Training on a CPU (``keeps_features``): no pipeline. Each batch's crops run in torch (``crop.py``) on
+        ``data.num_threads`` threads while this one cuts its audio windows from the stored features and standardises
+        them (``features.py``)."""
         lo, hi = order.rank_range(self.num_samples, rank, world_size)
         self.rank_samples = hi - lo
         self.window = clipspec.window_samples(cfg.audio_seconds)
-        self.runs = dali.cached_runs(cfg, device=device, jitter=self.jitter, frame_size=frame_size,
-                                     inputs_on_gpu=mode == "device", batches=len(self), host_crop=self.host_crop)
+        self.runs = self.croppers = self.finish = None
+        if self.on_host:
+            self.croppers = ThreadPoolExecutor(max(1, cfg.num_threads), thread_name_prefix="avdali-crop",
+                                               initializer=torch.set_num_threads, initargs=(1,))
+            self.finish = FeatureFinish(cfg)
+        else:
+            self.runs = dali.cached_runs(cfg, device=device, jitter=self.jitter, frame_size=frame_size,
+                                         inputs_on_gpu=mode == "device", batches=len(self))
         self.eval_crop = torch.tensor([dali.eval_crop(frame_size, cfg.crop)], dtype=torch.int32)
 
     def __len__(self) -> int:
@@ -281,47 +339,50 @@ class CachedLoader:
             k = next(batches)
             return self._feed(samples[k * size : (k + 1) * size], k * size, rng, target)
 
-        names = ("audio",) if self.host_crop else ("video", "audio")
-        for outputs, fed in self.runs.epoch(len(self), names, feed=feed):
+        if self.on_host:
+            yield from self._host_batches(feed)
+            return
+        for outputs, fed in self.runs.epoch(len(self), ("video", "audio"), feed=feed):
             yield self._batch(outputs, fed, target)
 
+    def _host_batches(self, feed):
+        """The epoch's batches with no pipeline: ``feed`` draws each one, cuts its audio windows and starts its crops
+        on the crop threads; ``data.prefetch`` + ``data.num_threads`` batches are in flight."""
+        total, depth = len(self), self.cfg.prefetch + self.cfg.num_threads
+        ahead: deque = deque()
+        fed = 0
+        for _ in range(total):
+            while len(ahead) < depth and fed < total:
+                ahead.append(feed())
+                fed += 1
+            batch = ahead.popleft()
+            yield Batch(video=batch["video"].result(), audio=batch["audio"], **batch["fields"])
+
     def _feed(self, rows_of: list[int], position: int, rng: np.random.Generator, target: torch.device) -> dict:
-        """Gather one batch's frames and audio windows on the store's device, draw its crop windows, ``feed_input``
-        them to the pipeline; return the batch's host-side fields."""
+        """Draw one batch by the clip specification (frames, audio offsets, crop windows and flips, in that order) and
+        start it: ``feed_input`` its gathered frames and audio windows to the pipeline, or, with no pipeline
+        (``on_host``), its crops to the crop threads and its audio windows cut here. Returns the batch's host-side
+        fields (and, with no pipeline, its video future and audio)."""
         from avdali.data import dali
 
         s, t = self.store, self.cfg.frames
         rows = np.array([s.row[i] for i in rows_of])
         gen = rng if self.jitter else None
         picks = s.frame_start[rows, None] + clipspec.draw_batch_frame_indices(s.frame_count[rows], t, gen)
-        counts = s.audio_count[rows].astype(np.int64)
+        counts = s.samples[rows].astype(np.int64)
         starts = clipspec.draw_audio_starts(counts, self.window, gen)
+        if self.on_host:  # on the features' frame grid
+            starts -= starts % clipspec.HOP
         valid = np.minimum(counts - starts, self.window)
         n = len(rows)
-        roi = video = frames = None
+        roi = frames = None
         if self.jitter:  # the window and flip by the clip specification, as the streaming loader draws them
             boxes, flips = crop.draw_windows(n, self.frame_size, rng)
             crop_box, flipped = torch.from_numpy(boxes), torch.from_numpy(flips)
-            if not self.host_crop:
-                start, end = clipspec.crop_roi(*boxes.T, flips.astype(np.int32))
-                roi = (np.stack(start, 1).astype(np.float32), np.stack(end, 1).astype(np.float32))
+            start, end = clipspec.crop_roi(*boxes.T, flips.astype(np.int32))
+            roi = (np.stack(start, 1).astype(np.float32), np.stack(end, 1).astype(np.float32))
         else:
             crop_box, flipped = self.eval_crop.expand(n, 4), torch.zeros(n, dtype=torch.bool)
-        if self.host_crop:  # only each clip's window is gathered (numpy), then resampled in torch
-            stored = s.frames.numpy()
-            clips = [torch.from_numpy(stored[p, top : top + h, left : left + w]).permute(0, 3, 1, 2)
-                     for p, (top, left, h, w) in zip(picks, boxes.tolist())]
-            video = crop.resize_windows(clips, flips, self.cfg)
-        elif s.frames.is_cuda:
-            frames = s.frames.index_select(0, torch.from_numpy(picks.ravel()).to(s.frames.device))
-        else:  # numpy's gather is ~3× torch's index_select on these uint8 rows
-            frames = np.take(s.frames.numpy(), picks.ravel(), axis=0)
-        if frames is not None:
-            frames = frames.reshape(n, t, *s.frames.shape[1:])
-        audio = s.audio if s.audio.is_cuda else s.audio.numpy()
-        firsts = s.audio_start[rows].astype(np.int64) + starts
-        windows = [audio[a : a + v] for a, v in zip(firsts.tolist(), valid.tolist())]
-        dali.feed_cached(self.runs.pipe, frames, windows, roi)
         label = s.label if self.cfg.label_space == "unified" else s.native_label
         streams = torch.from_numpy(s.streams[rows].astype(np.int32))
         host = dict(
@@ -334,13 +395,35 @@ class CachedLoader:
             crop_box=crop_box,
             flipped=flipped,
         )
+        if self.on_host:
+            video = self.croppers.submit(crop.crop_gathered, s.frames.numpy(), picks, boxes, flips, self.cfg)
+            audio = self._feature_windows(rows, starts, host["audio_len"])
+            return dict(fields=host, video=video, audio=audio)
+        if s.frames.is_cuda:
+            frames = s.frames.index_select(0, torch.from_numpy(picks.ravel()).to(s.frames.device))
+        else:  # numpy's gather is ~3× torch's index_select on these uint8 rows
+            frames = np.take(s.frames.numpy(), picks.ravel(), axis=0)
+        frames = frames.reshape(n, t, *s.frames.shape[1:])
+        audio = s.audio if s.audio.is_cuda else s.audio.numpy()
+        firsts = s.audio_start[rows].astype(np.int64) + starts
+        windows = [audio[a : a + v] for a, v in zip(firsts.tolist(), valid.tolist())]
+        dali.feed_cached(self.runs.pipe, frames, windows, roi)
         # the fed buffers live until the batch is taken
-        return dict(fields=host, keep=(frames, windows, roi), video=video)
+        return dict(fields=host, keep=(frames, windows, roi))
+
+    def _feature_windows(self, rows: np.ndarray, starts: np.ndarray, frames: torch.Tensor) -> torch.Tensor:
+        """The audio features N,A,F of windows starting ``starts`` (multiples of ``HOP``) samples into the tracks of
+        ``rows``, ``frames`` valid frames each: their stored frames, standardised (``features.py``)."""
+        stored = self.store.audio.numpy()
+        out = np.zeros((len(rows), stored.shape[1], clipspec.feature_frames(self.window)), dtype=np.float32)
+        firsts = self.store.audio_start[rows] + starts // clipspec.HOP
+        for i, (first, count) in enumerate(zip(firsts.tolist(), frames.tolist())):
+            out[i, :, :count] = stored[first : first + count].T
+        return self.finish.standardised(torch.from_numpy(out), frames)
 
     def _batch(self, out: dict, fed: dict, target: torch.device) -> Batch:
         fields = {k: v.to(target, non_blocking=True) for k, v in fed["fields"].items()}
-        video = fed["video"] if self.host_crop else out["video"].permute(0, 1, 4, 2, 3)
-        return Batch(video=video, audio=out["audio"], **fields)
+        return Batch(video=out["video"].permute(0, 1, 4, 2, 3), audio=out["audio"], **fields)
 
 
 def build_cached(cfg: DataConfig, shardset: ShardSet, *, train: bool, device: str, rank: int, world_size: int,
@@ -349,7 +432,8 @@ def build_cached(cfg: DataConfig, shardset: ShardSet, *, train: bool, device: st
     """A ``CachedLoader`` when ``data.cache`` (with its budget) says so, else None (stream); ``say`` gets the one line
     that tells which and why."""
     samples = cached_samples(shardset, train=train, rank=rank, world_size=world_size)
-    need = estimate(shardset, samples, frame_size)
+    bins = feature_bins(cfg) if keeps_features(cfg, train=train, device=device) else 0
+    need = estimate(shardset, samples, frame_size, bins)
     mode, why = choose_mode(cfg, need, device)
     if say:
         say(why)

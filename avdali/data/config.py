@@ -66,8 +66,8 @@ class DataConfig:
     ``float16`` / ``float32``: ImageNet-normalised in the pipeline."""
     num_threads: int = 0
     """DALI CPU threads, or torch DataLoader worker processes, per rank; 0: the usable cores divided by the ranks on
-    this machine (``resolve_threads``). A CPU cache's training pipeline takes one fewer: its crop runs on the thread
-    that takes the batches."""
+    this machine (``resolve_threads``). A cache training on a CPU runs no pipeline: its crops run on this many
+    threads."""
     prefetch: int = 2
     """Prepared ahead: DALI pipeline runs (its prefetch queue depth; a run holds one or more batches,
     ``order.batches_per_run``) / batches per DataLoader worker (its prefetch factor)."""
@@ -77,7 +77,8 @@ class DataConfig:
     """The decoded-frame cache (``data/cache.py``, DALI loader): ``off`` decodes every epoch from the shards;
     ``host`` / ``device`` decode every stored frame and audio track once, into host (pinned on CUDA runs) or GPU
     memory, and every later epoch reads the clip specification's frames and windows from there through the same
-    DALI crop and feature operators; ``auto``: ``device`` on CUDA, ``host`` on the CPU, when the estimate (from the
+    DALI crop and feature operators (training on a CPU: torch crops, and audio windows cut on a 10 ms grid from
+    each track's features, kept by the first pass); ``auto``: ``device`` on CUDA, ``host`` on the CPU, when the estimate (from the
     manifest, printed) fits ``cache_max_gb`` and the free memory with a margin, else streaming (one line says
     why); with ``loader = "torch"`` it streams. A forced mode that its budget cannot hold stops before decoding
     anything. Training caches the whole training split on every rank (ranks trade tars each epoch); evaluation only

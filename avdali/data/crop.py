@@ -8,11 +8,13 @@ crop stays in each loader's graph or kernel.
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import torch
 
 from avdali.data import clipspec
 from avdali.data.config import DataConfig
+from avdali.data.host_threads import one_torch_thread
 from avdali.data.normalize import prepare_video
 
 
@@ -57,17 +59,26 @@ def resize_windows(windows: list[torch.Tensor], flips: np.ndarray, cfg: DataConf
     """``crop_batch`` of clips already cut to their windows (T,C,h,w uint8 each, views or copies): each resampled to
     ``cfg.crop``, mirrored when flipped."""
     n, t = len(windows), windows[0].shape[0]
-    out = torch.empty((n, t, cfg.crop, cfg.crop, 3), dtype=torch.uint8).permute(0, 1, 4, 2, 3)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the loader's threads fill the cores: two intra-op threads cost ~2× the CPU per crop
-    try:
+    pixels = np.empty((n, t, cfg.crop, cfg.crop, 3), dtype=np.uint8)
+    out = torch.from_numpy(pixels).permute(0, 1, 4, 2, 3)
+    with one_torch_thread():
         for i, window in enumerate(windows):
-            resized_crop(window, (0, 0, *window.shape[-2:]), bool(flips[i]), cfg, out=out[i])
-    finally:
-        torch.set_num_threads(threads)
+            resized_crop(window, (0, 0, *window.shape[-2:]), False, cfg, out=out[i])
+            if flips[i]:  # in place, a third of the CPU of torch's flip and copy back
+                for frame in pixels[i]:
+                    cv2.flip(frame, 1, dst=frame)
     if cfg.video_dtype != "uint8":
         out = prepare_video(out).to(getattr(torch, cfg.video_dtype))
     return out
+
+
+def crop_gathered(frames: np.ndarray, picks: np.ndarray, boxes: np.ndarray, flips: np.ndarray,
+                  cfg: DataConfig) -> torch.Tensor:
+    """``crop_batch`` of clips gathered from a store of frames (F,H,W,C uint8; clip i is the frames ``picks[i]``):
+    only each clip's window is copied out (numpy's gather), then resampled."""
+    windows = [torch.from_numpy(frames[p, top : top + h, left : left + w]).permute(0, 3, 1, 2)
+               for p, (top, left, h, w) in zip(picks, boxes.tolist())]
+    return resize_windows(windows, flips, cfg)
 
 
 def nearest_resized_crop(video: torch.Tensor, top: int, left: int, height: int, width: int, size: int) -> torch.Tensor:

@@ -19,6 +19,7 @@ from avdali import shardformat as fmt
 from avdali.data import clipspec
 from avdali.data.config import DataConfig
 from avdali.data.crop import resized_crop
+from avdali.data.features import FeatureFinish
 from avdali.data.normalize import prepare_video
 from avdali.errors import AvdaliError
 from avdali.shardformat.members import decode_meta_i32
@@ -114,25 +115,19 @@ class AudioFeatures:
             norm="slaney",
             mel_scale="slaney",
         )
-        self.dct = torchaudio.functional.create_dct(cfg.n_mfcc, cfg.n_mels, norm="ortho")
+        self.finish = FeatureFinish(cfg)
         self.frames = clipspec.feature_frames(clipspec.window_samples(cfg.audio_seconds))
 
     def raw(self, segment: torch.Tensor) -> torch.Tensor:
         """Features F,A of every frame, before any standardisation (log-mel in dB, or its MFCC)."""
-        feats = 10.0 * torch.log10(torch.clamp(self.mel(segment), min=clipspec.AMIN))  # AmplitudeToDB, ref 1, no top_db
-        if self.cfg.features == "mfcc":
-            feats = (feats.T @ self.dct).T
-        return feats
+        return self.finish.raw(self.mel(segment))
 
     def __call__(self, segment: torch.Tensor) -> tuple[torch.Tensor, int]:
         """Features F,A (standardised per bin over the valid frames, or raw with ``data.speaker_norm``, whose device
         stage standardises them by the speaker), zero-padded to the window, and the valid frame count."""
-        feats = self.raw(segment)
-        if not self.cfg.speaker_norm:
-            mean = feats.mean(dim=1, keepdim=True)
-            var = feats.var(dim=1, unbiased=False, keepdim=True)
-            feats = (feats - mean) / torch.sqrt(var + clipspec.NORM_EPS)
-        valid = feats.shape[1]
+        power = self.mel(segment)
+        valid = power.shape[1]
+        feats = self.finish(power[None], torch.tensor([valid]))[0]
         return torch.nn.functional.pad(feats, (0, self.frames - valid)), valid
 
 

@@ -216,8 +216,8 @@ def speakers_of(shardset: ShardSet) -> dict[tuple[str, str], str]:
 def stats_from_cache(store, shardset: ShardSet, cfg) -> SpeakerStats:
     """The statistics of the speakers of ``shardset``'s samples from a decoded-frame cache's ``store``
     (``cache.CacheStore``), with no second decoding pass: the cached frames summed per speaker, and the features of
-    each cached audio track (``decode.AudioFeatures.raw``). Placeholder streams are left out, as in the folder's
-    pass."""
+    each cached audio track (``decode.AudioFeatures.raw``, or those the store keeps). Placeholder streams are left
+    out, as in the folder's pass."""
     import torch
 
     from avdali.data.decode import AudioFeatures
@@ -238,8 +238,8 @@ def stats_from_cache(store, shardset: ShardSet, cfg) -> SpeakerStats:
                 group.add_frames(store.frames[a : a + int(store.frame_count[r])].cpu().numpy())
             if store.streams[r] & fmt.STREAM_AUDIO:
                 a = int(store.audio_start[r])
-                wav = store.audio[a : a + int(store.audio_count[r])].cpu()
-                group.add_features(features.raw(wav).numpy())
+                track = store.audio[a : a + int(store.audio_count[r])].cpu()
+                group.add_features(track.T.numpy() if store.keeps_features else features.raw(track).numpy())
     return SpeakerStats({g: s.speaker() for g, s in sums.items()}, who, split)
 
 

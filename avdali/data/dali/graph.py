@@ -159,22 +159,40 @@ def audio_window(flac, window: int, u=None):
     return audio, valid
 
 
-def audio_features(audio, cfg: DataConfig, *, gpu: bool):
-    """Features F,A of audio windows (standardised per bin over their frames, or raw with ``data.speaker_norm``,
-    whose stage standardises them), zero-padded to the window's frame count."""
+def mel_power(audio, cfg: DataConfig, *, gpu: bool):
+    """Mel power A,F of audio windows (power spectrogram of centred reflect-padded frames through the Slaney mel
+    filter bank); on the GPU when ``gpu``."""
     if gpu:
         audio = audio.gpu()
     spec = fn.spectrogram(audio, nfft=clipspec.NFFT, window_length=clipspec.WINDOW, window_step=clipspec.HOP,
                           window_fn=hann_window(), center_windows=True, reflect_padding=True, power=2)
-    feats = fn.mel_filter_bank(spec, nfilter=cfg.n_mels, sample_rate=clipspec.SAMPLE_RATE, freq_low=clipspec.F_MIN,
-                               freq_high=clipspec.F_MAX, mel_formula="slaney", normalize=True)
-    feats = fn.to_decibels(feats, multiplier=10.0, reference=1.0, cutoff_db=clipspec.DB_FLOOR)
+    return fn.mel_filter_bank(spec, nfilter=cfg.n_mels, sample_rate=clipspec.SAMPLE_RATE, freq_low=clipspec.F_MIN,
+                              freq_high=clipspec.F_MAX, mel_formula="slaney", normalize=True)
+
+
+def pad_frames(feats, cfg: DataConfig):
+    """Features (or mel power) zero-padded to the audio window's frame count."""
+    return fn.pad(feats, axes=[1], shape=[clipspec.feature_frames(clipspec.window_samples(cfg.audio_seconds))],
+                  fill_value=0.0)
+
+
+def raw_features(audio, cfg: DataConfig, *, gpu: bool):
+    """Features A,F of every frame of some audio, before any standardisation: the mel power in dB (floored at
+    ``DB_FLOOR``), or its MFCC."""
+    feats = fn.to_decibels(mel_power(audio, cfg, gpu=gpu), multiplier=10.0, reference=1.0, cutoff_db=clipspec.DB_FLOOR)
     if cfg.features == "mfcc":
         feats = fn.mfcc(feats, n_mfcc=cfg.n_mfcc, dct_type=2, normalize=True, axis=0)
+    return feats
+
+
+def audio_features(audio, cfg: DataConfig, *, gpu: bool):
+    """Features A,F of audio windows (``raw_features`` standardised per bin over their frames, or raw with
+    ``data.speaker_norm``, whose stage standardises them), zero-padded to the window's frame count.
+    ``features.FeatureFinish`` is the torch twin of the steps after ``mel_power``."""
+    feats = raw_features(audio, cfg, gpu=gpu)
     if not cfg.speaker_norm:  # per clip and bin over time, before padding, so the padding does not skew it
         feats = fn.normalize(feats, axes=[1], epsilon=clipspec.NORM_EPS)
-    window = clipspec.window_samples(cfg.audio_seconds)
-    return fn.pad(feats, axes=[1], shape=[clipspec.feature_frames(window)], fill_value=0.0)
+    return pad_frames(feats, cfg)
 
 
 @pipeline_def(enable_conditionals=False)
@@ -220,29 +238,31 @@ def av_pipeline(
 
 
 @pipeline_def(enable_conditionals=False)
-def decode_all_pipeline(*, paths: list[str], index_paths: list[str], info_len: int):
+def decode_all_pipeline(*, paths: list[str], index_paths: list[str], info_len: int, features: DataConfig | None = None):
     """Every frame and the whole audio track of every sample of ``paths``, in stored order (the cache's first pass):
-    frames (F,H,W,C uint8), audio (16 kHz mono float32), meta.i32, source_info."""
+    frames (F,H,W,C uint8), audio (16 kHz mono float32, or with ``features`` its ``raw_features`` A,F for that
+    config), the track's sample count, meta.i32, source_info."""
     webm, flac, meta = read_samples(paths=paths, index_paths=index_paths, train=False, shard_id=0, num_shards=1,
                                     shuffle_buffer=1)
     audio = decode_audio(flac)
+    samples = audio.shape(dtype=types.INT64)
+    if features is not None:
+        audio = raw_features(audio, features, gpu=False)
     info = fn.pad(fn.get_property(webm, key="source_info"), axes=[0], shape=[info_len], fill_value=0)
-    return fn.decoders.video(webm), audio, meta, info
+    return fn.decoders.video(webm), audio, samples, meta, info
 
 
 @pipeline_def(enable_conditionals=False)
 def cached_clip_pipeline(*, cfg: DataConfig, gpu: bool, inputs_on_gpu: bool, jitter: bool,
-                         frame_size: tuple[int, int], host_crop: bool = False):
+                         frame_size: tuple[int, int]):
     """The decoded-frame cache's transforms: the streaming graph's ``crop_frames`` and ``audio_features`` on inputs
     the cache feeds (``feed_cached``): each clip's T frames, its audio window and, in training, its crop window's
-    corners. Outputs video and audio features; on the GPU when ``gpu``. With ``host_crop`` (training's crop left to
-    the loader, ``crop.py``) it takes and outputs audio only."""
+    corners. Outputs video and audio features; on the GPU when ``gpu``. (A cache training on a CPU needs no
+    pipeline: ``cache.py``.)"""
     place = "gpu" if inputs_on_gpu else "cpu"
     # no_copy: DALI reads the cache's buffers in place; the loader keeps each batch's alive until it is taken
-    audio = fn.external_source(name="audio", device=place, dtype=types.FLOAT, no_copy=True)
-    if host_crop:
-        return audio_features(audio, cfg, gpu=gpu and not inputs_on_gpu)
     frames = fn.external_source(name="frames", device=place, layout="FHWC", dtype=types.UINT8, no_copy=True)
+    audio = fn.external_source(name="audio", device=place, dtype=types.FLOAT, no_copy=True)
     if gpu and not inputs_on_gpu:
         frames = frames.gpu()
     roi = None

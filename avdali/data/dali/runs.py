@@ -25,35 +25,35 @@ def source_index(info, lookup: dict[tuple[str, int], int]) -> int:
     return lookup[(tar, int(offset))]
 
 
-def decode_all(shardset: ShardSet, wanted: set[int], threads: int, batch_size: int = 8):
-    """(index, frames, audio, meta.i32 bytes) of every sample in ``wanted``, each once, decoded on ``threads`` CPU
-    threads from the tars that hold them."""
+def decode_all(shardset: ShardSet, wanted: set[int], threads: int, batch_size: int = 8,
+               features: DataConfig | None = None):
+    """(index, frames, audio, audio samples, meta.i32 bytes) of every sample in ``wanted``, each once, decoded on
+    ``threads`` CPU threads from the tars that hold them; with ``features`` the audio is its whole track's
+    ``raw_features`` (A,F)."""
     files = [f for f in shardset.files if any(f.first + j in wanted for j in range(f.count))]
     lookup = offset_lookup(files)
     total = sum(f.count for f in files)
     pipe = decode_all_pipeline(paths=[f.tar for f in files], index_paths=[f.idx for f in files],
-                               info_len=info_length(shardset), batch_size=batch_size, num_threads=threads,
-                               device_id=None, prefetch_queue_depth=2)
+                               info_len=info_length(shardset), features=features, batch_size=batch_size,
+                               num_threads=threads, device_id=None, prefetch_queue_depth=2)
     pipe.build()
     seen: set[int] = set()
     for _ in range(-(-total // batch_size)):
-        frames, audio, meta, info = pipe.run()
+        frames, audio, samples, meta, info = pipe.run()
         for i in range(len(frames)):
             index = source_index(info[i], lookup)
             if index in wanted and index not in seen:  # the last batch repeats a sample (pad_last_batch)
                 seen.add(index)
-                yield index, np.asarray(frames[i]), np.asarray(audio[i]), np.asarray(meta[i]).tobytes()
+                yield (index, np.asarray(frames[i]), np.asarray(audio[i]), int(np.asarray(samples[i])[0]),
+                       np.asarray(meta[i]).tobytes())
 
 
 def cached_runs(cfg: DataConfig, *, device: str, jitter: bool, frame_size: tuple[int, int], inputs_on_gpu: bool,
-                batches: int, host_crop: bool = False) -> PipelineRuns:
-    """The built ``cached_clip_pipeline`` for one cached loader, fed batch by batch (``feed_cached``). With
-    ``host_crop`` the calling thread crops every clip while the pipeline computes only the audio features, so the
-    pipeline gets one thread fewer than ``data.num_threads`` (at least one), leaving that thread a core."""
+                batches: int) -> PipelineRuns:
+    """The built ``cached_clip_pipeline`` for one cached loader, fed batch by batch (``feed_cached``)."""
     device_id = torch.cuda.current_device() if device == "cuda" else None
-    threads = max(1, cfg.num_threads - 1) if host_crop else cfg.num_threads
     pipe = cached_clip_pipeline(cfg=cfg, gpu=device == "cuda", inputs_on_gpu=inputs_on_gpu, jitter=jitter,
-                                frame_size=frame_size, host_crop=host_crop, batch_size=cfg.batch_size, num_threads=threads,
+                                frame_size=frame_size, batch_size=cfg.batch_size, num_threads=cfg.num_threads,
                                 device_id=device_id, prefetch_queue_depth=min(cfg.prefetch, batches), seed=0)
     return PipelineRuns(pipe, min(cfg.prefetch, batches))
 
