@@ -283,7 +283,8 @@ def shardset_key(shardset: ShardSet, index: int) -> tuple[str, str]:
 
 class CachedLoader:
     """Batches from a ``CacheStore`` (the Loader contract of ``data.build``): ``len()`` batches per epoch on every
-    rank, the streaming loaders' sample order, the clip specification's draws, DALI's crop and feature sub-graphs."""
+    rank, the streaming loaders' sample order, the clip specification's draws, DALI's crop and feature sub-graphs
+    (training on a CPU: torch crops and windows of the stored features)."""
 
     def __init__(self, cfg: DataConfig, shardset: ShardSet, store: CacheStore, *, train: bool, device: str,
                  rank: int, world_size: int, seed: int, frame_size: tuple[int, int], mode: str):
