@@ -98,18 +98,22 @@ def standardised(frames: np.ndarray) -> np.ndarray:
     return (frames - frames.mean(1, keepdims=True)) / np.sqrt(frames.var(1, keepdims=True) + clipspec.NORM_EPS)
 
 
-@pytest.mark.parametrize("features", ["logmel", "mfcc"])
-def test_cpu_training_cuts_each_audio_window_from_its_tracks_stored_features(ravdess_shards, features):
+@pytest.mark.parametrize("dataset, features, seconds", [("ravdess", "logmel", 1.0), ("ravdess", "mfcc", 1.0),
+                                                       ("meld", "logmel", 2.0)])
+def test_cpu_training_cuts_each_audio_window_from_its_tracks_stored_features(request, dataset, features, seconds):
     """Training on a CPU keeps each track's raw features and runs no pipeline: every clip's audio is a window of its
-    track's stored frames at a whole-hop offset that streaming's draw allows, standardised, zero past it; the windows
-    move between epochs."""
-    cfg = small(ravdess_shards, cache="host", num_threads=2, features=features, n_mfcc=13)
-    loader = build_loader(cfg, FOLDS, train=True, seed=3)
+    track's stored frames at a whole-hop offset that streaming's draw allows, standardised, zero past it (MELD: some
+    tracks are shorter than the window); the windows move between epochs."""
+    shards = request.getfixturevalue(f"{dataset}_shards")
+    splits = FOLDS if dataset == "ravdess" else list(list_splits(shards))
+    cfg = small(shards, cache="host", num_threads=2, features=features, n_mfcc=13, audio_seconds=seconds)
+    loader = build_loader(cfg, splits, train=True, seed=3)
     store = loader.store
     bins = cfg.n_mfcc if features == "mfcc" else cfg.n_mels
     assert loader.runs is None and store.keeps_features and store.audio.shape[1] == bins
     window = clipspec.window_samples(cfg.audio_seconds)
     seen: dict[int, list] = {}
+    short = False
     for epoch in range(2):
         for r in rows(loader, epoch):
             row = store.row[r[0]]
@@ -123,7 +127,9 @@ def test_cpu_training_cuts_each_audio_window_from_its_tracks_stored_features(rav
                        and np.abs(standardised(track[:, o : o + valid]) - audio[:, :valid]).max() <= FEATURE_TOL]
             assert offsets, r[0]
             seen.setdefault(r[0], []).append(audio)
+            short |= valid < audio.shape[1]
     assert any(not np.array_equal(*windows[:2]) for windows in seen.values() if len(windows) > 1)
+    assert short == (dataset == "meld")
 
 
 def test_the_stored_track_features_are_the_clip_specifications(ravdess_shards):
