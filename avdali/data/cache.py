@@ -102,10 +102,6 @@ def keeps_features(cfg: DataConfig, *, train: bool, device: str) -> bool:
     return train and cfg.augment and crop.crops_on_host(device)
 
 
-def feature_bins(cfg: DataConfig) -> int:
-    """Bins of one frame of ``cfg``'s audio features."""
-    return cfg.n_mfcc if cfg.features == "mfcc" else cfg.n_mels
-
 
 def cached_samples(shardset: ShardSet, *, train: bool, rank: int, world_size: int) -> list[int]:
     """The samples (``Batch.index``) a rank's cache holds: all of them in training, the rank's range in evaluation."""
@@ -376,12 +372,9 @@ class CachedLoader:
             starts -= starts % clipspec.HOP
         valid = np.minimum(counts - starts, self.window)
         n = len(rows)
-        roi = frames = None
         if self.jitter:  # the window and flip by the clip specification, as the streaming loader draws them
             boxes, flips = crop.draw_windows(n, self.frame_size, rng)
             crop_box, flipped = torch.from_numpy(boxes), torch.from_numpy(flips)
-            start, end = clipspec.crop_roi(*boxes.T, flips.astype(np.int32))
-            roi = (np.stack(start, 1).astype(np.float32), np.stack(end, 1).astype(np.float32))
         else:
             crop_box, flipped = self.eval_crop.expand(n, 4), torch.zeros(n, dtype=torch.bool)
         label = s.label if self.cfg.label_space == "unified" else s.native_label
@@ -400,6 +393,10 @@ class CachedLoader:
             video = self.croppers.submit(crop.crop_gathered, s.frames.numpy(), picks, boxes, flips, self.cfg)
             audio = self._feature_windows(rows, starts, host["audio_len"])
             return dict(fields=host, video=video, audio=audio)
+        roi = None
+        if self.jitter:  # the pipeline's resize takes the window as its corners
+            start, end = clipspec.crop_roi(*boxes.T, flips.astype(np.int32))
+            roi = (np.stack(start, 1).astype(np.float32), np.stack(end, 1).astype(np.float32))
         if s.frames.is_cuda:
             frames = s.frames.index_select(0, torch.from_numpy(picks.ravel()).to(s.frames.device))
         else:  # numpy's gather is ~3× torch's index_select on these uint8 rows
@@ -433,7 +430,7 @@ def build_cached(cfg: DataConfig, shardset: ShardSet, *, train: bool, device: st
     """A ``CachedLoader`` when ``data.cache`` (with its budget) says so, else None (stream); ``say`` gets the one line
     that tells which and why."""
     samples = cached_samples(shardset, train=train, rank=rank, world_size=world_size)
-    bins = feature_bins(cfg) if keeps_features(cfg, train=train, device=device) else 0
+    bins = cfg.feature_bins if keeps_features(cfg, train=train, device=device) else 0
     need = estimate(shardset, samples, frame_size, bins)
     mode, why = choose_mode(cfg, need, device)
     if say:

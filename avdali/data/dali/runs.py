@@ -59,13 +59,11 @@ def cached_runs(cfg: DataConfig, *, device: str, jitter: bool, frame_size: tuple
 
 
 def feed_cached(pipe, frames, windows: list, roi: tuple[np.ndarray, np.ndarray] | None) -> None:
-    """One batch of the cache's inputs into ``cached_clip_pipeline``: frames N,T,H,W,C (None for a host-crop
-    pipeline), audio windows (one 1-D array per clip), the crop windows' (start, end) corners N,2 each (training).
+    """One batch of the cache's inputs into ``cached_clip_pipeline``: frames N,T,H,W,C, audio windows (one 1-D array per clip), the crop windows' (start, end) corners N,2 each (training).
     Host inputs are numpy arrays; CUDA tensors are read on torch's current stream."""
     on_gpu = isinstance(frames, torch.Tensor) and frames.is_cuda
     stream = torch.cuda.current_stream().cuda_stream if on_gpu else None
-    if frames is not None:
-        pipe.feed_input("frames", frames, layout="FHWC", cuda_stream=stream)
+    pipe.feed_input("frames", frames, layout="FHWC", cuda_stream=stream)
     pipe.feed_input("audio", windows, cuda_stream=stream)
     if roi is not None:
         pipe.feed_input("roi_start", roi[0])
